@@ -1,0 +1,49 @@
+"""Reading request bodies: size-capped, and every failure an OpenAI-style 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from shim.errors import APIError
+
+__all__ = ["read_json"]
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """Decode the JSON body, refusing bodies over ``max_bytes`` without reading them."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        parts.append(chunk)
+    raw = b"".join(parts)
+    if not raw.strip():
+        raise APIError(400, "The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
+    except RecursionError as exc:
+        raise APIError(400, "The request body is nested too deeply.") from exc
+    except ValueError as exc:
+        raise APIError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            f"aren't using your HTTP library correctly.) Parser said: {exc}.",
+        ) from exc
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(
+        413,
+        f"The request body is larger than this shim accepts ({max_bytes} bytes).",
+        code="request_too_large",
+    )

@@ -1,0 +1,206 @@
+"""The ``tts-shim`` command: ``serve`` (the shim) and ``mock`` (the mock upstream)."""
+
+from __future__ import annotations
+
+import click
+
+from shim.config import DEFAULT_UPSTREAM_URL, Config, ConfigError
+
+__all__ = ["main"]
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Flags may repeat, and their environment variables hold comma-separated lists."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="tts-shim")
+def main() -> None:
+    """OpenAI-compatible text-to-speech over the AI/ML API."""
+
+
+@main.command()
+@click.option(
+    "--host",
+    envvar="TTS_SHIM_HOST",
+    show_envvar=True,
+    default="127.0.0.1",
+    help="Address to listen on. Anything but loopback exposes your key; see --allow-open.",
+)
+@click.option(
+    "--port",
+    envvar="TTS_SHIM_PORT",
+    show_envvar=True,
+    default=8000,
+    type=int,
+    help="Port to listen on.",
+)
+@click.option(
+    "--upstream-url",
+    envvar="AIMLAPI_BASE_URL",
+    show_envvar=True,
+    default=DEFAULT_UPSTREAM_URL,
+    help="AI/ML API root, with or without /v1.",
+)
+@click.option(
+    "--upstream-key",
+    envvar="AIMLAPI_KEY",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="Server-side AI/ML key. Prefer the environment variable: flags show in ps. "
+    "Unset: each client's bearer token is passed through as the key.",
+)
+@click.option(
+    "--client-key",
+    "client_keys",
+    envvar="TTS_SHIM_API_KEYS",
+    show_envvar=True,
+    multiple=True,
+    help="Key clients must send (repeatable; the variable is "
+    "comma-separated). Unset: no client authentication.",
+)
+@click.option(
+    "--audio-origin",
+    "audio_origins",
+    envvar="TTS_SHIM_AUDIO_ORIGINS",
+    show_envvar=True,
+    multiple=True,
+    help="Extra scheme://host[:port] the audio may be fetched from, besides the "
+    "upstream's own origin and https://cdn.aimlapi.com (repeatable).",
+)
+@click.option(
+    "--allow-open",
+    envvar="TTS_SHIM_ALLOW_OPEN",
+    show_envvar=True,
+    is_flag=True,
+    help="Allow a non-loopback address with a server-side key and no client keys.",
+)
+@click.option(
+    "--mock",
+    envvar="TTS_SHIM_MOCK",
+    show_envvar=True,
+    is_flag=True,
+    help="Run the bundled mock upstream in this process and use it: no key, no network.",
+)
+@click.option(
+    "--tts-retries",
+    envvar="TTS_SHIM_TTS_RETRIES",
+    show_envvar=True,
+    default=1,
+    type=click.IntRange(0, 5),
+    help="Retries of the billed generation call (429, 5xx, connection errors).",
+)
+@click.option(
+    "--audio-retries",
+    envvar="TTS_SHIM_AUDIO_RETRIES",
+    show_envvar=True,
+    default=2,
+    type=click.IntRange(0, 10),
+    help="Retries of the audio download, before any byte reached the client.",
+)
+@click.option(
+    "--max-retry-wait",
+    envvar="TTS_SHIM_MAX_RETRY_WAIT",
+    show_envvar=True,
+    default=5.0,
+    type=click.FloatRange(0),
+    help="Longest Retry-After (seconds) the shim waits out itself; longer ones go to the client.",
+)
+@click.option(
+    "--connect-timeout",
+    envvar="TTS_SHIM_CONNECT_TIMEOUT",
+    show_envvar=True,
+    default=5.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to open a connection upstream.",
+)
+@click.option(
+    "--generation-timeout",
+    envvar="TTS_SHIM_GENERATION_TIMEOUT",
+    show_envvar=True,
+    default=60.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds to wait for the generation reply.",
+)
+@click.option(
+    "--download-timeout",
+    envvar="TTS_SHIM_DOWNLOAD_TIMEOUT",
+    show_envvar=True,
+    default=30.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Longest silence (seconds) while downloading audio.",
+)
+@click.option(
+    "--deadline",
+    envvar="TTS_SHIM_DEADLINE",
+    show_envvar=True,
+    default=90.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds from request to first audio byte, retries included.",
+)
+@click.option(
+    "--max-audio-bytes",
+    envvar="TTS_SHIM_MAX_AUDIO_BYTES",
+    show_envvar=True,
+    default=256 * 1024 * 1024,
+    type=click.IntRange(1),
+    help="Largest audio the shim will relay.",
+)
+@click.option(
+    "--max-body-bytes",
+    envvar="TTS_SHIM_MAX_BODY_BYTES",
+    show_envvar=True,
+    default=1024 * 1024,
+    type=click.IntRange(1),
+    help="Largest request body accepted (413 above).",
+)
+@click.option(
+    "--upstream-transport",
+    envvar="TTS_SHIM_UPSTREAM_TRANSPORT",
+    show_envvar=True,
+    default="aiohttp",
+    type=click.Choice(["aiohttp", "httpx"]),
+    help="HTTP transport under the upstream client (see docs/benchmarks.md).",
+)
+@click.option(
+    "--log-format",
+    envvar="TTS_SHIM_LOG_FORMAT",
+    show_envvar=True,
+    default="json",
+    type=click.Choice(["json", "text"]),
+    help="Log lines as JSON objects or text.",
+)
+@click.option(
+    "--log-level",
+    envvar="TTS_SHIM_LOG_LEVEL",
+    show_envvar=True,
+    default="info",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Least severe log level shown.",
+)
+def serve(
+    mock: bool, client_keys: tuple[str, ...], audio_origins: tuple[str, ...], **options: object
+) -> None:
+    """Serve OpenAI's /v1/audio/speech, /v1/chat/completions and /v1/models."""
+    from shim.server import run
+
+    try:
+        config = Config(
+            client_keys=_split(client_keys),
+            audio_origins=_split(audio_origins),
+            **options,  # type: ignore[arg-type]
+        )
+        run(config, mock=mock)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _add_mock_command() -> None:
+    from mockserver.cli import main as mock_command
+
+    main.add_command(mock_command, name="mock")
+
+
+_add_mock_command()

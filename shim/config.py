@@ -1,0 +1,116 @@
+"""Settings shared by the ``tts-shim serve`` command and programmatic use."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+__all__ = ["DEFAULT_CDN_ORIGIN", "DEFAULT_UPSTREAM_URL", "Config", "ConfigError", "Origin"]
+
+DEFAULT_UPSTREAM_URL = "https://api.aimlapi.com"
+DEFAULT_CDN_ORIGIN = "https://cdn.aimlapi.com"
+
+Origin = tuple[str, str, int]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message says which and why."""
+
+
+def parse_origin(url: str) -> Origin:
+    """``scheme://host[:port]`` (path ignored) -> ``(scheme, host, port)``."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ConfigError(f"not an http(s) origin: {url!r}")
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError as exc:
+        raise ConfigError(f"bad port in {url!r}") from exc
+    return scheme, parts.hostname.lower(), port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Config:
+    """Everything the shim can be told.
+
+    The CLI builds one from flags and environment variables; tests and embedding
+    code build one directly and pass it to :func:`shim.create_app`.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    #: Server-side AI/ML key. ``None``: pass each client's bearer token through.
+    upstream_key: str | None = None
+    #: Keys clients must present. Empty: no client authentication.
+    client_keys: tuple[str, ...] = ()
+    #: Extra origins the audio may be fetched from, besides the upstream's own and the CDN.
+    audio_origins: tuple[str, ...] = ()
+    allow_open: bool = False
+    #: Retries of the billed ``POST /v1/tts`` (429, 5xx and connection errors only).
+    tts_retries: int = 1
+    #: Retries of the CDN download, before any audio byte reached the client.
+    audio_retries: int = 2
+    #: Longest ``Retry-After`` the shim waits out itself before retrying.
+    max_retry_wait: float = 5.0
+    connect_timeout: float = 5.0
+    generation_timeout: float = 60.0
+    download_timeout: float = 30.0
+    #: Overall budget for one request, from arrival to the first audio byte.
+    deadline: float = 90.0
+    max_audio_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
+    #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
+    trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self.upstream_root = self._normalise_root(self.upstream_url)
+        self.tts_url = self.upstream_root + "/v1/tts"
+        origins = {parse_origin(self.upstream_root), parse_origin(DEFAULT_CDN_ORIGIN)}
+        origins.update(parse_origin(o) for o in self.audio_origins)
+        origins.update(self.trusted_origins)
+        self.allowed_audio_origins: frozenset[Origin] = frozenset(origins)
+        for name in ("connect_timeout", "generation_timeout", "download_timeout", "deadline"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.tts_retries < 0 or self.audio_retries < 0:
+            raise ConfigError("retry counts cannot be negative")
+
+    @staticmethod
+    def _normalise_root(url: str) -> str:
+        """Accept the API root with or without a trailing ``/v1``."""
+        parse_origin(url)
+        root = url.strip().rstrip("/")
+        if root.endswith("/v1"):
+            root = root[: -len("/v1")]
+        return root
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+    def check_exposure(self) -> None:
+        """Refuse to spend a server-side key for anyone who can reach the port."""
+        exposed = self.upstream_key and not self.client_keys and not self.is_loopback
+        if exposed and not self.allow_open:
+            raise ConfigError(
+                f"refusing to listen on {self.host} with a server-side AIMLAPI_KEY and no "
+                "client keys: anyone who reaches the port would spend your credits. Set "
+                "TTS_SHIM_API_KEYS, bind to 127.0.0.1, or pass --allow-open."
+            )

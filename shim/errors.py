@@ -1,0 +1,117 @@
+"""OpenAI's error envelope, and the translation of AI/ML API errors into it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+__all__ = ["APIError", "from_upstream"]
+
+
+class APIError(Exception):
+    """An error the client sees as ``{"error": {message, type, param, code}}``.
+
+    ``retryable`` decides ``x-should-retry``: the OpenAI SDK retries 408, 409, 429 and
+    5xx unless told not to, and retrying after the billed call succeeded would bill the
+    user again for audio they never received.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self, request_id: str) -> JSONResponse:
+        headers = dict(self.headers)
+        headers["x-request-id"] = self.request_id or request_id
+        if not self.retryable:
+            headers["x-should-retry"] = "false"
+        if self.retry_after is not None and "retry-after" not in headers:
+            headers["retry-after"] = _format_seconds(self.retry_after)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"
+
+
+# status -> (type, code, whether the SDK may retry). Codes are OpenAI's own where one
+# exists, so code that switches on ``err.code`` keeps working.
+_BY_STATUS: dict[int, tuple[str, str | None, bool]] = {
+    400: ("invalid_request_error", None, False),
+    401: ("invalid_request_error", "invalid_api_key", False),
+    402: ("insufficient_quota", "insufficient_quota", False),
+    403: ("permission_denied", None, False),
+    404: ("invalid_request_error", None, False),
+    408: ("server_error", "timeout", True),
+    422: ("invalid_request_error", None, False),
+    429: ("requests", "rate_limit_exceeded", True),
+    500: ("server_error", None, True),
+    502: ("server_error", None, True),
+    503: ("server_error", "service_unavailable", True),
+    504: ("server_error", "timeout", True),
+}
+
+_CREDIT_WORDS = ("credit", "quota", "balance", "payment")
+
+
+def from_upstream(
+    status: int,
+    message: str | None,
+    *,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> APIError:
+    """Translate an AI/ML API error reply, keeping its status (so the SDK raises the
+    matching exception class) and its message."""
+    text = (message or "").strip() or f"The AI/ML API answered with status {status}."
+    default = (
+        ("server_error", None, True) if status >= 500 else ("invalid_request_error", None, False)
+    )
+    type_, code, retryable = _BY_STATUS.get(status, default)
+    lowered = text.lower()
+    if status in (402, 403) and any(word in lowered for word in _CREDIT_WORDS):
+        type_, code = "insufficient_quota", "insufficient_quota"
+    elif status == 429 and "free-tier" in lowered:
+        code = "rate_limit_exceeded"
+    elif status == 404 and "model" in lowered:
+        code = "model_not_found"
+    return APIError(
+        status,
+        f"AI/ML API error {status}: {text}",
+        type=type_,
+        code=code,
+        retryable=retryable,
+        retry_after=retry_after if status in (429, 503) else None,
+        request_id=request_id,
+    )

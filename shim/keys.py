@@ -1,0 +1,63 @@
+"""Who may use the shim, and which AI/ML key pays for each request."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.datastructures import Headers
+
+from shim.config import Config
+from shim.errors import APIError
+
+__all__ = ["Keys", "bearer_token"]
+
+
+def bearer_token(headers: Headers) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class Keys:
+    """Client authentication and the choice of upstream key.
+
+    With ``client_keys`` set, clients must present one of them (compared in constant
+    time). The upstream key is the server-side ``AIMLAPI_KEY`` when set; otherwise the
+    client's own bearer token is passed through, so ``OPENAI_API_KEY=<AI/ML key>``
+    works with no shim configuration at all.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._client_keys = tuple(k.encode() for k in config.client_keys)
+        self._server_key = config.upstream_key
+
+    @property
+    def required(self) -> bool:
+        return bool(self._client_keys)
+
+    def check_client(self, headers: Headers) -> None:
+        if not self._client_keys:
+            return
+        token = (bearer_token(headers) or "").encode()
+        # Compare with every key, so timing says nothing about which one nearly matched.
+        matched = False
+        for key in self._client_keys:
+            matched |= hmac.compare_digest(token, key)
+        if not matched:
+            raise APIError(
+                401,
+                "Incorrect or missing API key for this shim. Send one of the keys in "
+                "TTS_SHIM_API_KEYS as the bearer token.",
+                code="invalid_api_key",
+            )
+
+    def upstream_key(self, headers: Headers) -> str:
+        key = self._server_key or bearer_token(headers)
+        if not key:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send your AI/ML API key as the bearer token "
+                "(OPENAI_API_KEY for the OpenAI SDK), or start the shim with AIMLAPI_KEY set.",
+                code="invalid_api_key",
+            )
+        return key

@@ -1,0 +1,85 @@
+"""Streaming responses that end honestly.
+
+If the audio fails after the status line went out, the only honest signal left is
+to abort the chunked body, so the client sees a broken transfer rather than a
+short file with a 200 it could trust. :class:`StreamAborted` does that; the log
+filter below keeps uvicorn from printing a traceback for what is handled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from shim.errors import APIError
+
+__all__ = ["AudioResponse", "StreamAborted", "speech_events", "sse_event"]
+
+logger = logging.getLogger("tts_shim")
+
+
+class StreamAborted(Exception):
+    """Raised to make the server drop a response whose body cannot be completed."""
+
+
+class _HideAborted(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StreamAborted))
+
+
+logging.getLogger("uvicorn.error").addFilter(_HideAborted())
+
+
+class AudioResponse(StreamingResponse):
+    """A chunked response whose body iterator is always closed, so the upstream
+    download stops the moment the client goes away."""
+
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except APIError as exc:
+            logger.warning("aborting response after it started: %s", exc.message)
+            raise StreamAborted(exc.message) from exc
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if self._on_close is not None:
+                await self._on_close()
+
+
+def sse_event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def speech_events(audio: AsyncIterable[bytes], usage: dict[str, int]) -> AsyncIterator[bytes]:
+    """OpenAI's ``stream_format: "sse"`` speech events around ``audio``."""
+    try:
+        async for chunk in audio:
+            yield (
+                b'data: {"type":"speech.audio.delta","audio":"'
+                + base64.b64encode(chunk)
+                + b'"}\n\n'
+            )
+    except APIError as exc:
+        # Tell SSE clients why before the transfer is cut (see module docstring).
+        yield sse_event({"type": "error", "error": exc.body()["error"]})
+        raise
+    yield sse_event({"type": "speech.audio.done", "usage": usage})
+    yield b"data: [DONE]\n\n"

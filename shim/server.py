@@ -1,0 +1,94 @@
+"""Running the shim under uvicorn, alone or with the bundled mock upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from shim.app import create_app
+from shim.config import Config, parse_origin
+
+__all__ = ["run", "serve"]
+
+logger = logging.getLogger("tts_shim")
+
+#: The key ``--mock`` sends upstream when none is set; the mock accepts any.
+MOCK_KEY = "mock-key"
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the server it runs beside."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn.Config:
+    options: dict[str, object] = {
+        "log_level": config.log_level,
+        "timeout_graceful_shutdown": None,
+        "server_header": False,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
+
+
+async def serve(config: Config, *, mock: bool = False) -> None:
+    """Serve the shim until told to stop; with ``mock``, also serve the bundled
+    mock upstream on a free loopback port and point the shim at it."""
+    mock_server: uvicorn.Server | None = None
+    mock_socket: socket.socket | None = None
+    if mock:
+        from mockserver import create_app as create_mock_app
+
+        mock_socket = _bind("127.0.0.1", 0)
+        mock_url = f"http://127.0.0.1:{mock_socket.getsockname()[1]}"
+        config = dataclasses.replace(
+            config,
+            upstream_url=mock_url,
+            upstream_key=config.upstream_key or MOCK_KEY,
+            trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
+        )
+        mock_server = _QuietServer(
+            _uvicorn_config(create_mock_app(), config, log_level="warning", access_log=False)
+        )
+        logger.info("mock upstream on %s (no key or network needed)", mock_url)
+    config.check_exposure()
+    shim_socket = _bind(config.host, config.port)
+    shim_server = uvicorn.Server(_uvicorn_config(create_app(config), config))
+    tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
+    if mock_server is not None and mock_socket is not None:
+        tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))
+    try:
+        await tasks[0]
+    finally:
+        if mock_server is not None:
+            mock_server.should_exit = True
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+
+
+def run(config: Config, *, mock: bool = False) -> None:
+    """Blocking entry point, like ``uvicorn.run``; uses uvloop where installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, mock=mock))
+    else:
+        uvloop.run(serve(config, mock=mock))

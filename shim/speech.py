@@ -1,0 +1,167 @@
+"""The ``/v1/audio/speech`` request: validation and translation to the AI/ML body.
+
+The OpenAI SDK validates nothing, so every rule OpenAI's server applies is checked
+here, before any billed upstream call, and answered with OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from shim.catalog import FORMATS, UPSTREAM_VOICES, SpeechModel, resolve_model
+from shim.errors import APIError
+
+__all__ = [
+    "MAX_INPUT_CHARS",
+    "SpeechRequest",
+    "require_model",
+    "require_text",
+    "require_voice",
+    "unknown_model",
+]
+
+MAX_INPUT_CHARS = 4096
+_STREAM_FORMATS = ("audio", "sse")
+_VOICE_LIST = ", ".join(UPSTREAM_VOICES)
+_FORMAT_LIST = ", ".join(FORMATS)
+
+
+def _invalid(param: str | None, message: str, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def unknown_model(model: str, param: str = "model") -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or is not served by this shim, which serves "
+        "only the speech models tts-1, tts-1-hd and gpt-4o-mini-tts.",
+        param=param,
+        code="model_not_found",
+    )
+
+
+def require_model(value: Any) -> SpeechModel:
+    if value is None:
+        raise _invalid("model", "You must provide a model parameter.")
+    if not isinstance(value, str):
+        raise _invalid("model", f"Invalid type for 'model': expected a string, got {_kind(value)}.")
+    model = resolve_model(value)
+    if model is None:
+        raise unknown_model(value)
+    return model
+
+
+def require_text(value: Any, param: str) -> str:
+    if value is None:
+        raise _invalid(param, f"Missing required parameter: '{param}'.")
+    if not isinstance(value, str):
+        raise _invalid(param, f"Invalid type for '{param}': expected a string, got {_kind(value)}.")
+    if not value.strip():
+        raise _invalid(param, f"'{param}' must not be empty.", code="empty_string")
+    if len(value) > MAX_INPUT_CHARS:
+        raise _invalid(
+            param,
+            f"'{param}' is {len(value)} characters long; at most {MAX_INPUT_CHARS} are allowed.",
+            code="string_above_max_length",
+        )
+    return value
+
+
+def require_voice(value: Any, param: str = "voice") -> str:
+    if value is None:
+        return "alloy"  # the upstream's documented default
+    if isinstance(value, dict) and set(value) == {"id"}:
+        raise _invalid(
+            param,
+            f"Custom voices ({value['id']!r}) are not available through the AI/ML API; "
+            f"use one of: {_VOICE_LIST}.",
+        )
+    if not isinstance(value, str) or value not in UPSTREAM_VOICES:
+        raise _invalid(
+            param,
+            f"Invalid value for '{param}': {value!r}. Supported voices are: {_VOICE_LIST}.",
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """A validated speech request, in the shim's terms."""
+
+    model: SpeechModel
+    input: str
+    voice: str
+    response_format: str
+    stream_format: str
+    instructions: str | None = None
+    speed: float | None = None
+
+    @classmethod
+    def from_json(cls, body: Any) -> SpeechRequest:
+        """Validate a decoded JSON body; unknown keys are ignored, as OpenAI does."""
+        if not isinstance(body, dict):
+            raise _invalid(None, f"The request body must be a JSON object, not {_kind(body)}.")
+        model = require_model(body.get("model"))
+        text = require_text(body.get("input"), "input")
+        voice = require_voice(body.get("voice"))
+
+        instructions = body.get("instructions")
+        if instructions is not None:
+            if not isinstance(instructions, str):
+                raise _invalid(
+                    "instructions", "Invalid type for 'instructions': expected a string."
+                )
+            if len(instructions) > MAX_INPUT_CHARS:
+                raise _invalid(
+                    "instructions",
+                    f"'instructions' may be at most {MAX_INPUT_CHARS} characters long.",
+                    code="string_above_max_length",
+                )
+
+        response_format = body.get("response_format", "mp3")
+        if response_format not in FORMATS:
+            raise _invalid(
+                "response_format",
+                f"Invalid value for 'response_format': {response_format!r}. "
+                f"Supported values are: {_FORMAT_LIST}.",
+            )
+
+        speed = body.get("speed")
+        if speed is not None:
+            valid_number = isinstance(speed, (int, float)) and not isinstance(speed, bool)
+            if not valid_number or not math.isfinite(speed) or not 0.25 <= speed <= 4.0:
+                raise _invalid(
+                    "speed",
+                    f"Invalid value for 'speed': {speed!r}. It must be a number from 0.25 to 4.0.",
+                )
+            speed = float(speed)
+
+        stream_format = body.get("stream_format", "audio")
+        if stream_format not in _STREAM_FORMATS:
+            raise _invalid(
+                "stream_format",
+                f"Invalid value for 'stream_format': {stream_format!r}. "
+                "Supported values are: audio, sse.",
+            )
+        return cls(model, text, voice, response_format, stream_format, instructions, speed)
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The AI/ML ``POST /v1/tts`` body: ``input`` -> ``text``, ``instructions`` ->
+        ``style``; optional fields are sent only when the client set them."""
+        body: dict[str, Any] = {
+            "model": self.model.upstream_id,
+            "text": self.input,
+            "voice": self.voice,
+            "response_format": self.response_format,
+        }
+        if self.instructions is not None:
+            body["style"] = self.instructions
+        if self.speed is not None:
+            body["speed"] = self.speed
+        return body
