@@ -53,6 +53,7 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
 async def serve(config: Config, *, mock: bool = False) -> None:
     """Serve the shim until told to stop; with ``mock``, also serve the bundled
     mock upstream on a free loopback port and point the shim at it."""
+    config.check_exposure()  # before --mock swaps in its stand-in key
     mock_server: uvicorn.Server | None = None
     mock_socket: socket.socket | None = None
     if mock:
@@ -70,7 +71,6 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             _uvicorn_config(create_mock_app(), config, log_level="warning", access_log=False)
         )
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
-    config.check_exposure()
     shim_socket = _bind(config.host, config.port)
     shim_server = uvicorn.Server(_uvicorn_config(create_app(config), config))
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]

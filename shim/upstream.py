@@ -24,7 +24,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from shim import audio
@@ -147,7 +147,12 @@ class Upstream:
         )
         self._cdn = httpx.AsyncClient(
             transport=transport or _make_transport(config, limits),
-            timeout=httpx.Timeout(timeout, read=config.download_timeout),
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=config.download_timeout,
+                write=config.connect_timeout,
+                pool=config.connect_timeout,
+            ),
             headers={"user-agent": _USER_AGENT, "accept": "audio/*, */*;q=0.5"},
             follow_redirects=False,
         )
@@ -382,7 +387,7 @@ class Upstream:
                 return False
             return exc.retry_after is None or exc.retry_after <= cap
 
-        backoff = wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.05)
+        backoff = wait_random_exponential(multiplier=0.05, max=1.0)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -396,7 +401,10 @@ class Upstream:
             wait=wait,
             reraise=True,
         )
-        return await retrying(attempt)
+        async for trial in retrying:
+            with trial:
+                return await attempt()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
 class _TooLarge(Exception):
@@ -452,7 +460,7 @@ def _find_audio(payload: Any, request_id: str | None) -> _Generation:
     if ref is None:
         ref = payload.get("audio_url")
     if isinstance(ref, str) and ref:
-        if ref.startswith(("http://", "https://")):
+        if "://" in ref[:16]:  # any URL; the origin guard decides whether to fetch it
             return _Generation(request_id, url=ref, usage=usage)
         inline = _decode_inline(ref)
         if inline is not None:

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from shim.config import Config, ConfigError, parse_origin
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.aimlapi.com",
+        "https://api.aimlapi.com/",
+        "https://api.aimlapi.com/v1",
+        "https://api.aimlapi.com/v1/",
+    ],
+)
+def test_upstream_url_accepts_the_root_with_or_without_v1(url: str) -> None:
+    config = Config(upstream_url=url)
+
+    assert config.tts_url == "https://api.aimlapi.com/v1/tts"
+
+
+def test_default_audio_origins_are_the_upstream_and_its_cdn() -> None:
+    config = Config(upstream_url="http://127.0.0.1:8100/v1", audio_origins=("https://x.test",))
+
+    assert config.allowed_audio_origins == {
+        ("http", "127.0.0.1", 8100),
+        ("https", "cdn.aimlapi.com", 443),
+        ("https", "x.test", 443),
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("HTTPS://CDN.aimlapi.com/a/b.mp3?x=1", ("https", "cdn.aimlapi.com", 443)),
+        ("http://localhost:81", ("http", "localhost", 81)),
+        ("http://[::1]:9000/x", ("http", "::1", 9000)),
+    ],
+)
+def test_parse_origin(url: str, origin: tuple[str, str, int]) -> None:
+    assert parse_origin(url) == origin
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "not a url", "https://", "http://h:99999"])
+def test_parse_origin_rejects(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_origin(url)
+
+
+def test_bad_upstream_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Config(upstream_url="api.aimlapi.com")
+
+
+@pytest.mark.parametrize(
+    ("host", "client_keys", "allow_open", "refused"),
+    [
+        ("0.0.0.0", (), False, True),
+        ("0.0.0.0", (), True, False),
+        ("0.0.0.0", ("k",), False, False),
+        ("192.0.2.10", (), False, True),
+        ("127.0.0.1", (), False, False),
+        ("::1", (), False, False),
+        ("localhost", (), False, False),
+    ],
+)
+def test_exposure_check(
+    host: str, client_keys: tuple[str, ...], allow_open: bool, refused: bool
+) -> None:
+    config = Config(
+        host=host, upstream_key="server-key", client_keys=client_keys, allow_open=allow_open
+    )
+    if refused:
+        with pytest.raises(ConfigError, match="TTS_SHIM_API_KEYS"):
+            config.check_exposure()
+    else:
+        config.check_exposure()
+
+
+def test_without_a_server_key_any_address_is_allowed() -> None:
+    Config(host="0.0.0.0").check_exposure()
+
+
+@pytest.mark.parametrize("field", ["connect_timeout", "deadline"])
+def test_timeouts_must_be_positive(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Config(**{field: 0})  # type: ignore[arg-type]
