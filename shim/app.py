@@ -17,11 +17,13 @@ from starlette.routing import BaseRoute, Route
 
 from shim.bodies import read_json
 from shim.catalog import FORMATS
+from shim.chat import create_chat_completion
 from shim.config import Config
 from shim.errors import APIError
 from shim.keys import Keys
 from shim.middleware import GateMiddleware
-from shim.responses import AudioResponse, speech_events
+from shim.models import list_models, list_speech_models, list_voices, retrieve_model
+from shim.responses import AudioResponse, StreamAborted, speech_events
 from shim.speech import SpeechRequest
 from shim.synthesis import synthesize
 from shim.upstream import Upstream
@@ -85,7 +87,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Starlette calls this even after the response started; an abort is already
+    # logged where it happened, and this response is never sent.
+    if not isinstance(exc, StreamAborted):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
     error = APIError(
         500,
         "The shim hit an internal error; the details are in its log.",
@@ -98,6 +103,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/audio/speech", create_speech, methods=["POST"]),
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
+        Route("/v1/audio/voices", list_voices, methods=["GET"]),
+        Route("/v1/audio/models", list_speech_models, methods=["GET"]),
     ]
 
 

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 
 import uvicorn
@@ -18,6 +20,8 @@ __all__ = ["run", "serve"]
 
 logger = logging.getLogger("tts_shim")
 
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
 
@@ -28,6 +32,23 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _ShimServer(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process
+    dies by the signal; a sidecar that drained cleanly should exit 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -72,7 +93,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         )
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
     shim_socket = _bind(config.host, config.port)
-    shim_server = uvicorn.Server(_uvicorn_config(create_app(config), config))
+    shim_server = _ShimServer(_uvicorn_config(create_app(config), config))
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
     if mock_server is not None and mock_socket is not None:
         tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))

@@ -28,9 +28,7 @@ async def test_wrong_method_is_a_405_envelope(shim: Any) -> None:
     assert "GET" in response.json()["error"]["message"]
 
 
-async def test_oversized_body_is_413_without_reading_it(
-    shim: Any, upstream: FakeUpstream
-) -> None:
+async def test_oversized_body_is_413_without_reading_it(shim: Any, upstream: FakeUpstream) -> None:
     response = await shim(max_body_bytes=1000).post(
         "/v1/audio/speech", json={"model": "tts-1", "input": "x" * 2000}
     )

@@ -167,9 +167,7 @@ async def test_both_model_id_forms_are_served(
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-async def test_each_format_has_its_openai_content_type_and_decodes(
-    shim: Any, fmt: str
-) -> None:
+async def test_each_format_has_its_openai_content_type_and_decodes(shim: Any, fmt: str) -> None:
     response = await shim().post("/v1/audio/speech", json=_with(response_format=fmt))
 
     assert response.status_code == 200
@@ -186,7 +184,9 @@ async def test_audio_in_another_format_is_transcoded(
 ) -> None:
     # The CDN ignores the requested format and labels its reply wrongly, too.
     upstream.cdn.append(
-        httpx.Response(200, content=upstream.audio_for(sent), headers={"content-type": "audio/mpeg"})
+        httpx.Response(
+            200, content=upstream.audio_for(sent), headers={"content-type": "audio/mpeg"}
+        )
     )
     response = await shim().post("/v1/audio/speech", json=_with(response_format=asked))
 
@@ -204,7 +204,8 @@ async def test_transcoding_to_wav_writes_a_streaming_header(
     response = await shim().post("/v1/audio/speech", json=_with(response_format="wav"))
 
     header = response.content[:44]
-    assert header[:4] == b"RIFF" and header[8:12] == b"WAVE"
+    assert header[:4] == b"RIFF"
+    assert header[8:12] == b"WAVE"
     assert header[4:8] == b"\xff\xff\xff\xff"  # sizes unknown while streaming, like OpenAI
     assert header[40:44] == b"\xff\xff\xff\xff"
 
@@ -220,7 +221,8 @@ async def test_sse_stream_format(shim: Any, upstream: FakeUpstream) -> None:
     assert events[-1] == "[DONE]"
     payloads = [json.loads(e) for e in events[:-1]]
     deltas = [p for p in payloads if p["type"] == "speech.audio.delta"]
-    assert deltas and payloads[-1]["type"] == "speech.audio.done"
+    assert deltas
+    assert payloads[-1]["type"] == "speech.audio.done"
     audio = b"".join(base64.b64decode(p["audio"]) for p in deltas)
     assert audio == upstream.audio_for("wav")
     usage = payloads[-1]["usage"]

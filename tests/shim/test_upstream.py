@@ -78,7 +78,8 @@ async def test_metadata_only_reply_is_a_502_naming_the_request(
 
     assert response.status_code == 502
     error = response.json()["error"]
-    assert "no audio reference" in error["message"] and "dg-123" in error["message"]
+    assert "no audio reference" in error["message"]
+    assert "dg-123" in error["message"]
     assert error["code"] == "no_audio_in_reply"
     assert response.headers["x-request-id"] == "dg-123"
     assert response.headers["x-should-retry"] == "false"  # it was billed
@@ -155,9 +156,7 @@ async def test_upstream_errors_keep_their_status(
     assert len(upstream.calls("/v1/tts")) == (2 if retryable else 1)
 
 
-async def test_retry_after_within_the_cap_is_waited_out(
-    shim: Any, upstream: FakeUpstream
-) -> None:
+async def test_retry_after_within_the_cap_is_waited_out(shim: Any, upstream: FakeUpstream) -> None:
     upstream.tts.append(_aiml_error(429, "Too Many Requests", **{"retry-after": "0"}))
     _ok(upstream, await shim(tts_retries=1).post("/v1/audio/speech", json=BODY))
     assert len(upstream.calls("/v1/tts")) == 2

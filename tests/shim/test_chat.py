@@ -1,0 +1,600 @@
+"""``/v1/chat/completions``: validation, the spoken text, both answer shapes, defaults."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from shim import Config, create_app
+from shim.chat import AUDIO_LIFETIME, CHAT_FORMATS
+from tests.shim.conftest import CDN, FakeUpstream, decode, make_audio
+
+USER = [{"role": "user", "content": "Hello there."}]
+GOOD: dict[str, Any] = {
+    "model": "tts-1-hd",
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "coral", "format": "wav"},
+    "messages": USER,
+}
+_DROP = object()
+#: The names PyAV's decoders report for each chat format.
+DECODERS = {
+    "wav": {"pcm_s16le"},
+    "pcm16": {"pcm_s16le"},
+    "mp3": {"mp3", "mp3float"},
+    "aac": {"aac"},
+    "flac": {"flac"},
+    "opus": {"opus", "libopus"},
+}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    body = {**GOOD, **changes}
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+def _user(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+def _events(body: str) -> list[Any]:
+    """The ``data:`` payloads of an SSE body, JSON-decoded except ``[DONE]``."""
+    assert body.endswith("\n\n")
+    events: list[Any] = []
+    for block in body.split("\n\n")[:-1]:
+        assert block.startswith("data: "), block
+        data = block[len("data: ") :]
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def _fragments(events: list[Any]) -> list[str]:
+    return [
+        e["choices"][0]["delta"]["audio"]["data"]
+        for e in events
+        if isinstance(e, dict)
+        and e.get("choices")
+        and "data" in e["choices"][0]["delta"].get("audio", {})
+    ]
+
+
+class _Chunked(httpx.AsyncByteStream):
+    """A CDN body that arrives in the given pieces, then optionally breaks."""
+
+    def __init__(self, pieces: list[bytes], fail: bool = False) -> None:
+        self.pieces = pieces
+        self.fail = fail
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+        if self.fail:
+            raise httpx.ReadError("connection reset by peer")
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        (_with(model=_DROP), 400, "model", None),
+        (_with(model=4), 400, "model", None),
+        (_with(model="gpt-4o"), 404, "model", "model_not_found"),
+        (_with(model="openai/gpt-4o-audio-preview"), 404, "model", "model_not_found"),
+        (_with(messages=_DROP), 400, "messages", None),
+        (_with(messages="Hello"), 400, "messages", None),
+        (_with(messages=[]), 400, "messages", None),
+        (_with(messages=[{"role": "system", "content": "Be brief."}]), 400, "messages", None),
+        (_with(messages=[{"role": "assistant", "content": "Hi"}]), 400, "messages", None),
+        (_with(messages=["Hello"]), 400, "messages[0]", None),
+        (_with(messages=[{"content": "Hello"}]), 400, "messages[0]", None),
+        (_with(messages=_user("")), 400, "messages", "empty_string"),
+        (_with(messages=_user("  \n ")), 400, "messages", "empty_string"),
+        (_with(messages=_user(None)), 400, "messages", "empty_string"),
+        (_with(messages=_user([])), 400, "messages", "empty_string"),
+        (
+            _with(messages=_user([{"type": "image_url", "image_url": {"url": "x"}}])),
+            400,
+            "messages",
+            "empty_string",
+        ),
+        (_with(messages=_user(5)), 400, "messages[0].content", None),
+        (_with(messages=_user(["Hello"])), 400, "messages[0].content[0]", None),
+        (
+            _with(messages=_user([{"type": "text", "text": 5}])),
+            400,
+            "messages[0].content[0].text",
+            None,
+        ),
+        (_with(messages=_user("x" * 4097)), 400, "messages", "string_above_max_length"),
+        (
+            # The last user message is spoken; an earlier one is no fallback.
+            _with(messages=[*USER, {"role": "user", "content": ""}]),
+            400,
+            "messages",
+            "empty_string",
+        ),
+        (_with(audio="coral"), 400, "audio", None),
+        (_with(audio={"voice": "bob", "format": "wav"}), 400, "audio.voice", None),
+        (_with(audio={"voice": "marin"}), 400, "audio.voice", None),
+        (_with(audio={"voice": {"id": "voice_123"}}), 400, "audio.voice", None),
+        (_with(audio={"voice": "coral", "format": "pcm"}), 400, "audio.format", None),
+        (_with(audio={"voice": "coral", "format": "ogg"}), 400, "audio.format", None),
+        (_with(audio={"voice": "coral", "format": None}), 400, "audio.format", None),
+        (_with(modalities=["text"]), 400, "modalities", None),
+        (_with(modalities=[]), 400, "modalities", None),
+        (_with(modalities="audio"), 400, "modalities", None),
+        (_with(modalities=["audio", "video"]), 400, "modalities", None),
+        (_with(stream="yes"), 400, "stream", None),
+        (_with(stream=True, stream_options="usage"), 400, "stream_options", None),
+        (
+            _with(stream=True, stream_options={"include_usage": "yes"}),
+            400,
+            "stream_options.include_usage",
+            None,
+        ),
+        (_with(n=2), 400, "n", None),
+        (_with(n=True), 400, "n", None),
+    ],
+)
+async def test_invalid_requests_get_an_envelope_and_never_reach_upstream(
+    shim: Any, upstream: FakeUpstream, body: dict[str, Any], status: int, param: str, code: Any
+) -> None:
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["code"] == code
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert upstream.requests == []
+
+
+async def test_a_chat_model_is_told_the_shim_serves_only_speech_models(shim: Any) -> None:
+    response = await shim().post("/v1/chat/completions", json=_with(model="gpt-4o"))
+
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert "gpt-4o" in message
+    assert "only the speech models" in message
+
+
+async def test_a_text_only_request_says_why_it_is_refused(shim: Any) -> None:
+    response = await shim().post("/v1/chat/completions", json=_with(modalities=["text"]))
+
+    assert "audio" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "text",
+    ],
+)
+async def test_a_body_that_is_not_an_object_is_a_400(shim: Any, body: Any) -> None:
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] is None
+
+
+# -- the spoken text ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "spoken"),
+    [
+        (_user("Plain string."), "Plain string."),
+        (
+            _user([{"type": "text", "text": "First part."}, {"type": "text", "text": "Second."}]),
+            "First part.\nSecond.",
+        ),
+        (
+            _user(
+                [
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "text", "text": "Only text is spoken."},
+                    {"type": "text", "text": ""},
+                    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                ]
+            ),
+            "Only text is spoken.",
+        ),
+        (
+            [
+                {"role": "system", "content": "You are a narrator."},
+                {"role": "user", "content": "Earlier question."},
+                {"role": "assistant", "content": "Earlier answer."},
+                {"role": "user", "content": "The last one."},
+                {"role": "assistant", "content": None, "audio": {"id": "audio_1"}},
+            ],
+            "The last one.",
+        ),
+        (
+            [
+                {"role": "developer", "content": "Speak slowly."},
+                {"role": "user", "content": [{"type": "text", "text": " Spaces kept. "}]},
+            ],
+            " Spaces kept. ",
+        ),
+    ],
+)
+async def test_the_last_user_message_is_spoken_and_transcribed(
+    shim: Any, upstream: FakeUpstream, messages: list[dict[str, Any]], spoken: str
+) -> None:
+    response = await shim().post("/v1/chat/completions", json=_with(messages=messages))
+
+    assert response.status_code == 200, response.text
+    assert upstream.bodies()[0]["text"] == spoken
+    assert response.json()["choices"][0]["message"]["audio"]["transcript"] == spoken
+
+
+# -- the non-streamed answer ----------------------------------------------------------
+
+
+async def test_the_completion_has_openais_audio_shape(shim: Any, upstream: FakeUpstream) -> None:
+    response = await shim().post("/v1/chat/completions", json=GOOD)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    completion = response.json()
+    assert completion["id"].startswith("chatcmpl-")
+    assert completion["object"] == "chat.completion"
+    assert completion["model"] == "tts-1-hd"
+    assert isinstance(completion["created"], int)
+    [choice] = completion["choices"]
+    assert choice["index"] == 0
+    assert choice["finish_reason"] == "stop"
+    assert choice["logprobs"] is None
+    message = choice["message"]
+    assert message["role"] == "assistant"
+    assert message["content"] is None
+    assert message["refusal"] is None
+    audio = message["audio"]
+    assert set(audio) == {"id", "expires_at", "data", "transcript"}
+    assert audio["id"].startswith("audio_")
+    assert audio["expires_at"] == completion["created"] + AUDIO_LIFETIME
+    assert audio["transcript"] == "Hello there."
+    data = base64.b64decode(audio["data"], validate=True)
+    assert data == upstream.audio_for("wav")
+    codec, seconds = decode(data, "wav")
+    assert codec == "pcm_s16le"
+    assert seconds == pytest.approx(0.5, abs=0.01)
+
+
+async def test_usage_counts_the_characters_spoken(shim: Any) -> None:
+    text = "Twenty-six characters ok."
+    response = await shim().post("/v1/chat/completions", json=_with(messages=_user(text)))
+
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] == len(text)
+    assert usage["completion_tokens"] == 0
+    assert usage["total_tokens"] == len(text)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert usage["completion_tokens_details"]["audio_tokens"] == 0
+
+
+@pytest.mark.parametrize("model", ["tts-1", "openai/tts-1", "gpt-4o-mini-tts"])
+async def test_the_model_is_echoed_as_sent_and_sent_upstream_prefixed(
+    shim: Any, upstream: FakeUpstream, model: str
+) -> None:
+    response = await shim().post("/v1/chat/completions", json=_with(model=model))
+
+    assert response.json()["model"] == model
+    assert upstream.bodies()[0]["model"] == "openai/" + model.removeprefix("openai/")
+
+
+async def test_the_upstream_body_carries_voice_and_format(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    await shim().post("/v1/chat/completions", json=_with(audio={"voice": "sage", "format": "flac"}))
+
+    assert upstream.bodies() == [
+        {
+            "model": "openai/tts-1-hd",
+            "text": "Hello there.",
+            "voice": "sage",
+            "response_format": "flac",
+        }
+    ]
+
+
+@pytest.mark.parametrize("fmt", list(CHAT_FORMATS))
+async def test_every_chat_format_is_real_audio(shim: Any, upstream: FakeUpstream, fmt: str) -> None:
+    # The CDN always serves WAV, so every other format goes through the transcoder.
+    upstream.cdn.append(lambda _: httpx.Response(200, content=upstream.audio_for("wav")))
+    response = await shim().post(
+        "/v1/chat/completions", json=_with(audio={"voice": "alloy", "format": fmt})
+    )
+
+    assert response.status_code == 200, response.text
+    assert upstream.bodies()[0]["response_format"] == CHAT_FORMATS[fmt]
+    data = base64.b64decode(response.json()["choices"][0]["message"]["audio"]["data"])
+    codec, seconds = decode(data, CHAT_FORMATS[fmt])
+    assert codec in DECODERS[fmt]
+    assert seconds == pytest.approx(0.5, abs=0.1)
+    if fmt == "pcm16":
+        assert not data.startswith(b"RIFF")
+        assert len(data) % 2 == 0
+
+
+async def test_the_plain_shape_uses_the_documented_defaults(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    response = await shim().post("/v1/chat/completions", json={"model": "tts-1", "messages": USER})
+
+    assert response.status_code == 200
+    body = upstream.bodies()[0]
+    assert body["voice"] == "alloy"
+    assert body["response_format"] == "wav"
+    data = base64.b64decode(response.json()["choices"][0]["message"]["audio"]["data"])
+    assert data.startswith(b"RIFF")
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [None, {}, {"voice": "echo"}, {"format": "mp3"}],
+)
+async def test_a_partial_audio_object_fills_in_defaults(
+    shim: Any, upstream: FakeUpstream, audio: Any
+) -> None:
+    response = await shim().post("/v1/chat/completions", json=_with(audio=audio))
+
+    assert response.status_code == 200
+    body = upstream.bodies()[0]
+    assert body["voice"] == (audio or {}).get("voice", "alloy")
+    assert body["response_format"] == (audio or {}).get("format", "wav")
+
+
+async def test_chat_fields_the_shim_does_not_use_are_ignored(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    body = _with(
+        messages=[{"role": "system", "content": "Be terse."}, *USER],
+        temperature=0.2,
+        top_p=0.9,
+        max_tokens=5,
+        max_completion_tokens=5,
+        n=1,
+        seed=7,
+        stop=["\n"],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        tool_choice="auto",
+        user="someone",
+        metadata={"k": "v"},
+        stream=False,
+        stream_options={"include_usage": "not looked at"},
+        response_format={"type": "text"},
+    )
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 200, response.text
+    assert set(upstream.bodies()[0]) == {"model", "text", "voice", "response_format"}
+
+
+# -- the streamed answer --------------------------------------------------------------
+
+
+async def test_the_stream_is_role_transcript_audio_stop_usage_done(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    body = _with(stream=True, stream_options={"include_usage": True})
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["id"].startswith("chatcmpl-")
+    assert {c["model"] for c in chunks} == {"tts-1-hd"}
+
+    role, transcript, *audio, expiry, stop, usage = chunks
+    assert role["choices"][0]["delta"]["role"] == "assistant"
+    spoken = transcript["choices"][0]["delta"]["audio"]
+    assert spoken["transcript"] == "Hello there."
+    assert spoken["id"].startswith("audio_")
+    assert audio
+    for chunk in audio:
+        assert set(chunk["choices"][0]["delta"]["audio"]) == {"data"}
+        assert chunk["choices"][0]["finish_reason"] is None
+    assert expiry["choices"][0]["delta"] == {
+        "audio": {"expires_at": chunks[0]["created"] + AUDIO_LIFETIME}
+    }
+    assert stop["choices"][0]["finish_reason"] == "stop"
+    assert stop["choices"][0]["delta"] == {}
+    assert usage["choices"] == []
+    assert usage["usage"]["prompt_tokens"] == len("Hello there.")
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+    data = b"".join(base64.b64decode(f, validate=True) for f in _fragments(events))
+    assert data == upstream.audio_for("wav")
+
+
+async def test_without_include_usage_there_is_no_usage_chunk(shim: Any) -> None:
+    for options in (None, {"include_usage": False}):
+        body = _with(stream=True, stream_options=options)
+        events = _events((await shim().post("/v1/chat/completions", json=body)).text)
+
+        assert events[-1] == "[DONE]"
+        assert events[-2]["choices"][0]["finish_reason"] == "stop"
+        assert all("usage" not in e for e in events[:-1])
+        assert all(e["choices"] for e in events[:-1])
+
+
+async def test_audio_fragments_follow_the_download_and_each_decodes_alone(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    audio = upstream.audio_for("wav")
+    # Odd sizes, so fragments must be re-cut to stay whole base64.
+    pieces = [audio[:1000], audio[1000:1001], audio[1001:5003], audio[5003:]]
+    upstream.cdn.append(httpx.Response(200, stream=_Chunked(pieces)))
+
+    response = await shim().post("/v1/chat/completions", json=_with(stream=True))
+
+    fragments = _fragments(_events(response.text))
+    assert len(fragments) >= 3  # streamed as it came, not one buffered blob
+    decoded = [base64.b64decode(f, validate=True) for f in fragments]
+    assert b"".join(decoded) == audio
+    # Every fragment but the last is padding-free, so joining the strings works too.
+    assert all("=" not in f for f in fragments[:-1])
+    assert base64.b64decode("".join(fragments), validate=True) == audio
+
+
+async def test_pcm16_streams_raw_samples(shim: Any, upstream: FakeUpstream) -> None:
+    upstream.cdn.append(lambda _: httpx.Response(200, content=make_audio("pcm")))
+    body = _with(stream=True, audio={"voice": "verse", "format": "pcm16"})
+
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    assert upstream.bodies()[0]["response_format"] == "pcm"
+    data = b"".join(base64.b64decode(f) for f in _fragments(_events(response.text)))
+    assert data == make_audio("pcm")
+    assert len(data) == 24_000  # 0.5 s of 24 kHz s16 mono
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "aac"])
+async def test_streamed_transcoded_audio_decodes(
+    shim: Any, upstream: FakeUpstream, fmt: str
+) -> None:
+    upstream.cdn.append(lambda _: httpx.Response(200, content=upstream.audio_for("wav")))
+    body = _with(stream=True, audio={"voice": "nova", "format": fmt})
+
+    response = await shim().post("/v1/chat/completions", json=body)
+
+    fragments = _fragments(_events(response.text))
+    data = b"".join(base64.b64decode(f, validate=True) for f in fragments)
+    codec, seconds = decode(data, fmt)
+    assert codec in DECODERS[fmt]
+    assert seconds == pytest.approx(0.5, abs=0.1)
+
+
+async def test_a_download_that_breaks_mid_stream_ends_with_an_error_event(
+    upstream: FakeUpstream,
+) -> None:
+    audio = upstream.audio_for("wav")
+    upstream.cdn.append(
+        httpx.Response(200, stream=_Chunked([audio[:3000], audio[3000:6000]], True))
+    )
+    app = create_app(Config(max_retry_wait=0.01), transport=httpx.MockTransport(upstream))
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=_with(stream=True),
+            headers={"authorization": "Bearer sk-client"},
+        )
+
+    events = _events(response.text)
+    fragments = _fragments(events)
+    # What had arrived was sent before the failure: the answer is not buffered.
+    assert b"".join(base64.b64decode(f) for f in fragments) == audio[:6000]
+    assert events[-1]["error"]["type"] == "server_error"
+    assert "[DONE]" not in events
+    assert not any(
+        e.get("choices") and e["choices"][0]["finish_reason"] == "stop"
+        for e in events
+        if isinstance(e, dict)
+    )
+
+
+# -- errors and keys behave as for speech --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(
+            401, json={"message": "This request requires a valid API key.", "statusCode": 401}
+        ),
+        httpx.Response(403, json={"message": "You've run out of credits.", "statusCode": 403}),
+        httpx.Response(400, json={"message": "Body validation error!", "statusCode": 400}),
+    ],
+)
+async def test_upstream_errors_match_the_speech_route(
+    shim: Any, upstream: FakeUpstream, reply: httpx.Response
+) -> None:
+    client = shim(tts_retries=0)
+    upstream.tts.append(reply)
+    speech = await client.post(
+        "/v1/audio/speech", json={"model": "tts-1-hd", "input": "Hello there.", "voice": "coral"}
+    )
+    upstream.tts.append(reply)
+    chat = await client.post("/v1/chat/completions", json=GOOD)
+
+    assert chat.status_code == speech.status_code == reply.status_code
+    assert chat.json() == speech.json()
+    assert chat.headers.get("x-should-retry") == speech.headers.get("x-should-retry")
+
+
+async def test_a_failed_generation_is_retried_like_speech(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    upstream.tts.append(httpx.Response(503, json={"message": "Service unavailable"}))
+
+    response = await shim(tts_retries=1).post("/v1/chat/completions", json=GOOD)
+
+    assert response.status_code == 200
+    assert len(upstream.calls("/v1/tts")) == 2
+
+
+async def test_audio_from_an_untrusted_origin_is_refused(shim: Any, upstream: FakeUpstream) -> None:
+    upstream.tts.append(
+        httpx.Response(201, json={"audio": {"url": "https://evil.example/generations/a.wav"}})
+    )
+
+    response = await shim().post("/v1/chat/completions", json=GOOD)
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "audio_origin_not_allowed"
+    assert upstream.calls("/generations") == []
+
+
+async def test_the_client_key_goes_upstream_and_never_to_the_cdn(
+    shim: Any, upstream: FakeUpstream
+) -> None:
+    await shim().post("/v1/chat/completions", json=GOOD)
+
+    [tts] = upstream.calls("/v1/tts")
+    [cdn] = upstream.calls("/generations")
+    assert tts.headers["authorization"] == "Bearer sk-client-key-1234"
+    assert "authorization" not in cdn.headers
+    assert str(cdn.url).startswith(CDN)
+
+
+async def test_client_keys_are_enforced(shim: Any, upstream: FakeUpstream) -> None:
+    client = shim(client_keys=("sk-other",))
+
+    response = await client.post("/v1/chat/completions", json=GOOD)
+
+    assert response.status_code == 401
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_upstream_request_id_is_passed_on(
+    shim: Any, upstream: FakeUpstream, stream: bool
+) -> None:
+    upstream.tts.append(
+        httpx.Response(
+            201,
+            json={"audio": {"url": f"{CDN}/generations/t/1-a.wav"}},
+            headers={"x-request-id": "up-123"},
+        )
+    )
+
+    response = await shim().post("/v1/chat/completions", json=_with(stream=stream))
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "up-123"
