@@ -263,7 +263,7 @@ async def test_client_disconnect_stops_the_download(tts_shim: ShimServer) -> Non
         model="tts-1-hd", voice="alloy", input=TEXT, response_format="wav"
     ) as response:
         next(response.iter_bytes())
-        assert stats.open_streams == 1
+        assert stats.open_streams >= 1  # ours, while we hold the response open
     # The shim runs in another thread, so poll its counter (bounded by fail_after).
     with anyio.fail_after(10):
         while stats.open_streams:  # noqa: ASYNC110
