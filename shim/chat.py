@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shim.bodies import read_json
-from shim.errors import APIError
+from shim.errors import APIError, invalid, type_name, wrong_type
 from shim.responses import AudioResponse, sse_event
 from shim.speech import MAX_INPUT_CHARS, SpeechRequest, require_model, require_voice
 from shim.synthesis import synthesize
@@ -69,14 +69,6 @@ _MODALITIES = ("text", "audio")
 _FORMAT_LIST = ", ".join(CHAT_FORMATS)
 
 
-def _invalid(param: str | None, message: str, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 # -- the request ------------------------------------------------------------------
 
 
@@ -84,15 +76,13 @@ def spoken_text(messages: Any) -> str:
     """The text to speak: the last ``user`` message's string content, or its
     ``text`` parts joined with ``"\\n"``."""
     if messages is None:
-        raise _invalid("messages", "Missing required parameter: 'messages'.")
+        raise invalid("messages", "Missing required parameter: 'messages'.")
     if not isinstance(messages, list):
-        raise _invalid(
-            "messages", f"Invalid type for 'messages': expected an array, got {_kind(messages)}."
-        )
+        raise wrong_type("messages", "an array", messages)
     last: tuple[int, dict[str, Any]] | None = None
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _invalid(
+            raise invalid(
                 f"messages[{index}]",
                 f"Invalid value for 'messages[{index}]': each message must be an object "
                 "with a string 'role'.",
@@ -100,7 +90,7 @@ def spoken_text(messages: Any) -> str:
         if message["role"] == "user":
             last = (index, message)
     if last is None:
-        raise _invalid(
+        raise invalid(
             "messages",
             "There is no user message to speak: this shim speaks the text of the last "
             "message with role 'user'.",
@@ -108,13 +98,13 @@ def spoken_text(messages: Any) -> str:
     index, message = last
     text = _content_text(message.get("content"), f"messages[{index}].content")
     if not text.strip():
-        raise _invalid(
+        raise invalid(
             "messages",
             f"The last user message (messages[{index}]) has no text to speak.",
             code="empty_string",
         )
     if len(text) > MAX_INPUT_CHARS:
-        raise _invalid(
+        raise invalid(
             "messages",
             f"The last user message is {len(text)} characters long; at most "
             f"{MAX_INPUT_CHARS} can be spoken.",
@@ -127,25 +117,18 @@ def _content_text(content: Any, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
-        raise _invalid(
-            param,
-            f"Invalid type for '{param}': expected a string or an array of content parts, "
-            f"got {_kind(content)}.",
-        )
+        raise wrong_type(param, "a string or an array of content parts", content)
     texts: list[str] = []
     for number, part in enumerate(content):
         if not isinstance(part, dict):
-            raise _invalid(
+            raise invalid(
                 f"{param}[{number}]", f"Invalid value for '{param}[{number}]': expected an object."
             )
         if part.get("type") != "text":
             continue  # images, audio and files cannot be spoken
         text = part.get("text")
         if not isinstance(text, str):
-            raise _invalid(
-                f"{param}[{number}].text",
-                f"Invalid type for '{param}[{number}].text': expected a string, got {_kind(text)}.",
-            )
+            raise wrong_type(f"{param}[{number}].text", "a string", text)
         if text:
             texts.append(text)
     return "\n".join(texts)
@@ -155,13 +138,13 @@ def _require_audio_output(modalities: Any) -> None:
     if modalities is None:
         return
     if not isinstance(modalities, list) or not all(m in _MODALITIES for m in modalities):
-        raise _invalid(
+        raise invalid(
             "modalities",
             f"Invalid value for 'modalities': {modalities!r}. Supported values are arrays "
             'of "text" and "audio".',
         )
     if "audio" not in modalities:
-        raise _invalid(
+        raise invalid(
             "modalities",
             "This shim serves only speech models, which answer with audio: 'modalities' "
             'must include "audio" (or be left out).',
@@ -173,16 +156,12 @@ def _audio_options(audio: Any) -> tuple[str, str]:
     if audio is None:
         audio = {}
     if not isinstance(audio, dict):
-        raise _invalid(
-            "audio",
-            f"Invalid type for 'audio': expected an object with 'voice' and 'format', "
-            f"got {_kind(audio)}.",
-        )
+        raise wrong_type("audio", "an object with 'voice' and 'format'", audio)
     voice = require_voice(audio.get("voice"), "audio.voice")
     fmt = audio.get("format", DEFAULT_FORMAT)
     if fmt not in CHAT_FORMATS:
         hint = " (raw PCM is 'pcm16' here)" if fmt == "pcm" else ""
-        raise _invalid(
+        raise invalid(
             "audio.format",
             f"Invalid value for 'audio.format': {fmt!r}{hint}. Supported values are: "
             f"{_FORMAT_LIST}.",
@@ -196,30 +175,21 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise _invalid(
-            "stream", f"Invalid type for 'stream': expected a boolean, got {_kind(stream)}."
-        )
+        raise wrong_type("stream", "a boolean", stream)
     options = body.get("stream_options")
     if not stream or options is None:
         return stream, False
     if not isinstance(options, dict):
-        raise _invalid(
-            "stream_options",
-            f"Invalid type for 'stream_options': expected an object, got {_kind(options)}.",
-        )
+        raise wrong_type("stream_options", "an object", options)
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
-        raise _invalid(
-            "stream_options.include_usage",
-            "Invalid type for 'stream_options.include_usage': expected a boolean, "
-            f"got {_kind(include_usage)}.",
-        )
+        raise wrong_type("stream_options.include_usage", "a boolean", include_usage)
     return stream, include_usage
 
 
 def _require_one_choice(n: Any) -> None:
     if n is not None and (isinstance(n, bool) or n != 1):
-        raise _invalid(
+        raise invalid(
             "n", f"Invalid value for 'n': {n!r}. This shim makes one answer per request; use 1."
         )
 
@@ -238,7 +208,7 @@ class ChatRequest:
     def from_json(cls, body: Any) -> ChatRequest:
         """Validate a decoded JSON body; fields the shim does not use are ignored."""
         if not isinstance(body, dict):
-            raise _invalid(None, f"The request body must be a JSON object, not {_kind(body)}.")
+            raise invalid(None, f"The request body must be a JSON object, not {type_name(body)}.")
         model = require_model(body.get("model"))
         text = spoken_text(body.get("messages"))
         _require_audio_output(body.get("modalities"))

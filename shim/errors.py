@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-__all__ = ["APIError", "from_upstream"]
+__all__ = ["APIError", "from_upstream", "invalid", "type_name", "wrong_type"]
 
 
 class APIError(Exception):
@@ -59,6 +59,23 @@ class APIError(Exception):
         if self.retry_after is not None and "retry-after" not in headers:
             headers["retry-after"] = _format_seconds(self.retry_after)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def invalid(param: str | None, message: str, code: str | None = None) -> APIError:
+    """A 400 about one request field, as OpenAI words them."""
+    return APIError(400, message, param=param, code=code)
+
+
+def type_name(value: Any) -> str:
+    """The JSON-ish name of ``value``'s type, for messages."""
+    return "null" if value is None else type(value).__name__
+
+
+def wrong_type(param: str, expected: str, value: Any) -> APIError:
+    """A 400 for a field of the wrong JSON type."""
+    return invalid(
+        param, f"Invalid type for '{param}': expected {expected}, got {type_name(value)}."
+    )
 
 
 def _format_seconds(seconds: float) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shim.catalog import FORMATS, UPSTREAM_VOICES, SpeechModel, resolve_model
-from shim.errors import APIError
+from shim.errors import APIError, invalid, type_name, wrong_type
 
 __all__ = [
     "MAX_INPUT_CHARS",
@@ -28,10 +28,6 @@ _VOICE_LIST = ", ".join(UPSTREAM_VOICES)
 _FORMAT_LIST = ", ".join(FORMATS)
 
 
-def _invalid(param: str | None, message: str, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
 def unknown_model(model: str, param: str = "model") -> APIError:
     return APIError(
         404,
@@ -44,9 +40,9 @@ def unknown_model(model: str, param: str = "model") -> APIError:
 
 def require_model(value: Any) -> SpeechModel:
     if value is None:
-        raise _invalid("model", "You must provide a model parameter.")
+        raise invalid("model", "You must provide a model parameter.")
     if not isinstance(value, str):
-        raise _invalid("model", f"Invalid type for 'model': expected a string, got {_kind(value)}.")
+        raise wrong_type("model", "a string", value)
     model = resolve_model(value)
     if model is None:
         raise unknown_model(value)
@@ -55,13 +51,13 @@ def require_model(value: Any) -> SpeechModel:
 
 def require_text(value: Any, param: str) -> str:
     if value is None:
-        raise _invalid(param, f"Missing required parameter: '{param}'.")
+        raise invalid(param, f"Missing required parameter: '{param}'.")
     if not isinstance(value, str):
-        raise _invalid(param, f"Invalid type for '{param}': expected a string, got {_kind(value)}.")
+        raise wrong_type(param, "a string", value)
     if not value.strip():
-        raise _invalid(param, f"'{param}' must not be empty.", code="empty_string")
+        raise invalid(param, f"'{param}' must not be empty.", code="empty_string")
     if len(value) > MAX_INPUT_CHARS:
-        raise _invalid(
+        raise invalid(
             param,
             f"'{param}' is {len(value)} characters long; at most {MAX_INPUT_CHARS} are allowed.",
             code="string_above_max_length",
@@ -73,21 +69,17 @@ def require_voice(value: Any, param: str = "voice") -> str:
     if value is None:
         return "alloy"  # the upstream's documented default
     if isinstance(value, dict) and set(value) == {"id"}:
-        raise _invalid(
+        raise invalid(
             param,
             f"Custom voices ({value['id']!r}) are not available through the AI/ML API; "
             f"use one of: {_VOICE_LIST}.",
         )
     if not isinstance(value, str) or value not in UPSTREAM_VOICES:
-        raise _invalid(
+        raise invalid(
             param,
             f"Invalid value for '{param}': {value!r}. Supported voices are: {_VOICE_LIST}.",
         )
     return value
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ class SpeechRequest:
     def from_json(cls, body: Any) -> SpeechRequest:
         """Validate a decoded JSON body; unknown keys are ignored, as OpenAI does."""
         if not isinstance(body, dict):
-            raise _invalid(None, f"The request body must be a JSON object, not {_kind(body)}.")
+            raise invalid(None, f"The request body must be a JSON object, not {type_name(body)}.")
         model = require_model(body.get("model"))
         text = require_text(body.get("input"), "input")
         voice = require_voice(body.get("voice"))
@@ -114,11 +106,9 @@ class SpeechRequest:
         instructions = body.get("instructions")
         if instructions is not None:
             if not isinstance(instructions, str):
-                raise _invalid(
-                    "instructions", "Invalid type for 'instructions': expected a string."
-                )
+                raise wrong_type("instructions", "a string", instructions)
             if len(instructions) > MAX_INPUT_CHARS:
-                raise _invalid(
+                raise invalid(
                     "instructions",
                     f"'instructions' may be at most {MAX_INPUT_CHARS} characters long.",
                     code="string_above_max_length",
@@ -126,7 +116,7 @@ class SpeechRequest:
 
         response_format = body.get("response_format", "mp3")
         if response_format not in FORMATS:
-            raise _invalid(
+            raise invalid(
                 "response_format",
                 f"Invalid value for 'response_format': {response_format!r}. "
                 f"Supported values are: {_FORMAT_LIST}.",
@@ -136,7 +126,7 @@ class SpeechRequest:
         if speed is not None:
             valid_number = isinstance(speed, (int, float)) and not isinstance(speed, bool)
             if not valid_number or not math.isfinite(speed) or not 0.25 <= speed <= 4.0:
-                raise _invalid(
+                raise invalid(
                     "speed",
                     f"Invalid value for 'speed': {speed!r}. It must be a number from 0.25 to 4.0.",
                 )
@@ -144,7 +134,7 @@ class SpeechRequest:
 
         stream_format = body.get("stream_format", "audio")
         if stream_format not in _STREAM_FORMATS:
-            raise _invalid(
+            raise invalid(
                 "stream_format",
                 f"Invalid value for 'stream_format': {stream_format!r}. "
                 "Supported values are: audio, sse.",
