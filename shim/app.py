@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
@@ -20,9 +20,13 @@ from shim.catalog import FORMATS
 from shim.chat import create_chat_completion
 from shim.config import Config
 from shim.errors import APIError
+from shim.health import healthz, readyz
 from shim.keys import Keys
+from shim.limits import Capacity
+from shim.logs import AccessLogMiddleware
 from shim.middleware import GateMiddleware
 from shim.models import list_models, list_speech_models, list_voices, retrieve_model
+from shim.openapi import openapi_json
 from shim.responses import AudioResponse, StreamAborted, speech_events
 from shim.speech import SpeechRequest
 from shim.synthesis import synthesize
@@ -40,6 +44,7 @@ class ShimState:
     config: Config
     keys: Keys
     upstream: Upstream
+    capacity: Capacity = field(default_factory=lambda: Capacity(0, 0, 0.0))
 
 
 def _state(request: Request) -> ShimState:
@@ -57,7 +62,12 @@ async def create_speech(request: Request) -> Response:
     speech = SpeechRequest.from_json(await read_json(request, shim.config.max_body_bytes))
     key = shim.keys.upstream_key(request.headers)
     audio = await synthesize(
-        shim.upstream, speech.upstream_body(), speech.response_format, key, shim.config.deadline
+        shim.upstream,
+        speech.upstream_body(),
+        speech.response_format,
+        key,
+        shim.config.deadline,
+        capacity=shim.capacity,
     )
     headers = {"x-request-id": audio.request_id or _request_id(request)}
     if speech.stream_format == "sse":
@@ -83,6 +93,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}.")
     else:
         error = APIError(exc.status_code, str(exc.detail))
+    if exc.headers:
+        error.headers.update(exc.headers)  # ``Allow`` on a 405, say
     return error.response(_request_id(request))
 
 
@@ -108,6 +120,9 @@ def routes() -> list[BaseRoute]:
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         Route("/v1/audio/voices", list_voices, methods=["GET"]),
         Route("/v1/audio/models", list_speech_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
 
 
@@ -134,7 +149,7 @@ def create_app(
 
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(GateMiddleware, keys=keys)],
+        middleware=[Middleware(AccessLogMiddleware), Middleware(GateMiddleware, keys=keys)],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
@@ -142,5 +157,5 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    app.state.shim = ShimState(config, keys, upstream)
+    app.state.shim = ShimState(config, keys, upstream, Capacity.from_config(config))
     return app

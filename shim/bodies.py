@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -11,11 +12,15 @@ from shim.errors import APIError
 
 __all__ = ["read_json"]
 
+# A ``\uD800``-``\uDFFF`` escape: Python's parser turns an unpaired one into a lone
+# surrogate, which no UTF-8 encoder (upstream request, response, log) accepts.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
 
 async def read_json(request: Request, max_bytes: int) -> Any:
     """Decode the JSON body, refusing bodies over ``max_bytes`` without reading them."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     parts: list[bytes] = []
     size = 0
@@ -28,7 +33,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise APIError(400, "The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise APIError(400, f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
     except RecursionError as exc:
@@ -39,6 +44,22 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             f"aren't using your HTTP library correctly.) Parser said: {exc}.",
         ) from exc
+    if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
+        raise APIError(
+            400,
+            "The request body holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF not "
+            "in a pair), which is not a character; send valid Unicode text.",
+        )
+    return body
+
+
+def _encodable(value: Any) -> bool:
+    """Whether ``value`` (decoded JSON) can be written out as UTF-8 again."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):  # too deep to check: refuse, to be sure
+        return False
+    return True
 
 
 def _too_large(max_bytes: int) -> APIError:

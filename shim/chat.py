@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shim.bodies import read_json
-from shim.errors import APIError, invalid, type_name, wrong_type
+from shim.errors import APIError, invalid, shown, type_name, wrong_type
 from shim.responses import AudioResponse, sse_event
 from shim.speech import MAX_INPUT_CHARS, SpeechRequest, require_model, require_voice
 from shim.synthesis import synthesize
@@ -140,7 +140,7 @@ def _require_audio_output(modalities: Any) -> None:
     if not isinstance(modalities, list) or not all(m in _MODALITIES for m in modalities):
         raise invalid(
             "modalities",
-            f"Invalid value for 'modalities': {modalities!r}. Supported values are arrays "
+            f"Invalid value for 'modalities': {shown(modalities)}. Supported values are arrays "
             'of "text" and "audio".',
         )
     if "audio" not in modalities:
@@ -159,11 +159,11 @@ def _audio_options(audio: Any) -> tuple[str, str]:
         raise wrong_type("audio", "an object with 'voice' and 'format'", audio)
     voice = require_voice(audio.get("voice"), "audio.voice")
     fmt = audio.get("format", DEFAULT_FORMAT)
-    if fmt not in CHAT_FORMATS:
+    if not isinstance(fmt, str) or fmt not in CHAT_FORMATS:
         hint = " (raw PCM is 'pcm16' here)" if fmt == "pcm" else ""
         raise invalid(
             "audio.format",
-            f"Invalid value for 'audio.format': {fmt!r}{hint}. Supported values are: "
+            f"Invalid value for 'audio.format': {shown(fmt)}{hint}. Supported values are: "
             f"{_FORMAT_LIST}.",
         )
     return voice, fmt
@@ -190,7 +190,8 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
 def _require_one_choice(n: Any) -> None:
     if n is not None and (isinstance(n, bool) or n != 1):
         raise invalid(
-            "n", f"Invalid value for 'n': {n!r}. This shim makes one answer per request; use 1."
+            "n",
+            f"Invalid value for 'n': {shown(n)}. This shim makes one answer per request; use 1.",
         )
 
 
@@ -348,6 +349,7 @@ async def create_chat_completion(request: Request) -> Response:
         chat.speech.response_format,
         key,
         shim.config.deadline,
+        capacity=shim.capacity,
     )
     headers = {"x-request-id": speech.request_id} if speech.request_id else {}
     answer = _Answer(chat)

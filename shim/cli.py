@@ -161,8 +161,42 @@ def main() -> None:
     envvar="TTS_SHIM_UPSTREAM_TRANSPORT",
     show_envvar=True,
     default="aiohttp",
-    type=click.Choice(["aiohttp", "httpx"]),
-    help="HTTP transport under the upstream client (see docs/benchmarks.md).",
+    type=click.Choice(["aiohttp", "native", "httpx"]),
+    help="Upstream HTTP client, behind httpx's API: aiohttp (httpx-aiohttp; well-kept and "
+    "several times cheaper than httpx's own transport), native (the shim's lean HTTP/1.1 "
+    "client: fastest, HTTP/1.1 only, opt-in) or httpx (see docs/benchmarks.md).",
+)
+@click.option(
+    "--max-concurrency",
+    envvar="TTS_SHIM_MAX_CONCURRENCY",
+    show_envvar=True,
+    default=64,
+    type=click.IntRange(0),
+    help="Speech and chat requests served at once (upstream call and audio stream); 0: no cap.",
+)
+@click.option(
+    "--max-queue",
+    envvar="TTS_SHIM_MAX_QUEUE",
+    show_envvar=True,
+    default=128,
+    type=click.IntRange(0),
+    help="Requests waiting for a slot when all are busy; more get 429 with Retry-After.",
+)
+@click.option(
+    "--queue-timeout",
+    envvar="TTS_SHIM_QUEUE_TIMEOUT",
+    show_envvar=True,
+    default=10.0,
+    type=click.FloatRange(0),
+    help="Longest wait (seconds) for a slot before a 429.",
+)
+@click.option(
+    "--graceful-timeout",
+    envvar="TTS_SHIM_GRACEFUL_TIMEOUT",
+    show_envvar=True,
+    default=30.0,
+    type=click.FloatRange(0),
+    help="On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
 )
 @click.option(
     "--log-format",

@@ -73,9 +73,17 @@ class Config:
     deadline: float = 90.0
     max_audio_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024
-    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    upstream_transport: Literal["aiohttp", "native", "httpx"] = "aiohttp"
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
+    #: Speech and chat requests generating or streaming audio at once; 0: no cap.
+    max_concurrency: int = 64
+    #: Requests waiting for a slot when all are taken; beyond it, 429.
+    max_queue: int = 128
+    #: Longest wait for a slot, seconds; then 429.
+    queue_timeout: float = 10.0
+    #: On SIGTERM, seconds in-flight responses get to finish before they are cut.
+    graceful_timeout: float = 30.0
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
 
@@ -91,6 +99,12 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.tts_retries < 0 or self.audio_retries < 0:
             raise ConfigError("retry counts cannot be negative")
+        if self.max_concurrency < 0 or self.max_queue < 0:
+            raise ConfigError("max_concurrency and max_queue cannot be negative")
+        if self.queue_timeout < 0 or self.graceful_timeout < 0:
+            raise ConfigError("queue_timeout and graceful_timeout cannot be negative")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
 
     @staticmethod
     def _normalise_root(url: str) -> str:

@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import json
+import re
+import reprlib
 from typing import Any
 
 from starlette.responses import JSONResponse
 
-__all__ = ["APIError", "from_upstream", "invalid", "type_name", "wrong_type"]
+__all__ = [
+    "APIError",
+    "clean_request_id",
+    "from_upstream",
+    "invalid",
+    "shown",
+    "type_name",
+    "wrong_type",
+]
+
+# What an upstream request id may look like to be echoed in a header: ids are
+# tokens, and anything else (CR/LF, non-Latin-1, kilobytes) is dropped, not sent.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+# Client values quoted in messages: short, and shallow however deeply they nest.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 3
+_SHOWN.maxstring = 60
+_SHOWN.maxother = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, safe for any decoded JSON (deep, huge or odd)."""
+    try:
+        return _SHOWN.repr(value)
+    except (RecursionError, ValueError):  # ValueError: ints past str()'s digit limit
+        return f"<{type_name(value)}>"
+
+
+def clean_request_id(value: object) -> str | None:
+    """``value`` if it is safe to send as ``x-request-id``, else ``None``."""
+    if isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+class _ErrorResponse(JSONResponse):
+    """The envelope, even when a message holds what UTF-8 cannot encode (a lone
+    surrogate from a client or an upstream): then it is sent ASCII-escaped."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class APIError(Exception):
@@ -41,6 +88,15 @@ class APIError(Exception):
         self.request_id = request_id
         self.headers = dict(headers or {})
 
+    @property
+    def request_id(self) -> str | None:
+        """The upstream's request id, when it is one that is safe to echo."""
+        return self._request_id
+
+    @request_id.setter
+    def request_id(self, value: str | None) -> None:
+        self._request_id = clean_request_id(value)
+
     def body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -58,7 +114,7 @@ class APIError(Exception):
             headers["x-should-retry"] = "false"
         if self.retry_after is not None and "retry-after" not in headers:
             headers["retry-after"] = _format_seconds(self.retry_after)
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return _ErrorResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def invalid(param: str | None, message: str, code: str | None = None) -> APIError:

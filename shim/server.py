@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from shim.app import create_app
+from shim.app import ShimState, create_app
 from shim.config import Config, parse_origin
+from shim.logs import QUIET
+from shim.logs import configure as configure_logging
 
 __all__ = ["run", "serve"]
 
@@ -36,7 +38,26 @@ class _QuietServer(uvicorn.Server):
 
 class _ShimServer(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process
-    dies by the signal; a sidecar that drained cleanly should exit 0 instead."""
+    dies by the signal; a sidecar that drained cleanly should exit 0 instead.
+
+    On shutdown the shim is marked draining first (``/readyz`` answers 503 and new
+    speech work is refused); then uvicorn stops accepting, closes idle connections,
+    and gives in-flight responses ``--graceful-timeout`` seconds before cutting them.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ShimState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        capacity = self.state.capacity
+        capacity.start_draining()
+        logger.info(
+            "draining: %d request(s) in flight, up to %g s to finish",
+            capacity.in_flight,
+            self.state.config.graceful_timeout,
+        )
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -64,7 +85,9 @@ def _bind(host: str, port: int) -> socket.socket:
 def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn.Config:
     options: dict[str, object] = {
         "log_level": config.log_level,
-        "timeout_graceful_shutdown": None,
+        "log_config": None,  # serve() applies shim.logs.log_config, for uvicorn's too
+        "access_log": False,  # shim.logs writes the access log, without query strings
+        "timeout_graceful_shutdown": config.graceful_timeout,
         "server_header": False,
     }
     options.update(overrides)
@@ -75,6 +98,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
     """Serve the shim until told to stop; with ``mock``, also serve the bundled
     mock upstream on a free loopback port and point the shim at it."""
     config.check_exposure()  # before --mock swaps in its stand-in key
+    configure_logging(config)
     mock_server: uvicorn.Server | None = None
     mock_socket: socket.socket | None = None
     if mock:
@@ -89,14 +113,25 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
         )
         mock_server = _QuietServer(
-            _uvicorn_config(create_mock_app(), config, log_level="warning", access_log=False)
+            _uvicorn_config(
+                create_mock_app(),
+                config,
+                log_level=None,
+                # Stopped only once the shim has drained, so nothing needs it any more.
+                timeout_graceful_shutdown=0.1,
+            )
         )
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
     shim_socket = _bind(config.host, config.port)
-    shim_server = _ShimServer(_uvicorn_config(create_app(config), config))
+    app = create_app(config)
+    shim_server = _ShimServer(_uvicorn_config(app, config), app.state.shim)
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
     if mock_server is not None and mock_socket is not None:
-        tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))
+        quiet = QUIET.set(True)  # the task, and what it starts, inherit the flag
+        try:
+            tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))
+        finally:
+            QUIET.reset(quiet)
     try:
         await tasks[0]
     finally:

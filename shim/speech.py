@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shim.catalog import FORMATS, UPSTREAM_VOICES, SpeechModel, resolve_model
-from shim.errors import APIError, invalid, type_name, wrong_type
+from shim.errors import APIError, invalid, shown, type_name, wrong_type
 
 __all__ = [
     "MAX_INPUT_CHARS",
@@ -71,13 +71,13 @@ def require_voice(value: Any, param: str = "voice") -> str:
     if isinstance(value, dict) and set(value) == {"id"}:
         raise invalid(
             param,
-            f"Custom voices ({value['id']!r}) are not available through the AI/ML API; "
+            f"Custom voices ({shown(value['id'])}) are not available through the AI/ML API; "
             f"use one of: {_VOICE_LIST}.",
         )
     if not isinstance(value, str) or value not in UPSTREAM_VOICES:
         raise invalid(
             param,
-            f"Invalid value for '{param}': {value!r}. Supported voices are: {_VOICE_LIST}.",
+            f"Invalid value for '{param}': {shown(value)}. Supported voices are: {_VOICE_LIST}.",
         )
     return value
 
@@ -115,10 +115,10 @@ class SpeechRequest:
                 )
 
         response_format = body.get("response_format", "mp3")
-        if response_format not in FORMATS:
+        if not isinstance(response_format, str) or response_format not in FORMATS:
             raise invalid(
                 "response_format",
-                f"Invalid value for 'response_format': {response_format!r}. "
+                f"Invalid value for 'response_format': {shown(response_format)}. "
                 f"Supported values are: {_FORMAT_LIST}.",
             )
 
@@ -128,15 +128,16 @@ class SpeechRequest:
             if not valid_number or not math.isfinite(speed) or not 0.25 <= speed <= 4.0:
                 raise invalid(
                     "speed",
-                    f"Invalid value for 'speed': {speed!r}. It must be a number from 0.25 to 4.0.",
+                    f"Invalid value for 'speed': {shown(speed)}. "
+                    "It must be a number from 0.25 to 4.0.",
                 )
             speed = float(speed)
 
         stream_format = body.get("stream_format", "audio")
-        if stream_format not in _STREAM_FORMATS:
+        if not isinstance(stream_format, str) or stream_format not in _STREAM_FORMATS:
             raise invalid(
                 "stream_format",
-                f"Invalid value for 'stream_format': {stream_format!r}. "
+                f"Invalid value for 'stream_format': {shown(stream_format)}. "
                 "Supported values are: audio, sse.",
             )
         return cls(model, text, voice, response_format, stream_format, instructions, speed)

@@ -1,0 +1,311 @@
+"""The fault matrix: every mock fault on each upstream route, before and during the
+audio stream, on real sockets.
+
+For each case: the status and envelope the client gets, how many calls each upstream
+route received (the billed generation is retried at most ``tts_retries`` times, the
+download ``audio_retries`` times, and nothing after audio bytes reached the client),
+and a time bound: every failure before the first byte is answered within the
+deadline (plus a scheduling margin), and a failure after it cuts the transfer.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import click
+import httpx
+import pytest
+
+from contract_tests.reliability.conftest import (
+    FAST,
+    MARGIN,
+    SPEECH,
+    Outcome,
+    RawServer,
+    call,
+    reset,
+    routes,
+)
+from shim.cli import serve
+from shim.testing import MockUpstream, ShimServer
+from tests.figures import record
+
+CHAT = {"model": "tts-1", "messages": [{"role": "user", "content": "Reliability."}]}
+SURVIVED: list[dict[str, Any]] = []
+
+
+def _survived(case: str, outcome: Outcome) -> None:
+    SURVIVED.append({"id": case, "status": outcome.status, "seconds": round(outcome.elapsed, 2)})
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    steps: list[dict[str, Any]]
+    status: int
+    code: str | None
+    tts: int
+    #: Downloads the mock saw; a range where a transport may also, on its own, retry a
+    #: GET whose reused keep-alive connection failed before any byte (a stale one).
+    audio: int | tuple[int, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Whether the client may retry (no ``x-should-retry: false``).
+    retryable: bool | None = None
+    #: At least this long (seconds): the timeouts were really waited for.
+    slower_than: float = 0.0
+
+
+def api(fault: str | None = None, **step: Any) -> dict[str, Any]:
+    return {"route": "tts", **({"fault": fault} if fault else {}), **step}
+
+
+def cdn(fault: str | None = None, **step: Any) -> dict[str, Any]:
+    return {"route": "audio", **({"fault": fault} if fault else {}), **step}
+
+
+BEFORE_THE_STREAM = [
+    # The billed generation call: retried once (tts_retries=1) on 5xx and broken links.
+    Case("api-reset-twice", [api("reset", times=2)], 502, "upstream_unreachable", 2, 0,
+         retryable=True),
+    Case("api-reset-once", [api("reset")], 200, None, 2, 1),
+    Case("api-garbage", [api("garbage", times=2)], 502, "bad_upstream_response", 2, 0,
+         retryable=True),
+    Case("api-truncated", [api("truncated", times=2)], 502, "upstream_unreachable", 2, 0),
+    Case("api-slow-body", [api("slow-body", delay_ms=400)], 200, None, 1, 1),
+    Case("api-stall", [api(delay_ms=1500, times=2)], 504, "timeout", 2, 0,
+         retryable=True, slower_than=1.0),
+    Case("api-stall-past-the-deadline", [api(delay_ms=3000)], 504, "timeout", 1, 0,
+         settings={"generation_timeout": 10.0, "deadline": 1.0}, slower_than=1.0),
+    Case("api-500", [api(status=500, times=2)], 500, None, 2, 0, retryable=True),
+    Case("api-502", [api(status=502, times=2)], 502, None, 2, 0),
+    Case("api-503", [api(status=503, times=2)], 503, "service_unavailable", 2, 0),
+    Case("api-504", [api(status=504, times=2)], 504, "timeout", 2, 0),
+    Case("api-429-long-retry-after", [api(status=429, headers={"retry-after": "30"})], 429,
+         "rate_limit_exceeded", 1, 0, retryable=True),
+    Case("api-429-then-ok", [api(status=429, headers={"retry-after": "0"})], 200, None, 2, 1),
+    Case("api-400", [api(status=400)], 400, None, 1, 0, retryable=False),
+    Case("api-401", [api(status=401)], 401, "invalid_api_key", 1, 0, retryable=False),
+    Case("api-402", [api(status=402)], 402, "insufficient_quota", 1, 0, retryable=False),
+    Case("api-403", [api(status=403)], 403, "insufficient_quota", 1, 0, retryable=False),
+    Case("api-404", [api(status=404)], 404, None, 1, 0, retryable=False),
+    Case("api-no-audio-in-reply", [api(shape="metadata-only")], 502, "no_audio_in_reply", 1, 0,
+         retryable=False),
+    Case("api-untrusted-audio-origin", [api(audio_url="http://203.0.113.9/a.mp3")], 502,
+         "audio_origin_not_allowed", 1, 0, retryable=False),
+    # The CDN download: not billed, retried twice (audio_retries=2) before any byte is
+    # sent; a client retry would pay for a new generation, so it is told not to.
+    Case("cdn-reset-every-time", [cdn("reset", times=8)], 502, "upstream_unreachable", 1,
+         (3, 6), retryable=False),
+    Case("cdn-reset-once", [cdn("reset")], 200, None, 1, 2),
+    Case("cdn-garbage", [cdn("garbage", times=3)], 502, "bad_upstream_audio", 1, 3,
+         retryable=False),
+    Case("cdn-500", [cdn(status=500, times=3)], 502, "audio_download_failed", 1, 3,
+         retryable=False),
+    Case("cdn-404", [cdn(status=404)], 502, "audio_download_failed", 1, 1, retryable=False),
+    Case("cdn-stall", [cdn(delay_ms=1500, times=2)], 504, "timeout", 1, 2,
+         settings={"audio_retries": 1}, retryable=False, slower_than=1.0),
+    Case("cdn-first-byte-too-slow", [cdn("slow-body", delay_ms=11_000, times=2)], 502,
+         "audio_download_failed", 1, 2, settings={"audio_retries": 1}, slower_than=1.0),
+]  # fmt: skip
+
+
+def decodes(audio: bytes, fmt: str = "mp3") -> float:
+    """Seconds of audio in ``audio``; raises if it is not a whole, valid file."""
+    with av.open(io.BytesIO(audio), format=fmt) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.codec_context.sample_rate
+
+
+@pytest.mark.parametrize("case", BEFORE_THE_STREAM, ids=lambda case: case.id)
+def test_faults_before_the_first_byte(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer], case: Case
+) -> None:
+    settings = {**FAST, **case.settings}
+    shim = tts_shim_factory(**settings)
+    tts_mock.scenario(case.steps)
+
+    outcome = call(shim.url, json_body=SPEECH)
+
+    assert outcome.status == case.status, outcome.body[:300]
+    assert outcome.complete
+    assert len(routes(tts_mock, "tts")) == case.tts
+    low, high = case.audio if isinstance(case.audio, tuple) else (case.audio, case.audio)
+    assert low <= len(routes(tts_mock, "audio")) <= high
+    assert outcome.elapsed < settings["deadline"] + MARGIN
+    assert outcome.elapsed >= case.slower_than
+    if case.status == 200:
+        assert outcome.headers["content-type"] == "audio/mpeg"
+        assert decodes(outcome.body) > 0.5
+    else:
+        error = outcome.envelope()
+        assert error["code"] == case.code
+        assert error["type"] in ("server_error", "invalid_request_error", "requests",
+                                 "insufficient_quota", "permission_denied")  # fmt: skip
+        assert outcome.headers["x-request-id"]
+    if case.retryable is not None:
+        assert (outcome.headers.get("x-should-retry") != "false") == case.retryable
+    state = shim.app.state.shim  # type: ignore[attr-defined]
+    assert state.upstream.stats.open_streams == 0
+    assert state.capacity.in_flight == 0
+    _survived(case.id, outcome)
+
+
+# -- during the stream ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "kind"),
+    [
+        (SPEECH, "/v1/audio/speech", "audio"),
+        ({**SPEECH, "stream_format": "sse"}, "/v1/audio/speech", "speech-sse"),
+        ({**CHAT, "stream": True}, "/v1/chat/completions", "chat-sse"),
+    ],
+)
+def test_truncated_audio_cuts_the_transfer(
+    tts_mock: MockUpstream,
+    tts_shim_factory: Callable[..., ShimServer],
+    body: dict[str, Any],
+    path: str,
+    kind: str,
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("truncated")])
+
+    outcome = call(shim.url, path=path, json_body=body)
+
+    assert outcome.status == 200  # the status line had gone out with the first bytes
+    assert not outcome.complete  # ...so the only honest signal left is the cut
+    assert outcome.body  # some audio was relayed before the cut
+    assert len(routes(tts_mock, "tts")) == 1
+    assert len(routes(tts_mock, "audio")) == 1  # nothing is retried once bytes were sent
+    if kind != "audio":
+        events = outcome.events()
+        assert "[DONE]" not in events
+        last = events[-1]
+        error = last["error"]
+        assert error["code"] == "audio_download_failed"
+        if kind == "speech-sse":
+            assert last["type"] == "error"
+    assert outcome.elapsed < FAST["deadline"] + MARGIN
+    _survived(f"cdn-truncated-{kind}", outcome)
+
+
+def test_truncated_audio_for_a_whole_chat_answer_is_a_502(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("truncated")])
+
+    outcome = call(shim.url, path="/v1/chat/completions", json_body=CHAT)
+
+    assert outcome.status == 502  # not streamed: the whole answer is built first
+    assert outcome.envelope()["code"] == "audio_download_failed"
+    assert outcome.headers["x-should-retry"] == "false"
+    _survived("cdn-truncated-chat", outcome)
+
+
+def test_a_slow_cdn_is_relayed_whole_past_the_deadline(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    # The deadline covers the wait for the first byte; after it, only silence longer
+    # than download_timeout stops a download, so long or slow audio still arrives.
+    shim = tts_shim_factory(**{**FAST, "deadline": 1.0})
+    tts_mock.scenario([cdn("slow-body", delay_ms=1600)])
+
+    outcome = call(shim.url, json_body={**SPEECH, "input": "A longer sentence to speak. " * 3})
+
+    assert outcome.status == 200
+    assert outcome.complete
+    assert outcome.elapsed > 1.5
+    assert decodes(outcome.body) > 1.0
+    _survived("cdn-slow-body", outcome)
+
+
+def _mp3(mock: MockUpstream) -> bytes:
+    reply = httpx.post(
+        mock.url + "/v1/tts",
+        json={"model": "openai/tts-1", "text": "A clip for the raw server. " * 4, "voice": "alloy"},
+        headers={"authorization": "Bearer k"},
+    )
+    return httpx.get(reply.json()["audio"]["url"]).content
+
+
+@pytest.mark.parametrize("how", ["stall", "reset"])
+def test_a_cdn_that_breaks_mid_body_cuts_the_transfer_in_time(
+    tts_mock: MockUpstream,
+    tts_shim_factory: Callable[..., ShimServer],
+    raw_server: Callable[..., RawServer],
+    how: str,
+) -> None:
+    audio = _mp3(tts_mock)
+
+    def half_then_break(conn: socket.socket, number: int) -> None:
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: {len(audio)}"
+        conn.sendall(head.encode() + b"\r\n\r\n" + audio[: len(audio) // 2])
+        if how == "stall":
+            cdn_server.stall(5)
+        else:
+            reset(conn)
+
+    cdn_server = raw_server(half_then_break)
+    shim = tts_shim_factory(**FAST, audio_origins=(cdn_server.url,))
+    tts_mock.reset()
+    tts_mock.scenario([api(audio_url=cdn_server.url + "/generations/x/clip.mp3")])
+
+    outcome = call(shim.url, json_body=SPEECH)
+
+    assert outcome.status == 200
+    assert not outcome.complete
+    assert 0 < len(outcome.body) < len(audio)
+    assert cdn_server.connections == 1  # bytes were sent: no retry
+    bound = FAST["download_timeout"] + MARGIN if how == "stall" else MARGIN
+    assert outcome.elapsed < bound
+    state = shim.app.state.shim  # type: ignore[attr-defined]
+    assert state.upstream.stats.open_streams == 0
+    _survived(f"cdn-raw-{how}-mid-body", outcome)
+
+
+TRANSPORTS = next(p for p in serve.params if p.name == "upstream_transport").type
+assert isinstance(TRANSPORTS, click.Choice)
+
+NOT_HTTP = {
+    "not-http": b"garbage garbage\r\n\r\n",
+    "bad-header": b"HTTP/1.1 200 OK\r\nBad Header: x\r\ncontent-length: 2\r\n\r\n{}",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    "short-json": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: 100\r\n\r\n{",
+}
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS.choices))
+@pytest.mark.parametrize("reply", list(NOT_HTTP), ids=list(NOT_HTTP))
+def test_an_api_that_does_not_speak_http_is_a_502_on_every_transport(
+    tts_shim_factory: Callable[..., ShimServer],
+    raw_server: Callable[..., RawServer],
+    transport: str,
+    reply: str,
+) -> None:
+    def answer(conn: socket.socket, number: int) -> None:
+        conn.sendall(NOT_HTTP[reply])
+
+    api_server = raw_server(answer)
+    shim = tts_shim_factory(**FAST, upstream_url=api_server.url, upstream_transport=transport)
+
+    outcome = call(shim.url, json_body=SPEECH)
+
+    assert outcome.status == 502, outcome.body
+    assert outcome.envelope()["type"] == "server_error"
+    assert api_server.connections == 2  # one retry of the billed call
+    assert outcome.elapsed < FAST["deadline"] + MARGIN
+    _survived(f"api-raw-{reply}-{transport}", outcome)
+
+
+def test_zz_report() -> None:
+    assert SURVIVED
+    record("faults", cases=len(SURVIVED), results=SURVIVED)

@@ -1,0 +1,128 @@
+"""SIGTERM: stop accepting, let in-flight audio finish within ``--graceful-timeout``,
+cut what is still running after it, and exit 0 either way. A real process."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import httpx
+
+from contract_tests.reliability.conftest import AUTH, ServeProcess, listening
+from tests.figures import record
+
+TEXT = "Please keep talking while the shim shuts down around you. " * 2
+
+
+@dataclass
+class Stream:
+    """A speech download running in a thread; ``started`` once the first bytes arrive."""
+
+    url: str
+    started: threading.Event = field(default_factory=threading.Event)
+    body: bytearray = field(default_factory=bytearray)
+    status: int | None = None
+    complete: bool = False
+    error: str | None = None
+
+    def run(self) -> threading.Thread:
+        thread = threading.Thread(target=self._read, daemon=True)
+        thread.start()
+        return thread
+
+    def _read(self) -> None:
+        body = {"model": "tts-1", "voice": "alloy", "input": TEXT}
+        try:
+            with (
+                httpx.Client(timeout=30) as client,
+                client.stream("POST", self.url + "/v1/audio/speech", json=body, headers=AUTH) as r,
+            ):
+                self.status = r.status_code
+                for chunk in r.iter_raw():
+                    self.body += chunk
+                    self.started.set()
+            self.complete = True
+        except httpx.HTTPError as exc:
+            self.error = repr(exc)
+        finally:
+            self.started.set()
+
+
+def _refuses_connections(port: int, within: float = 2.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not listening(port):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sigterm_lets_the_stream_finish_then_exits_0(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    served = serve_process("--mock", "--graceful-timeout", "10")
+    served.scenario([{"route": "audio", "fault": "slow-body", "delay_ms": 2000}])
+    stream = Stream(served.url)
+    reader = stream.run()
+    assert stream.started.wait(10)
+
+    signalled = time.monotonic()
+    served.terminate()
+    refused = _refuses_connections(served.port)
+    reader.join(20)
+    code = served.proc.wait(20)
+    took = time.monotonic() - signalled
+
+    assert refused  # no new connections once draining
+    assert stream.status == 200
+    assert stream.complete, stream.error
+    with av.open(io.BytesIO(bytes(stream.body)), format="mp3") as container:
+        assert sum(f.samples for f in container.decode(audio=0)) > 24_000
+    assert code == 0
+    assert took < 10  # it waited for the stream, not for the grace period
+    messages = [line["message"] for line in served.log_lines()]
+    assert any(m.startswith("draining: 1 request(s) in flight") for m in messages)
+    access = [line for line in served.log_lines() if line["logger"] == "tts_shim.access"]
+    assert access[-1]["status"] == 200
+    assert "aborted" not in access[-1]
+    record("shutdown", drained_stream_bytes=len(stream.body), seconds_after_sigterm=round(took, 2))
+
+
+def test_a_stream_longer_than_the_grace_period_is_cut(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    grace = 0.5
+    served = serve_process("--mock", "--graceful-timeout", str(grace))
+    served.scenario([{"route": "audio", "fault": "slow-body", "delay_ms": 8000}])
+    stream = Stream(served.url)
+    reader = stream.run()
+    assert stream.started.wait(10)
+
+    signalled = time.monotonic()
+    served.terminate()
+    code = served.proc.wait(20)
+    took = time.monotonic() - signalled
+    reader.join(10)
+
+    assert code == 0
+    assert stream.status == 200
+    assert not stream.complete  # cut: the client sees a broken transfer, not a short file
+    assert stream.error is not None
+    assert grace <= took < grace + 3.0
+    record("shutdown_cut", grace=grace, seconds_after_sigterm=round(took, 2))
+
+
+def test_an_idle_shim_exits_0_at_once(serve_process: Callable[..., ServeProcess]) -> None:
+    served = serve_process("--mock")
+    assert httpx.get(served.url + "/readyz").json()["status"] == "ready"
+
+    signalled = time.monotonic()
+    served.terminate()
+    code = served.proc.wait(20)
+
+    assert code == 0
+    assert time.monotonic() - signalled < 3.0

@@ -1,0 +1,277 @@
+"""Structured logs: one JSON object a line (or plain text), and the shim's access log.
+
+What a log line may hold is decided here, once: the request id, method, route
+template, status, sizes and timings, and messages the shim wrote itself. Never
+headers, bodies, query strings or the client's address. As a second line of
+defence every formatted line is scrubbed of the configured keys (server key and
+client keys), so a key that reached a message by some path nobody foresaw still
+does not reach the log.
+
+The access log replaces uvicorn's: one ``tts_shim.access`` record per request,
+written when the response is finished (or cut), with the time spent waiting for a
+slot and upstream (request to first audio byte) when the request went upstream.
+Health probes are logged at ``debug``, so a prober does not flood the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.config
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shim.config import Config
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "QUIET",
+    "AccessLogMiddleware",
+    "JSONFormatter",
+    "RequestLog",
+    "TextFormatter",
+    "configure",
+    "current",
+    "log_config",
+]
+
+ACCESS_LOGGER = "tts_shim.access"
+#: Routes logged at debug level: probes that would otherwise fill the log.
+QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+#: Keys shorter than this are not scrubbed (they would match everywhere); such keys
+#: are not secrets worth the name anyway.
+MIN_SECRET_LENGTH = 4
+_MAX_PATH_CHARS = 120
+
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+@dataclass
+class RequestLog:
+    """What the access log says about one request; handlers add to it via :func:`current`."""
+
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    request_id: str | None = None
+    route: str | None = None
+    status: int | None = None
+    bytes: int = 0
+    complete: bool = False
+    queued_ms: float | None = None
+    upstream_ms: float | None = None
+    upstream_request_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "bytes": self.bytes,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+        }
+        if self.queued_ms is not None:
+            data["queued_ms"] = round(self.queued_ms, 2)
+        if self.upstream_ms is not None:
+            data["upstream_ms"] = round(self.upstream_ms, 2)
+        if self.upstream_request_id is not None:
+            data["upstream_request_id"] = self.upstream_request_id
+        if not self.complete:
+            # The response was cut after it started, or never started.
+            data["aborted"] = True
+        return data
+
+
+_current: ContextVar[RequestLog | None] = ContextVar("tts_shim_request_log", default=None)
+
+
+def current() -> RequestLog | None:
+    """The access-log record of the request being handled, if any."""
+    return _current.get()
+
+
+class AccessLogMiddleware:
+    """Pure ASGI middleware writing one access-log record per HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = RequestLog(scope["method"], scope["path"])
+        token = _current.set(record)
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"x-request-id":
+                        record.upstream_request_id = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                record.bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    record.complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except Exception:
+            if record.status is None:
+                record.status = 500  # what the outermost error middleware answers
+            raise
+        finally:
+            _current.reset(token)
+            _emit(record, scope)
+
+
+def _emit(record: RequestLog, scope: Scope) -> None:
+    level = logging.DEBUG if record.path in QUIET_PATHS else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
+    record.request_id = str(scope.get("state", {}).get("request_id") or "") or None
+    if record.upstream_request_id == record.request_id:
+        record.upstream_request_id = None
+    route = getattr(scope.get("route"), "path", None)
+    # Unmatched paths are the client's words: shortened, and never the query string.
+    record.route = route if isinstance(route, str) else record.path[:_MAX_PATH_CHARS]
+    access_logger.log(
+        level,
+        "%s %s %s",
+        record.method,
+        record.route,
+        record.status if record.status is not None else "-",
+        extra={"access": record.fields()},
+    )
+
+
+# -- formatting -----------------------------------------------------------------------
+
+
+class _Scrubbing(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(
+            sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        )
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    @staticmethod
+    def timestamp(record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JSONFormatter(_Scrubbing):
+    """One JSON object a line: ``time``, ``level``, ``logger``, ``message``, the access
+    fields when the record has them, and ``exc`` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            data.update(access)
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc"] = record.exc_text
+        # ASCII only: a lone surrogate from a client must not break the log stream.
+        return self.scrub(json.dumps(data, ensure_ascii=True, default=str))
+
+
+class TextFormatter(_Scrubbing):
+    """``time level logger: message key=value ...``, traceback on the following lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.timestamp(record)} {record.levelname.lower()} {record.name}: "
+        line += record.getMessage()
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            shown = ("method", "route", "status")
+            line += "".join(f" {key}={value}" for key, value in access.items() if key not in shown)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return self.scrub(line.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+#: Set in the tasks of the embedded ``--mock`` server: its routine records (a second
+#: "Started server process", say) are left out; only its errors are logged.
+QUIET: ContextVar[bool] = ContextVar("tts_shim_quiet_logs", default=False)
+
+
+class _Tidy(logging.Filter):
+    """Drop the embedded mock's routine records, and shorten what uvicorn logs for a
+    response cut by the end of the graceful shutdown period: a traceback of the
+    cancellation says nothing the warning does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        cut = isinstance(exc, asyncio.CancelledError) and "graceful shutdown" in str(exc)
+        if QUIET.get() and (
+            record.levelno < logging.ERROR or cut or "graceful shutdown" in str(record.msg)
+        ):
+            return False  # the mock stops after the shim: what it cuts is unused
+        if cut:
+            record.msg = "a response still in progress was cut: the graceful timeout passed"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _secrets(config: Config) -> tuple[str, ...]:
+    return tuple(k for k in (config.upstream_key, *config.client_keys) if k)
+
+
+def log_config(config: Config) -> dict[str, Any]:
+    """A :func:`logging.config.dictConfig` document (uvicorn's ``log_config``): every
+    record, uvicorn's included, through one formatter on stderr. A new dict each
+    call, since ``dictConfig`` consumes parts of it."""
+    formatter = JSONFormatter if config.log_format == "json" else TextFormatter
+    level = config.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"shim": {"()": formatter, "secrets": _secrets(config)}},
+        "filters": {"tidy": {"()": _Tidy}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "shim",
+                "filters": ["tidy"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "uvicorn": {"handlers": [], "level": level, "propagate": True},
+            "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
+            # Replaced by tts_shim.access; uvicorn's would log query strings.
+            "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            "tts_shim": {"handlers": [], "level": level, "propagate": True},
+        },
+    }
+
+
+def configure(config: Config) -> None:
+    """Apply :func:`log_config` to this process (for embedding without uvicorn's help)."""
+    logging.config.dictConfig(log_config(config))

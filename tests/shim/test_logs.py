@@ -1,0 +1,239 @@
+"""Structured logs: the formats, the scrubbing, and the access log's fields."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import logging.config
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from shim import Config
+from shim.logs import ACCESS_LOGGER, JSONFormatter, TextFormatter, log_config
+from tests.shim.conftest import FakeUpstream
+
+
+def _record(message: str, *args: Any, exc: bool = False, **extra: Any) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("the detail")
+        except ValueError:
+            exc_info = sys.exc_info()
+    record = logging.LogRecord("tts_shim", logging.WARNING, __file__, 1, message, args, exc_info)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_json_lines_are_one_object_each_with_the_traceback_inside() -> None:
+    line = JSONFormatter().format(_record("broke: %s", "x", exc=True))
+
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["level"] == "warning"
+    assert data["logger"] == "tts_shim"
+    assert data["message"] == "broke: x"
+    assert "ValueError: the detail" in data["exc"]
+    assert data["time"].endswith("Z")
+
+
+def test_json_lines_survive_lone_surrogates() -> None:
+    line = JSONFormatter().format(_record("odd input %s", "\ud800"))
+
+    line.encode("utf-8")  # would raise if the surrogate were written raw
+    assert json.loads(line)["message"] == "odd input \ud800"
+
+
+def test_access_fields_are_top_level_keys() -> None:
+    fields = {"request_id": "req_1", "status": 200, "bytes": 10, "route": "/v1/models"}
+    data = json.loads(JSONFormatter().format(_record("GET /v1/models 200", access=fields)))
+
+    assert {k: data[k] for k in fields} == fields
+
+
+@pytest.mark.parametrize("formatter", [JSONFormatter, TextFormatter])
+def test_configured_keys_are_scrubbed_from_every_line(formatter: Any) -> None:
+    secrets = ("sk-server-abcdef123456", "client-key-98765")
+    fmt = formatter(secrets=secrets)
+
+    line = fmt.format(
+        _record("upstream said: bad key sk-server-abcdef123456 (client-key-98765)", exc=True)
+    )
+
+    assert "sk-server-abcdef123456" not in line
+    assert "client-key-98765" not in line
+    assert line.count("[redacted]") == 2
+
+
+def test_very_short_keys_are_not_scrubbed_everywhere() -> None:
+    line = TextFormatter(secrets=("a",)).format(_record("a cat sat"))
+
+    assert "a cat sat" in line
+
+
+def test_text_lines_carry_the_access_fields() -> None:
+    fields = {"request_id": "req_9", "method": "POST", "status": 201, "duration_ms": 1.5}
+    line = TextFormatter().format(_record("POST /v1/audio/speech 201", access=fields))
+
+    assert "POST /v1/audio/speech 201" in line
+    assert "request_id=req_9" in line
+    assert "duration_ms=1.5" in line
+    assert "method=" not in line  # already in the message
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "tts_shim"]
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+               logging.getLogger(name).propagate)
+        for name in names
+    }  # fmt: skip
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_configuration_sends_everything_through_one_formatter() -> None:
+    config = log_config(Config(log_format="json", log_level="info", upstream_key="sk-0123456789"))
+    out = io.StringIO()
+    logging.config.dictConfig(config)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(out)
+
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("tts_shim").info("key is sk-0123456789")
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /?key=x HTTP/1.1" 200')
+    logging.getLogger("tts_shim").debug("not at info")
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["uvicorn.error", "tts_shim"]
+    assert lines[1]["message"] == "key is [redacted]"
+
+
+# -- the access log ---------------------------------------------------------------
+
+
+@pytest.fixture
+def access(caplog: pytest.LogCaptureFixture) -> Any:
+    caplog.set_level(logging.DEBUG, logger=ACCESS_LOGGER)
+
+    def records() -> list[tuple[int, dict[str, Any]]]:
+        return [(r.levelno, r.access) for r in caplog.records if r.name == ACCESS_LOGGER]  # type: ignore[attr-defined]
+
+    return records
+
+
+async def test_a_speech_request_is_logged_with_timings_and_sizes(shim: Any, access: Any) -> None:
+    response = await shim().post(
+        "/v1/audio/speech?api_key=sk-in-the-query", json={"model": "tts-1", "input": "Hi"}
+    )
+
+    ((level, fields),) = access()
+    assert level == logging.INFO
+    assert fields["route"] == "/v1/audio/speech"
+    assert fields["method"] == "POST"
+    assert fields["status"] == 200
+    assert fields["bytes"] == len(response.content)
+    assert fields["upstream_ms"] >= 0
+    assert fields["queued_ms"] >= 0
+    assert fields["duration_ms"] >= fields["upstream_ms"]
+    assert fields["request_id"].startswith("req_")
+    assert "aborted" not in fields
+    assert "sk-in-the-query" not in json.dumps(fields)
+
+
+async def test_routes_are_logged_as_templates_and_refusals_too(shim: Any, access: Any) -> None:
+    client = shim(client_keys=("sk-client-0001",), upstream_key="sk-server")
+    await client.get("/v1/models/tts-1")  # wrong key: 401 before routing
+    client.headers["authorization"] = "Bearer sk-client-0001"
+    await client.get("/v1/models/openai/tts-1-hd")
+    await client.get("/healthz")
+
+    (_, refused), (_, found), (health_level, health) = access()
+    assert (refused["status"], refused["route"]) == (401, "/v1/models/tts-1")
+    assert (found["status"], found["route"]) == (200, "/v1/models/{model_id:path}")
+    assert health_level == logging.DEBUG  # probes do not flood the log
+    assert health["route"] == "/healthz"
+
+
+async def test_an_upstream_request_id_is_logged_beside_ours(
+    shim: Any, upstream: FakeUpstream, access: Any
+) -> None:
+    upstream.tts.append(
+        httpx.Response(
+            201,
+            headers={"x-request-id": "up-123"},
+            json={"audio": {"url": "https://cdn.aimlapi.com/generations/t/1-a.mp3"}},
+        )
+    )
+
+    response = await shim().post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+
+    ((_, fields),) = access()
+    assert response.headers["x-request-id"] == "up-123"
+    assert fields["upstream_request_id"] == "up-123"
+    assert fields["request_id"].startswith("req_")
+
+
+async def test_a_cut_stream_is_logged_as_aborted(
+    shim: Any, upstream: FakeUpstream, access: Any
+) -> None:
+    audio = upstream.audio_for("mp3")
+    upstream.cdn.append(
+        httpx.Response(200, headers={"content-length": str(len(audio) * 2)}, content=audio)
+    )
+    client = shim()
+    client._transport.raise_app_exceptions = False  # type: ignore[attr-defined]
+
+    await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+
+    ((_, fields),) = access()
+    assert fields["status"] == 200
+    assert fields["aborted"] is True
+    assert fields["bytes"] == len(audio)
+
+
+def test_a_response_cut_at_shutdown_is_one_warning_not_a_traceback() -> None:
+    from shim.logs import _Tidy
+
+    try:
+        raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
+    except asyncio.CancelledError:
+        record = logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application",
+            (), sys.exc_info(),
+        )  # fmt: skip
+
+    assert _Tidy().filter(record)
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
+    assert "graceful timeout" in record.getMessage()
+
+
+def test_the_embedded_mock_logs_only_its_errors() -> None:
+    from shim.logs import QUIET, _Tidy
+
+    token = QUIET.set(True)
+    try:
+        info = _Tidy().filter(_record("Started server process"))
+        error = logging.LogRecord("mockserver", logging.ERROR, __file__, 1, "boom", (), None)
+        kept = _Tidy().filter(error)
+    finally:
+        QUIET.reset(token)
+
+    assert not info
+    assert kept
+    assert _Tidy().filter(_record("Started server process"))  # the shim's own: kept

@@ -1,0 +1,54 @@
+"""``/openapi.json``: a valid OpenAPI 3 document covering exactly the routes served."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Route
+
+from shim import Config, create_app
+from shim.catalog import FORMATS, UPSTREAM_VOICES
+from shim.openapi import document
+from tests.shim.conftest import FakeUpstream
+
+
+def test_the_document_is_valid_openapi() -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+
+    validator.validate(document())
+
+
+def test_every_served_route_is_documented_and_nothing_else() -> None:
+    app = create_app(Config(), transport=httpx.MockTransport(FakeUpstream()))
+    served: set[tuple[str, str]] = set()
+    for route in app.routes:
+        assert isinstance(route, Route)
+        if route.path == "/openapi.json":
+            continue
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        served.update((path, method.lower()) for method in route.methods or () if method != "HEAD")
+    documented = {(path, method) for path, item in document()["paths"].items() for method in item}
+
+    assert served == documented
+
+
+def test_the_enums_are_the_catalogue() -> None:
+    speech = document()["components"]["schemas"]["SpeechRequest"]["properties"]
+
+    assert speech["voice"]["enum"] == [*UPSTREAM_VOICES, None]
+    assert speech["response_format"]["enum"] == list(FORMATS)
+
+
+async def test_the_document_is_served_without_a_key(shim: Any) -> None:
+    client = shim(client_keys=("sk-client-0001",), upstream_key="sk-server")
+    client.headers.pop("authorization")
+
+    response = await client.get("/openapi.json")
+
+    assert response.status_code == 200
+    assert response.json() == document()
+    assert "sk-server" not in response.text
+    assert "sk-client" not in response.text
