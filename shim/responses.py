@@ -8,6 +8,7 @@ filter below keeps uvicorn from printing a traceback for what is handled.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -52,7 +53,7 @@ class AudioResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self._stream(scope, receive, send)
         except APIError as exc:
             logger.warning("aborting response after it started: %s", exc.message)
             raise StreamAborted(exc.message) from exc
@@ -62,6 +63,40 @@ class AudioResponse(StreamingResponse):
                 await aclose()
             if self._on_close is not None:
                 await self._on_close()
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        spec = scope.get("asgi", {}).get("spec_version", "2.0")
+        if scope["type"] != "http" or tuple(map(int, spec.split("."))) >= (2, 4):
+            await super().__call__(scope, receive, send)
+            return
+        # Before ASGI 2.4 (uvicorn announces 2.3) a send to a client that has gone
+        # returns quietly, so someone must listen for the disconnect. Starlette opens an
+        # anyio task group per response for that; one plain task that cancels the
+        # stream does the same for a fraction of the CPU (measured: ~10 us a response
+        # against ~55 us, bench/README.md).
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            streaming.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            # The client went away: nothing more to send, as in Starlette.
+            uncancel = getattr(streaming, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+        finally:
+            watcher.cancel()
 
 
 def sse_event(payload: Any) -> bytes:

@@ -12,12 +12,14 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
+import anyio
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -30,6 +32,7 @@ from tenacity import (
 from shim import audio
 from shim.config import Config, Origin, parse_origin
 from shim.errors import APIError, from_upstream
+from shim.wire import WireClient, raw_body
 
 __all__ = ["AudioStream", "Upstream", "UpstreamStats"]
 
@@ -39,6 +42,7 @@ _MAX_ERROR_BODY = 64 * 1024
 _MAX_REDIRECTS = 5
 _SNIFF_BYTES = 16
 _USER_AGENT = "tts-shim"
+_AUDIO_ACCEPT = "audio/*, */*;q=0.5"
 
 
 @dataclass
@@ -99,7 +103,9 @@ class AudioStream:
                             )
                         self._stats.bytes_streamed += len(chunk)
                         yield chunk
-                except httpx.TransportError as exc:
+                except APIError:
+                    raise
+                except Exception as exc:  # httpx's, or a transport's own (aiohttp's)
                     raise _download_error(
                         f"the audio download broke off: {_describe(exc)}"
                     ) from exc
@@ -124,8 +130,9 @@ class Upstream:
 
     ``transport`` replaces the network for tests (``httpx.ASGITransport`` on the mock,
     or ``httpx.MockTransport``); otherwise ``config.upstream_transport`` picks the
-    aiohttp-backed transport (the default: several times less CPU per request) or
-    httpx's own.
+    aiohttp-backed transport (the default: a well-kept client at several times less
+    CPU per request than httpx's own), the opt-in ``native`` client of
+    :mod:`shim.wire` (fastest; HTTP/1.1 only), or httpx's own transport.
     """
 
     def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -153,13 +160,32 @@ class Upstream:
                 write=config.connect_timeout,
                 pool=config.connect_timeout,
             ),
-            headers={"user-agent": _USER_AGENT, "accept": "audio/*, */*;q=0.5"},
+            headers={"user-agent": _USER_AGENT, "accept": _AUDIO_ACCEPT},
             follow_redirects=False,
         )
+        # The native transport skips httpx's per-request machinery (request and client
+        # objects, cookies, auth and hook layers: most of the shim's CPU per request; see
+        # shim/wire.py and docs/benchmarks.md). Injected transports (tests) use httpx.
+        self._wire_api: WireClient | None = None
+        self._wire_cdn: WireClient | None = None
+        if transport is None and config.upstream_transport == "native":
+            self._wire_api = WireClient(
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.generation_timeout,
+                headers={"user-agent": _USER_AGENT},
+            )
+            self._wire_cdn = WireClient(
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.download_timeout,
+                headers={"user-agent": _USER_AGENT, "accept": _AUDIO_ACCEPT},
+            )
 
     async def aclose(self) -> None:
         await self._api.aclose()
         await self._cdn.aclose()
+        for wire in (self._wire_api, self._wire_cdn):
+            if wire is not None:
+                await wire.aclose()
 
     async def synthesize(self, body: dict[str, Any], key: str) -> AudioStream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
@@ -185,9 +211,12 @@ class Upstream:
 
     async def _generate(self, body: dict[str, Any], key: str) -> _Generation:
         self.stats.tts_calls += 1
-        request = self._api.build_request(
+        response = await self._send(
+            self._api,
+            self._wire_api,
             "POST",
             self.config.tts_url,
+            "the AI/ML API",
             content=json.dumps(body, ensure_ascii=False).encode(),
             headers={
                 "authorization": f"Bearer {key}",
@@ -195,10 +224,9 @@ class Upstream:
                 "accept": "application/json, audio/*",
             },
         )
-        response = await self._send(self._api, request, "the AI/ML API")
         request_id = response.headers.get("x-request-id")
         if response.status_code >= 400:
-            await self._raise_upstream_error(response, request_id)
+            await self._raise_upstream_error(response, request_id, key)
         content_type = _media_type(response)
         if content_type.startswith("audio/") or content_type == "application/octet-stream":
             return _Generation(request_id, response=response)
@@ -214,12 +242,18 @@ class Upstream:
                 retryable=True,
                 request_id=request_id,
             ) from exc
+        except Exception as exc:  # the reply broke off or stalled mid-body
+            error = _transport_error(exc, "the AI/ML API")
+            error.request_id = request_id
+            raise error from exc
         return _find_audio(payload, request_id)
 
-    async def _raise_upstream_error(self, response: httpx.Response, request_id: str | None) -> None:
+    async def _raise_upstream_error(
+        self, response: httpx.Response, request_id: str | None, key: str
+    ) -> None:
         try:
             raw = await _read_capped(response, _MAX_ERROR_BODY)
-        except (_TooLarge, httpx.TransportError):
+        except Exception:  # too large, or broken off: the status alone will do
             raw = b""
         message: str | None = None
         try:
@@ -231,6 +265,9 @@ class Upstream:
             request_id = request_id or _str_or_none(payload.get("requestId"))
         elif raw:
             message = raw[:500].decode("utf-8", "replace")
+        if message and key in message:
+            # An upstream that echoes the key must not hand it to the client (or the log).
+            message = message.replace(key, "[redacted]")
         raise from_upstream(
             response.status_code,
             message,
@@ -244,8 +281,7 @@ class Upstream:
         self.stats.audio_calls += 1
         for _ in range(_MAX_REDIRECTS + 1):
             self._check_origin(url, generation.request_id)
-            request = self._cdn.build_request("GET", url)
-            response = await self._send(self._cdn, request, "the audio CDN")
+            response = await self._send(self._cdn, self._wire_cdn, "GET", url, "the audio CDN")
             if response.is_redirect and "location" in response.headers:
                 await response.aclose()
                 url = urljoin(url, response.headers["location"])
@@ -301,7 +337,7 @@ class Upstream:
                 code="audio_too_large",
                 request_id=generation.request_id,
             )
-        chunks = response.aiter_bytes()
+        chunks = raw_body(response) or response.aiter_bytes()
         head = b""
         try:
             while len(head) < _SNIFF_BYTES:
@@ -310,9 +346,12 @@ class Upstream:
                 except StopAsyncIteration:
                     chunks = _empty()
                     break
-        except httpx.TransportError as exc:
-            await response.aclose()
-            raise _download_error(f"the audio download failed: {_describe(exc)}", True) from exc
+        except BaseException as exc:  # cancellation (the deadline) included: never leak it
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            if isinstance(exc, Exception) and not isinstance(exc, APIError):
+                raise _download_error(f"the audio download failed: {_describe(exc)}", True) from exc
+            raise
         fmt = audio.identify(head, _media_type(response), requested)
         if fmt is None or not head:
             await response.aclose()
@@ -356,26 +395,23 @@ class Upstream:
     # -- plumbing -------------------------------------------------------------------
 
     async def _send(
-        self, client: httpx.AsyncClient, request: httpx.Request, peer: str
+        self,
+        client: httpx.AsyncClient,
+        wire: WireClient | None,
+        method: str,
+        url: str,
+        peer: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         try:
+            if wire is not None:
+                return await wire.request(method, url, headers, content)
+            request = client.build_request(method, url, content=content, headers=headers)
             return await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            if _is_timeout(exc):
-                raise APIError(
-                    504,
-                    f"Timed out waiting for {peer}.",
-                    type="server_error",
-                    code="timeout",
-                    retryable=True,
-                ) from exc
-            raise APIError(
-                502,
-                f"Could not reach {peer}: {_describe(exc)}.",
-                type="server_error",
-                code="upstream_unreachable",
-                retryable=True,
-            ) from exc
+        except Exception as exc:
+            raise _transport_error(exc, peer) from exc
 
     async def _retry(self, retries: int, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``attempt``, retrying retryable errors; ``Retry-After`` is honoured up to
@@ -387,6 +423,18 @@ class Upstream:
                 return False
             return exc.retry_after is None or exc.retry_after <= cap
 
+        # The first attempt runs outside tenacity, whose set-up and bookkeeping cost
+        # ~14 us of CPU per call (two calls per request, nearly always succeeding the
+        # first time; bench/README.md). Tenacity takes over only after a retryable
+        # failure, which it sees as its own first attempt, so the number of attempts
+        # and the waits between them are unchanged.
+        try:
+            return await attempt()
+        except APIError as exc:
+            if retries <= 0 or not should_retry(exc):
+                raise
+            first_failure: APIError | None = exc
+
         backoff = wait_random_exponential(multiplier=0.05, max=1.0)
 
         def wait(state: RetryCallState) -> float:
@@ -394,6 +442,13 @@ class Upstream:
             if isinstance(exc, APIError) and exc.retry_after is not None:
                 return min(exc.retry_after, cap)
             return backoff(state)
+
+        async def attempts() -> _T:
+            nonlocal first_failure
+            if first_failure is not None:
+                failure, first_failure = first_failure, None
+                raise failure
+            return await attempt()
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries + 1),
@@ -403,7 +458,7 @@ class Upstream:
         )
         async for trial in retrying:
             with trial:
-                return await attempt()
+                return await attempts()
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
@@ -411,8 +466,31 @@ class _TooLarge(Exception):
     pass
 
 
+def _transport_error(exc: Exception, peer: str) -> APIError:
+    """The envelope for a failed exchange with ``peer``: a timeout is a 504; anything
+    else (refused, reset, or a reply that is not HTTP, which some transports raise as
+    their own exception classes) a 502. Both are worth a retry."""
+    if isinstance(exc, httpx.TransportError) and _is_timeout(exc):
+        return APIError(
+            504,
+            f"Timed out waiting for {peer}.",
+            type="server_error",
+            code="timeout",
+            retryable=True,
+        )
+    connecting = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    what = f"Could not reach {peer}" if connecting else f"The connection to {peer} failed"
+    return APIError(
+        502,
+        f"{what}: {_describe(exc)}.",
+        type="server_error",
+        code="upstream_unreachable",
+        retryable=True,
+    )
+
+
 def _make_transport(config: Config, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    if config.upstream_transport == "httpx":
+    if config.upstream_transport != "aiohttp":  # "native" never sends through it
         return httpx.AsyncHTTPTransport(limits=limits)
     from httpx_aiohttp import AiohttpTransport
 
@@ -424,7 +502,7 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in raw_body(response) or response.aiter_bytes():
             size += len(chunk)
             if size > cap:
                 raise _TooLarge
@@ -535,8 +613,12 @@ def _is_timeout(exc: httpx.TransportError) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    # Query strings are cut: a signed CDN link is a credential for that audio.
+    text = _QUERY.sub("?…", str(exc).strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_QUERY = re.compile(r"\?[^\s'\">]+")
 
 
 def _download_error(message: str, retryable: bool = False) -> APIError:
