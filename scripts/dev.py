@@ -6,17 +6,25 @@ The README's two quick-start commands are::
     python3 scripts/dev.py serve   # the shim on its embedded mock upstream, no key needed
     python3 scripts/dev.py test    # lint, type-check and every test
 
+``test`` with no arguments also runs the contract suite against the oldest ``openai``
+SDK the README claims (``.venv-oldest-sdk``), and a user's test file against a wheel of
+the package installed in a virtual environment of its own (``.venv-wheel-smoke``).
+``test ARGS`` runs lint, type checks and ``pytest ARGS`` only.
+
 Only the standard library is used here, so the script runs on a fresh clone with
-nothing but Python 3.10+ installed. The environment lives in ``.venv`` and is
-reinstalled only when ``pyproject.toml`` changes.
+nothing but Python 3.10+ installed. The environments are reinstalled only when
+``pyproject.toml`` changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -36,6 +44,76 @@ def _fingerprint(extras: str) -> str:
     digest.update(extras.encode())
     digest.update(sys.version.encode())
     return digest.hexdigest()
+
+
+def _bin(env: Path) -> Path:
+    return env / ("Scripts" if os.name == "nt" else "bin")
+
+
+def _sibling(suffix: str) -> Path:
+    """Another environment beside the main one: ``.venv-<suffix>``."""
+    return VENV.with_name(f"{VENV.name}-{suffix}")
+
+
+def _ensure_other_env(env: Path, *install: str) -> bool:
+    """Create ``env`` and ``pip install`` into it, unless already done for this
+    ``pyproject.toml``; returns whether it installed."""
+    if not (_bin(env) / "python").exists():
+        print(f"creating virtual environment in {env}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    stamp = env / ".tts-shim-installed"
+    wanted = _fingerprint(" ".join(install))
+    if stamp.exists() and stamp.read_text() == wanted:
+        return False
+    _run(_bin(env) / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(_bin(env) / "python", "-m", "pip", "install", "--quiet", *install)
+    stamp.write_text(wanted)
+    return True
+
+
+def oldest_sdk() -> str:
+    """The floor of ``openai`` in the ``test`` extra: the oldest release we claim."""
+    found = re.search(r'"openai>=([0-9][0-9.]*)"', (ROOT / "pyproject.toml").read_text())
+    if found is None:
+        raise SystemExit("pyproject.toml: no openai>=X.Y.Z in the test extra")
+    return found.group(1)
+
+
+def test_oldest_sdk() -> int:
+    """The contract suite against the oldest supported ``openai`` release."""
+    env = _sibling("oldest-sdk")
+    _ensure_other_env(env, "-e", ".[test]", f"openai=={oldest_sdk()}")
+    # The OpenAI and AI/ML contracts; contract_tests/reliability (faults, floods,
+    # shutdown) exercises the shim, not the SDK, and runs once, in the main suite.
+    suites = ["contract_tests/sdk", "contract_tests/upstream"]
+    command = [_bin(env) / "python", "-m", "pytest", *suites, "-x", "-q"]
+    print("+", " ".join(map(str, command)), flush=True)
+    return subprocess.run([*map(str, command), "-p", "no:cacheprovider"], cwd=ROOT).returncode
+
+
+def test_wheel() -> int:
+    """A user's test file against the package installed from a fresh wheel, in a
+    scratch directory outside the repository, the plugin loaded by its entry point."""
+    env = _sibling("wheel-smoke")
+    python = _bin(env) / "python"
+    _ensure_other_env(env, "hatchling>=1.18", "pytest>=8", "openai")
+    with tempfile.TemporaryDirectory(prefix="tts-shim-wheel-") as scratch:
+        dist, project = Path(scratch, "dist"), Path(scratch, "user-project")
+        project.mkdir()
+        build = ("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), ".")
+        _run(python, "-m", "pip", *build)
+        (wheel,) = dist.glob("tts_shim-*.whl")
+        deps = env / ".tts-shim-wheel-deps"
+        if deps.exists() and deps.read_text() == _fingerprint("testing"):
+            _run(python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", wheel)
+        else:
+            _run(python, "-m", "pip", "install", "--quiet", f"{wheel}[testing]")
+            deps.write_text(_fingerprint("testing"))
+        shutil.copy(ROOT / "tests" / "plugin" / "user_project.py", project / "test_user_project.py")
+        environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        print("+ (in a scratch project)", " ".join(command), flush=True)
+        return subprocess.run(command, cwd=project, env=environ).returncode
 
 
 def ensure_env(extras: str = "dev") -> None:
@@ -63,8 +141,11 @@ def test(argv: list[str]) -> int:
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
     _run(BIN / "mypy")
+    # The whole suite runs last, so its summary line closes the output.
+    extra = [] if argv else [test_wheel(), test_oldest_sdk()]
+    failed = next((code for code in extra if code), 0)
     result = subprocess.run([str(BIN / "python"), "-m", "pytest", *argv], cwd=ROOT, check=False)
-    return result.returncode
+    return failed or result.returncode
 
 
 COMMANDS = {"serve": serve, "test": test}

@@ -1,94 +1,150 @@
-"""pytest plugin: a mock AI/ML API, and a shim in front of it, on loopback.
+"""pytest plugin: a mock AI/ML API, and a shim in front of it, for your own tests.
 
-Installed with the package (``pytest11`` entry point ``tts_shim``)::
+Installed with the package (``pytest11`` entry point ``tts_shim``), so after
+``pip install tts-shim`` a test can write::
 
     def test_my_app_speaks(tts_shim):
         client = openai.OpenAI(base_url=tts_shim.base_url, api_key="test")
         client.audio.speech.create(model="tts-1-hd", voice="coral", input="Hi")
         assert tts_shim.upstream.requests[-1]["json"]["text"] == "Hi"
 
-The servers start once per session (real uvicorn servers on 127.0.0.1, in a
-background thread); the journal and scenario queue are cleared around every test,
-so tests stay independent. ``@pytest.mark.tts_mock(steps=[...])`` queues scenario
-steps for one test. ``tts_shim_factory(**settings)`` starts a shim with other
-settings (server key, retries, timeouts) for one test.
+Fixtures
+    ``tts_mock``
+        :class:`~shim.testing.MockUpstream`: the mock AI/ML API and CDN on loopback
+        (``url``, ``requests``, ``downloads``, ``journal``, ``scenario(steps)``).
+    ``tts_shim``
+        :class:`~shim.testing.ShimServer`: a shim on loopback in front of ``tts_mock``
+        (``base_url`` ends in ``/v1``; ``upstream`` is the ``tts_mock`` handle). Clients'
+        bearer tokens pass through to the mock, which accepts any.
+    ``tts_shim_factory``
+        ``tts_shim_factory(**settings)`` starts another shim, with other
+        :class:`shim.Config` settings (a server key, retries, timeouts), in front of
+        ``tts_mock``; it stops when the test ends.
+    ``aimlapi_mock``
+        The same handle, for code that calls the AI/ML API itself with httpx: its
+        requests to ``https://api.aimlapi.com`` and ``https://cdn.aimlapi.com`` are
+        answered in-process, without sockets (:func:`shim.testing.aimlapi_mock`;
+        needs respx).
+
+Scope and reset
+    The loopback servers start once per test session (per worker under
+    pytest-xdist), on the first test that asks for them, and stop at its end. The
+    handles are function-scoped: the journal and the scenario queue are emptied before
+    and after every test, so a step one test queued and did not use never leaks into the
+    next. ``aimlapi_mock`` builds a fresh mock app for each test.
+
+Marker
+    ``@pytest.mark.tts_mock(steps=[...], shape=...)`` prepares the mock for one test:
+    ``steps`` (a list of scenario steps, or one step as a dict; also accepted as the only
+    positional argument) are queued first, then ``shape`` makes every later generation
+    answer in that success shape (``url-object``, ``url-string``, ``binary`` or
+    ``metadata-only``). The closest marker wins (a function's over its class's or
+    module's). Bad arguments fail the test at setup with a message saying what is wrong.
+
+Importing this module costs little: the servers' modules are imported when a fixture
+is first used, so having the package installed does not slow other projects' test runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from starlette.types import ASGIApp
 
-from mockserver import BackgroundServer, MockConfig
-from mockserver import create_app as create_mock_app
-from shim.app import create_app
-from shim.config import Config
+from shim.testing import MockUpstream, ShimServer
+
+if TYPE_CHECKING:
+    from mockserver import BackgroundServer
 
 __all__ = ["MockUpstream", "ShimServer"]
 
-
-@dataclasses.dataclass
-class MockUpstream:
-    """A running mock of the AI/ML API and its CDN."""
-
-    #: Root URL, e.g. ``http://127.0.0.1:54321``; the API is at ``url + "/v1/tts"``.
-    url: str
-    app: ASGIApp
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """The journal: every API and CDN request so far, oldest first."""
-        entries: list[dict[str, Any]] = self.app.state.journal.entries()  # type: ignore[attr-defined]
-        return entries
-
-    def scenario(self, steps: list[dict[str, Any]]) -> None:
-        """Queue steps the next requests consume (see the README's scenario API)."""
-        self.app.state.scenario.push(steps)  # type: ignore[attr-defined]
-
-    def reset(self) -> None:
-        """Forget the journal and any queued steps."""
-        self.app.state.journal.clear()  # type: ignore[attr-defined]
-        self.app.state.scenario.clear()  # type: ignore[attr-defined]
-
-
-@dataclasses.dataclass
-class ShimServer:
-    """A running shim whose upstream is :attr:`upstream`."""
-
-    url: str
-    config: Config
-    upstream: MockUpstream
-    #: The shim's ASGI app, for tests that look at its state (``app.state.shim``).
-    app: ASGIApp
-
-    @property
-    def base_url(self) -> str:
-        """What to pass as ``openai.OpenAI(base_url=...)``."""
-        return self.url + "/v1"
+MARKER = "tts_mock"
+_MARKER_KEYS = ("steps", "shape")
+#: Fixtures that apply the marker; a test marked without any of them is an error.
+_MARKER_FIXTURES = ("tts_mock", "aimlapi_mock")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "tts_mock(steps): queue scenario steps on the mock AI/ML API for this test",
+        "tts_mock(steps=[...], shape=None): queue scenario steps on the mock AI/ML API for "
+        "this test (fixtures tts_mock, tts_shim, tts_shim_factory, aimlapi_mock)",
     )
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(MARKER) is None:
+        return
+    fixtures = getattr(item, "fixturenames", ())
+    if not any(name in fixtures for name in _MARKER_FIXTURES):
+        pytest.fail(
+            f"@pytest.mark.{MARKER} has no effect here: the test uses none of the fixtures "
+            "tts_mock, tts_shim, tts_shim_factory or aimlapi_mock",
+            pytrace=False,
+        )
+
+
+def marker_steps(node: pytest.Item) -> list[dict[str, Any]]:
+    """The scenario steps the closest ``tts_mock`` marker asks for, checked.
+
+    Calls :func:`pytest.fail` with a clear message for bad arguments.
+    """
+    marker = node.get_closest_marker(MARKER)
+    if marker is None:
+        return []
+    where = f"@pytest.mark.{MARKER}"
+
+    def bad(problem: str) -> Any:
+        pytest.fail(f"{where}: {problem}", pytrace=False)
+
+    unknown = sorted(set(marker.kwargs) - set(_MARKER_KEYS))
+    if unknown:
+        bad(f"unknown argument(s) {', '.join(unknown)}; expected steps=[...] and/or shape=...")
+    if len(marker.args) > 1 or (marker.args and "steps" in marker.kwargs):
+        bad("give the steps once, as the only positional argument or as steps=[...]")
+    raw = marker.kwargs.get("steps", marker.args[0] if marker.args else [])
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        bad(f"steps must be a list of step dicts, got {type(raw).__name__}")
+
+    from mockserver.config import RESPONSE_SHAPES
+    from mockserver.scenario import MAX_TIMES, ScenarioError, parse_step
+
+    steps: list[dict[str, Any]] = []
+    for index, step in enumerate(raw):
+        try:
+            parse_step(step, f"steps[{index}]")
+        except ScenarioError as exc:
+            bad(str(exc))
+        steps.append(dict(step))
+    shape = marker.kwargs.get("shape")
+    if shape is not None:
+        if shape not in RESPONSE_SHAPES:
+            bad(f"shape must be one of {', '.join(RESPONSE_SHAPES)}, got {shape!r}")
+        steps.append({"shape": shape, "times": MAX_TIMES})
+    return steps
+
+
 def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimServer:
+    from mockserver import BackgroundServer
+    from shim.app import create_app
+    from shim.config import Config
+
     settings.setdefault("upstream_url", mock.url)
     config = Config(**settings)
     app = create_app(config)
-    server = stack.enter_context(BackgroundServer(app))
+    server: BackgroundServer = stack.enter_context(BackgroundServer(app))
     return ShimServer(server.url, config, mock, app)
 
 
 @pytest.fixture(scope="session")
 def _tts_mock_session() -> Iterator[MockUpstream]:
+    from mockserver import BackgroundServer, MockConfig
+    from mockserver import create_app as create_mock_app
+
     app = create_mock_app(MockConfig())
     with BackgroundServer(app) as server:
         yield MockUpstream(server.url, app)
@@ -104,13 +160,10 @@ def _tts_shim_session(_tts_mock_session: MockUpstream) -> Iterator[ShimServer]:
 def tts_mock(
     _tts_mock_session: MockUpstream, request: pytest.FixtureRequest
 ) -> Iterator[MockUpstream]:
-    """The mock AI/ML API, with an empty journal and the marker's steps queued."""
+    """The mock AI/ML API on loopback: empty journal, the marker's steps queued."""
     mock = _tts_mock_session
     mock.reset()
-    marker = request.node.get_closest_marker("tts_mock")
-    if marker is not None:
-        steps = marker.kwargs.get("steps", marker.args[0] if marker.args else [])
-        mock.scenario(list(steps))
+    mock.scenario(marker_steps(request.node))
     yield mock
     mock.reset()
 
@@ -127,3 +180,13 @@ def tts_shim_factory(tts_mock: MockUpstream) -> Iterator[Callable[..., ShimServe
     settings, in front of ``tts_mock``, for this test only."""
     with ExitStack() as stack:
         yield lambda **settings: _start_shim(stack, tts_mock, **settings)
+
+
+@pytest.fixture
+def aimlapi_mock(request: pytest.FixtureRequest) -> Iterator[MockUpstream]:
+    """httpx requests to the AI/ML API and its CDN, answered in-process by a fresh mock
+    (with the marker's steps queued). Needs respx."""
+    from shim.testing import aimlapi_mock as route_to_mock
+
+    with route_to_mock(steps=marker_steps(request.node)) as upstream:
+        yield upstream
