@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from bench.soak import FAULTS as SOAK_FAULTS
+from bench.soak import MIX
 from contract_tests.reliability.conftest import AUTH
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
@@ -31,38 +33,9 @@ WARMUP, SOAK, CONCURRENCY = 300, int(os.environ.get("TTS_SHIM_SOAK", 3000)), 16
 #: and the allocator keeps some memory; a leak per request would be far beyond both.
 FD_SLACK, RSS_SLACK_MB, THREAD_SLACK = 2 * CONCURRENCY, 40, 4
 
-SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Soak."}
-CHAT = {"model": "tts-1", "messages": [{"role": "user", "content": "Soak."}]}
-
-#: (weight, method, path, body, headers); None headers: the client key.
-REQUESTS: list[tuple[int, str, str, Any, dict[str, str] | None]] = [
-    (40, "POST", "/v1/audio/speech", SPEECH, None),
-    (6, "POST", "/v1/audio/speech", {**SPEECH, "stream_format": "sse"}, None),
-    (4, "POST", "/v1/audio/speech", {**SPEECH, "response_format": "wav"}, None),
-    (6, "POST", "/v1/chat/completions", CHAT, None),
-    (6, "POST", "/v1/chat/completions", {**CHAT, "stream": True}, None),
-    (5, "GET", "/v1/models", None, None),
-    (3, "GET", "/v1/audio/voices", None, None),
-    (3, "GET", "/healthz", None, None),
-    (2, "GET", "/readyz", None, None),
-    (5, "POST", "/v1/audio/speech", "{not json", None),
-    (3, "POST", "/v1/audio/speech", {"model": "whisper-1", "input": "x"}, None),
-    (3, "POST", "/v1/audio/speech", SPEECH, {}),  # no key
-]
-#: One of these is queued on the mock every few requests, for whichever comes next.
-#: ``times: 2`` outlasts the retries, so the failure reaches the client.
-FAULTS: list[dict[str, Any]] = [
-    {"fault": "reset"},
-    {"fault": "garbage", "times": 2},
-    {"fault": "truncated", "times": 2},
-    {"status": 503},
-    {"status": 429, "headers": {"retry-after": "0"}, "times": 2},
-    {"shape": "binary"},  # WAV where MP3 was asked: the transcoder runs
-    {"route": "audio", "fault": "reset", "times": 2},
-    {"route": "audio", "fault": "truncated"},
-    {"route": "audio", "fault": "garbage"},
-    {"route": "audio", "status": 502, "times": 2},
-]
+# The same request mix and faults as the long soak in bench/soak.py: one table, so
+# the two runs cannot drift apart.
+REQUESTS, FAULTS = MIX, SOAK_FAULTS
 FAULT_EVERY = 8
 
 
@@ -96,10 +69,10 @@ async def _run(
             index = queue.get_nowait()
             if index % FAULT_EVERY == 0:
                 mock.scenario([next(faults)])
-            _, method, path, body, headers = plan[index]
+            _, method, path, body, keyed = plan[index]
             content = body if isinstance(body, str) else json.dumps(body) if body else None
             async with client.stream(
-                method, path, content=content, headers=AUTH if headers is None else headers
+                method, path, content=content, headers=AUTH if keyed else {}
             ) as response:
                 parts: list[bytes] = []
                 complete = True
