@@ -134,8 +134,13 @@ async def test_first_audio_arrives_early_and_a_client_leaving_stops_the_download
     with client.audio.speech.with_streaming_response.create(
         model="tts-1-hd", voice="alloy", input=TEXT, response_format="wav"
     ) as response:
-        first = next(response.iter_bytes())
+        # Hold on to the iterator: a throwaway ``next(response.iter_bytes())`` is
+        # collected at once, and closing it closes the connection, so the client
+        # would already have left when the counter is read.
+        chunks = response.iter_bytes()
+        first = next(chunks)
         assert stats.open_streams >= 1  # ours, while we hold the response open
+        chunks.close()  # now leave, mid-stream
     client.close()
 
     assert first.startswith(b"RIFF")
