@@ -155,7 +155,7 @@ class RawServer:
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         with conn, contextlib.suppress(OSError):
-            _read_head(conn)
+            read_head(conn)
             self.script(conn, number)
 
     def stall(self, seconds: float) -> None:
@@ -170,7 +170,8 @@ class RawServer:
         self.sock.close()
 
 
-def _read_head(conn: socket.socket) -> bytes:
+def read_head(conn: socket.socket) -> bytes:
+    """Read from ``conn`` until the end of an HTTP head (or EOF), within 5 s."""
     conn.settimeout(5)
     data = b""
     while b"\r\n\r\n" not in data:

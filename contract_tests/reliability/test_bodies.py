@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN
+from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN, read_head
 from shim.testing import ShimServer
 from tests.figures import record
 
@@ -50,13 +50,7 @@ def _send_until_answered(sock: socket.socket, piece: bytes, limit: int) -> int:
 
 
 def _status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return int(data.split(b" ", 2)[1])
+    return int(read_head(sock).split(b" ", 2)[1])
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
