@@ -170,6 +170,21 @@ class RawServer:
         self.sock.close()
 
 
+def settle(state: Any, timeout: float = 5.0) -> None:
+    """Wait, at most ``timeout`` seconds, until the shim (``app.state.shim``) has closed
+    every upstream stream and freed every slot.
+
+    The shim does that in its own thread just after the client read the last byte, so
+    its counters read at once can be one step behind; a leak never settles, and the
+    caller's assertions that they are 0 still fail.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state.upstream.stats.open_streams == 0 and state.capacity.in_flight == 0:
+            return
+        time.sleep(0.01)
+
+
 def read_head(conn: socket.socket) -> bytes:
     """Read from ``conn`` until the end of an HTTP head (or EOF), within 5 s."""
     conn.settimeout(5)

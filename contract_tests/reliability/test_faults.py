@@ -30,6 +30,7 @@ from contract_tests.reliability.conftest import (
     call,
     reset,
     routes,
+    settle,
 )
 from shim.cli import serve
 from shim.testing import MockUpstream, ShimServer
@@ -151,6 +152,7 @@ def test_faults_before_the_first_byte(
     if case.retryable is not None:
         assert (outcome.headers.get("x-should-retry") != "false") == case.retryable
     state = shim.app.state.shim  # type: ignore[attr-defined]
+    settle(state)
     assert state.upstream.stats.open_streams == 0
     assert state.capacity.in_flight == 0
     _survived(case.id, outcome)
@@ -267,6 +269,7 @@ def test_a_cdn_that_breaks_mid_body_cuts_the_transfer_in_time(
     bound = FAST["download_timeout"] + MARGIN if how == "stall" else MARGIN
     assert outcome.elapsed < bound
     state = shim.app.state.shim  # type: ignore[attr-defined]
+    settle(state)
     assert state.upstream.stats.open_streams == 0
     _survived(f"cdn-raw-{how}-mid-body", outcome)
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN, SPEECH, routes
+from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN, SPEECH, routes, settle
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
 
@@ -53,6 +53,7 @@ async def test_a_flood_gets_429s_while_health_answers(
     assert probes[1].json()["queued"] == QUEUE
     # Only admitted requests reached the (billed) upstream.
     assert len(routes(tts_mock, "tts")) == SLOTS + QUEUE
+    settle(state)
     assert state.capacity.in_flight == 0
     assert state.upstream.stats.open_streams == 0
     record(
@@ -81,6 +82,7 @@ def test_the_sdk_sees_a_rate_limit_error(
         with pytest.raises(openai.RateLimitError) as caught:
             client.audio.speech.create(model="tts-1", voice="alloy", input="No room.")
         holding.read()
+    settle(state)
 
     assert caught.value.status_code == 429
     assert caught.value.code == "rate_limit_exceeded"
@@ -100,10 +102,7 @@ def test_a_client_that_hangs_up_gives_its_slot_back(
         client.stream("POST", shim.url + "/v1/audio/speech", json=SPEECH, headers=AUTH) as r,
     ):
         next(r.iter_raw())  # first bytes in hand, then hang up
-    for _ in range(200):
-        if state.capacity.in_flight == 0:
-            break
-        httpx.get(shim.url + "/healthz")
+    settle(state)
     after = httpx.post(shim.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
 
     assert state.capacity.in_flight == 0

@@ -18,13 +18,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
 from bench.soak import FAULTS as SOAK_FAULTS
 from bench.soak import MIX
-from contract_tests.reliability.conftest import AUTH
+from contract_tests.reliability.conftest import AUTH, settle
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
 
@@ -94,13 +93,6 @@ async def _run(
     return statuses, problems
 
 
-async def _settled(state: Any) -> None:
-    for _ in range(500):
-        if state.upstream.stats.open_streams == 0 and state.capacity.in_flight == 0:
-            return
-        await asyncio.sleep(0.01)
-
-
 async def test_thousands_of_mixed_requests_leak_nothing(
     tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
 ) -> None:
@@ -117,7 +109,7 @@ async def test_thousands_of_mixed_requests_leak_nothing(
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=shim.url, limits=limits, timeout=30) as client:
         await _run(client, tts_mock, WARMUP, seed=1)
-        await _settled(state)
+        settle(state)
         gc.collect()
         before = {"rss_mb": _rss_mb(), "fds": _fds(), "threads": threading.active_count()}
         started = time.monotonic()
@@ -125,7 +117,7 @@ async def test_thousands_of_mixed_requests_leak_nothing(
         statuses, problems = await _run(client, tts_mock, SOAK, seed=2)
 
         took = time.monotonic() - started
-        await _settled(state)
+        settle(state)
         gc.collect()
         after = {"rss_mb": _rss_mb(), "fds": _fds(), "threads": threading.active_count()}
 
