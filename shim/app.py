@@ -1,11 +1,10 @@
-"""The Starlette application: routes, error handling, and the upstream's lifetime."""
+"""The Starlette application: routes, error handling, and the state's lifetime."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
@@ -15,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shim.bodies import read_json
-from shim.catalog import FORMATS
+from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
 from shim.config import Config
 from shim.errors import APIError
@@ -25,59 +23,19 @@ from shim.keys import Keys
 from shim.limits import Capacity
 from shim.logs import AccessLogMiddleware
 from shim.middleware import GateMiddleware
-from shim.models import list_models, list_speech_models, list_voices, retrieve_model
 from shim.openapi import openapi_json
-from shim.responses import AudioResponse, StreamAborted, speech_events
-from shim.speech import SpeechRequest
-from shim.synthesis import synthesize
+from shim.responses import StreamAborted
+from shim.speech import create_speech
+from shim.state import State
 from shim.upstream import Upstream
 
-__all__ = ["ShimState", "create_app"]
+__all__ = ["create_app", "routes"]
 
 logger = logging.getLogger("tts_shim")
 
 
-@dataclass
-class ShimState:
-    """What every handler needs, built once per app (``app.state.shim``)."""
-
-    config: Config
-    keys: Keys
-    upstream: Upstream
-    capacity: Capacity = field(default_factory=lambda: Capacity(0, 0, 0.0))
-
-
-def _state(request: Request) -> ShimState:
-    state: ShimState = request.app.state.shim
-    return state
-
-
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-async def create_speech(request: Request) -> Response:
-    """``POST /v1/audio/speech``: OpenAI's request in, OpenAI's audio stream out."""
-    shim = _state(request)
-    speech = SpeechRequest.from_json(await read_json(request, shim.config.max_body_bytes))
-    key = shim.keys.upstream_key(request.headers)
-    audio = await synthesize(
-        shim.upstream,
-        speech.upstream_body(),
-        speech.response_format,
-        key,
-        shim.config.deadline,
-        capacity=shim.capacity,
-    )
-    headers = {"x-request-id": audio.request_id or _request_id(request)}
-    if speech.stream_format == "sse":
-        # Speech is billed per character, so usage counts characters (see README).
-        usage = {"input_tokens": len(speech.input), "output_tokens": 0}
-        usage["total_tokens"] = usage["input_tokens"]
-        events = speech_events(audio, usage)
-        return AudioResponse(events, "text/event-stream", headers, on_close=audio.aclose)
-    content_type = FORMATS[speech.response_format].content_type
-    return AudioResponse(audio, content_type, headers, on_close=audio.aclose)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -113,6 +71,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    """Every route the shim serves (``/openapi.json`` documents the others)."""
     return [
         Route("/v1/audio/speech", create_speech, methods=["POST"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
@@ -133,21 +92,24 @@ def create_app(
 ) -> Starlette:
     """Build the shim.
 
+    The upstream clients and the speech slots are made in the app's lifespan, so the
+    app must be run by a server (uvicorn) or inside ``app.router.lifespan_context``.
     ``transport`` replaces the network under the upstream clients: tests pass
     ``httpx.ASGITransport(mockserver.create_app())`` to run everything in-process.
     """
     config = config or Config()
     keys = Keys(config)
-    upstream = Upstream(config, transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        upstream = Upstream(config, transport)
+        app.state.shim = State(config, keys, upstream, Capacity.from_config(config))
         try:
             yield
         finally:
             await upstream.aclose()
 
-    app = Starlette(
+    return Starlette(
         routes=routes(),
         middleware=[Middleware(AccessLogMiddleware), Middleware(GateMiddleware, keys=keys)],
         exception_handlers={
@@ -157,5 +119,3 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    app.state.shim = ShimState(config, keys, upstream, Capacity.from_config(config))
-    return app

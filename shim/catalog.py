@@ -1,11 +1,23 @@
-"""What the shim serves: speech models, voices and audio formats.
+"""What the shim serves: speech models, voices and audio formats, and the routes
+that list them.
 
 Built once at import; the request path only does dictionary look-ups.
+
+``/v1/audio/voices`` and ``/v1/audio/models`` are not OpenAI endpoints; the front ends
+that call them (Open WebUI among them) read ``voices`` / ``models`` keys, while
+OpenAI-style list readers expect ``{"object": "list", "data": [...]}``. Both keys are
+sent, holding the same entries.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shim.errors import APIError
 
 __all__ = [
     "FORMATS",
@@ -13,7 +25,12 @@ __all__ = [
     "UPSTREAM_VOICES",
     "AudioFormat",
     "SpeechModel",
+    "list_models",
+    "list_speech_models",
+    "list_voices",
     "resolve_model",
+    "retrieve_model",
+    "unknown_model",
 ]
 
 
@@ -81,3 +98,50 @@ FORMATS: dict[str, AudioFormat] = {
 def resolve_model(model_id: str) -> SpeechModel | None:
     """Find a model by either id form; ``None`` when the shim does not serve it."""
     return MODELS.get(model_id)
+
+
+def unknown_model(model: str, param: str = "model") -> APIError:
+    """The 404 OpenAI sends for a model it does not serve."""
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or is not served by this shim, which serves "
+        "only the speech models tts-1, tts-1-hd and gpt-4o-mini-tts.",
+        param=param,
+        code="model_not_found",
+    )
+
+
+# -- the catalogue routes ---------------------------------------------------------------
+
+
+def _model(model_id: str, model: SpeechModel) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": model.created, "owned_by": model.owned_by}
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: every speech model, in both id forms."""
+    data = [_model(model_id, model) for model_id, model in MODELS.items()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{id}``; the id may contain ``/``, raw or as ``%2F`` (the
+    server decodes the path before routing, so both arrive the same)."""
+    model_id: str = request.path_params["model_id"]
+    model = resolve_model(model_id)
+    if model is None:
+        raise unknown_model(model_id)
+    return JSONResponse(_model(model_id, model))
+
+
+async def list_voices(request: Request) -> Response:
+    """``GET /v1/audio/voices``: the voices the AI/ML API speaks, as ``{id, name}``."""
+    voices = [{"id": voice, "name": voice.capitalize()} for voice in UPSTREAM_VOICES]
+    return JSONResponse({"object": "list", "data": voices, "voices": voices})
+
+
+async def list_speech_models(request: Request) -> Response:
+    """``GET /v1/audio/models``: the speech models as ``{id, name}``, for front ends
+    that build a model picker from it."""
+    models = [{"id": model_id, "name": model_id} for model_id in MODELS]
+    return JSONResponse({"object": "list", "data": models, "models": models})

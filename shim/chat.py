@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,10 +39,8 @@ from shim.bodies import read_json
 from shim.errors import APIError, invalid, shown, type_name, wrong_type
 from shim.responses import AudioResponse, sse_event
 from shim.speech import MAX_INPUT_CHARS, SpeechRequest, require_model, require_voice
+from shim.state import state_of
 from shim.synthesis import synthesize
-
-if TYPE_CHECKING:
-    from shim.app import ShimState
 
 __all__ = [
     "AUDIO_LIFETIME",
@@ -340,16 +338,16 @@ async def _whole_triplets(audio: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 async def create_chat_completion(request: Request) -> Response:
     """``POST /v1/chat/completions``: a chat request in, the spoken answer out."""
-    shim: ShimState = request.app.state.shim
-    chat = ChatRequest.from_json(await read_json(request, shim.config.max_body_bytes))
-    key = shim.keys.upstream_key(request.headers)
+    state = state_of(request)
+    chat = ChatRequest.from_json(await read_json(request, state.config.max_body_bytes))
+    key = state.keys.upstream_key(request.headers)
     speech = await synthesize(
-        shim.upstream,
+        state.upstream,
         chat.speech.upstream_body(),
         chat.speech.response_format,
         key,
-        shim.config.deadline,
-        capacity=shim.capacity,
+        state.config.deadline,
+        capacity=state.capacity,
     )
     headers = {"x-request-id": speech.request_id} if speech.request_id else {}
     answer = _Answer(chat)

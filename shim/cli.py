@@ -157,14 +157,21 @@ def main() -> None:
     help="Largest request body accepted (413 above).",
 )
 @click.option(
-    "--upstream-transport",
-    envvar="TTS_SHIM_UPSTREAM_TRANSPORT",
+    "--proxy",
+    envvar="TTS_SHIM_PROXY",
     show_envvar=True,
-    default="aiohttp",
-    type=click.Choice(["aiohttp", "native", "httpx"]),
-    help="Upstream HTTP client, behind httpx's API: aiohttp (httpx-aiohttp; well-kept and "
-    "several times cheaper than httpx's own transport), native (the shim's lean HTTP/1.1 "
-    "client: fastest, HTTP/1.1 only, opt-in) or httpx (see docs/benchmarks.md).",
+    default=None,
+    help="Proxy URL for upstream requests. Unset: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY "
+    "from the environment, minus NO_PROXY.",
+)
+@click.option(
+    "--ca-bundle",
+    envvar="TTS_SHIM_CA_BUNDLE",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM file of CAs trusted for upstream TLS. Unset: SSL_CERT_FILE / SSL_CERT_DIR "
+    "when set, else the certifi bundle.",
 )
 @click.option(
     "--max-concurrency",

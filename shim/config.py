@@ -73,7 +73,12 @@ class Config:
     deadline: float = 90.0
     max_audio_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024
-    upstream_transport: Literal["aiohttp", "native", "httpx"] = "aiohttp"
+    #: Proxy for every upstream request; ``None``: ``HTTPS_PROXY``/``HTTP_PROXY``/
+    #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY``, as any httpx program.
+    proxy: str | None = None
+    #: CA bundle (PEM) trusted for upstream TLS; ``None``: ``SSL_CERT_FILE`` or
+    #: ``SSL_CERT_DIR`` when set, else certifi's.
+    ca_bundle: str | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
     #: Speech and chat requests generating or streaming audio at once; 0: no cap.

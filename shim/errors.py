@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import reprlib
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "APIError",
     "clean_request_id",
     "from_upstream",
@@ -18,6 +20,10 @@ __all__ = [
     "type_name",
     "wrong_type",
 ]
+
+#: The longest ``Retry-After`` relayed to a client, seconds (the free tier's limit
+#: is hourly).
+MAX_RETRY_AFTER = 3600.0
 
 # What an upstream request id may look like to be echoed in a header: ids are
 # tokens, and anything else (CR/LF, non-Latin-1, kilobytes) is dropped, not sent.
@@ -113,7 +119,11 @@ class APIError(Exception):
         if not self.retryable:
             headers["x-should-retry"] = "false"
         if self.retry_after is not None and "retry-after" not in headers:
-            headers["retry-after"] = _format_seconds(self.retry_after)
+            # RFC 9110 allows whole seconds only; the SDKs read the exact figure from
+            # ``retry-after-ms``. Both are capped, whatever an upstream asked for.
+            seconds = min(max(self.retry_after, 0.0), MAX_RETRY_AFTER)
+            headers["retry-after"] = str(math.ceil(seconds))
+            headers["retry-after-ms"] = str(round(seconds * 1000))
         return _ErrorResponse(self.body(), status_code=self.status, headers=headers)
 
 
@@ -132,10 +142,6 @@ def wrong_type(param: str, expected: str, value: Any) -> APIError:
     return invalid(
         param, f"Invalid type for '{param}': expected {expected}, got {type_name(value)}."
     )
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"
 
 
 # status -> (type, code, whether the SDK may retry). Codes are OpenAI's own where one

@@ -9,13 +9,10 @@ is draining for shutdown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-if TYPE_CHECKING:
-    from shim.app import ShimState
+from shim.state import state_of
 
 __all__ = ["healthz", "readyz"]
 
@@ -29,11 +26,11 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready for traffic unless draining; with the load figures (no secrets)."""
-    shim: ShimState = request.app.state.shim
-    capacity = shim.capacity
+    state = state_of(request)
+    capacity = state.capacity
     body = {
         "status": "draining" if capacity.draining else "ready",
         **capacity.snapshot(),
-        "open_streams": shim.upstream.stats.open_streams,
+        "open_streams": state.upstream.stats.open_streams,
     }
     return JSONResponse(body, status_code=503 if capacity.draining else 200, headers=_NO_STORE)

@@ -12,8 +12,9 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.applications import Starlette
 
-from shim.app import ShimState, create_app
+from shim.app import create_app
 from shim.config import Config, parse_origin
 from shim.logs import QUIET
 from shim.logs import configure as configure_logging
@@ -45,17 +46,17 @@ class _ShimServer(uvicorn.Server):
     and gives in-flight responses ``--graceful-timeout`` seconds before cutting them.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ShimState) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
-        self.state = state
+        self.shim_app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        capacity = self.state.capacity
-        capacity.start_draining()
+        state = self.shim_app.state.shim  # built by the lifespan, which has run
+        state.capacity.start_draining()
         logger.info(
             "draining: %d request(s) in flight, up to %g s to finish",
-            capacity.in_flight,
-            self.state.config.graceful_timeout,
+            state.capacity.in_flight,
+            state.config.graceful_timeout,
         )
         await super().shutdown(sockets=sockets)
 
@@ -124,7 +125,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
     shim_socket = _bind(config.host, config.port)
     app = create_app(config)
-    shim_server = _ShimServer(_uvicorn_config(app, config), app.state.shim)
+    shim_server = _ShimServer(_uvicorn_config(app, config), app)
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
     if mock_server is not None and mock_socket is not None:
         quiet = QUIET.set(True)  # the task, and what it starts, inherit the flag

@@ -1,4 +1,4 @@
-"""The ``/v1/audio/speech`` request: validation and translation to the AI/ML body.
+"""``POST /v1/audio/speech``: the request, its translation to the AI/ML body, the handler.
 
 The OpenAI SDK validates nothing, so every rule OpenAI's server applies is checked
 here, before any billed upstream call, and answered with OpenAI's envelope.
@@ -10,32 +10,29 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shim.catalog import FORMATS, UPSTREAM_VOICES, SpeechModel, resolve_model
-from shim.errors import APIError, invalid, shown, type_name, wrong_type
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shim.bodies import read_json
+from shim.catalog import FORMATS, UPSTREAM_VOICES, SpeechModel, resolve_model, unknown_model
+from shim.errors import invalid, shown, type_name, wrong_type
+from shim.responses import AudioResponse, speech_events
+from shim.state import state_of
+from shim.synthesis import synthesize
 
 __all__ = [
     "MAX_INPUT_CHARS",
     "SpeechRequest",
+    "create_speech",
     "require_model",
     "require_text",
     "require_voice",
-    "unknown_model",
 ]
 
 MAX_INPUT_CHARS = 4096
 _STREAM_FORMATS = ("audio", "sse")
 _VOICE_LIST = ", ".join(UPSTREAM_VOICES)
 _FORMAT_LIST = ", ".join(FORMATS)
-
-
-def unknown_model(model: str, param: str = "model") -> APIError:
-    return APIError(
-        404,
-        f"The model `{model}` does not exist or is not served by this shim, which serves "
-        "only the speech models tts-1, tts-1-hd and gpt-4o-mini-tts.",
-        param=param,
-        code="model_not_found",
-    )
 
 
 def require_model(value: Any) -> SpeechModel:
@@ -156,3 +153,27 @@ class SpeechRequest:
         if self.speed is not None:
             body["speed"] = self.speed
         return body
+
+
+async def create_speech(request: Request) -> Response:
+    """``POST /v1/audio/speech``: OpenAI's request in, OpenAI's audio stream out."""
+    state = state_of(request)
+    speech = SpeechRequest.from_json(await read_json(request, state.config.max_body_bytes))
+    key = state.keys.upstream_key(request.headers)
+    audio = await synthesize(
+        state.upstream,
+        speech.upstream_body(),
+        speech.response_format,
+        key,
+        state.config.deadline,
+        capacity=state.capacity,
+    )
+    headers = {"x-request-id": audio.request_id} if audio.request_id else {}
+    if speech.stream_format == "sse":
+        # Speech is billed per character, so usage counts characters (see README).
+        usage = {"input_tokens": len(speech.input), "output_tokens": 0}
+        usage["total_tokens"] = usage["input_tokens"]
+        events = speech_events(audio, usage)
+        return AudioResponse(events, "text/event-stream", headers, on_close=audio.aclose)
+    content_type = FORMATS[speech.response_format].content_type
+    return AudioResponse(audio, content_type, headers, on_close=audio.aclose)

@@ -118,7 +118,7 @@ async def _first_audio(
     chunks: AsyncGenerator[bytes] | None = None
     try:
         with anyio.fail_after(deadline):
-            stream = await upstream.synthesize(body, key)
+            stream = await upstream.generate_audio(body, key)
             chunks = audio.convert(stream, stream.format, target)
             try:
                 first = await chunks.__anext__()
@@ -133,12 +133,12 @@ async def _first_audio(
             if stream is not None:
                 await stream.aclose()
         if isinstance(exc, TimeoutError):
+            # Final: the generation request was out, and may have been billed.
             raise APIError(
                 504,
                 f"The AI/ML API did not deliver audio within the shim's {deadline:g} s deadline.",
                 type="server_error",
                 code="timeout",
-                retryable=True,
                 request_id=stream.request_id if stream is not None else None,
             ) from exc
         if isinstance(exc, audio.TranscodeError):

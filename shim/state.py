@@ -1,0 +1,34 @@
+"""What every handler needs, built once per running app in its lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from shim.config import Config
+from shim.keys import Keys
+from shim.limits import Capacity
+from shim.upstream import Upstream
+
+__all__ = ["State", "state_of"]
+
+
+@dataclass
+class State:
+    """The per-app state: settings, keys, the upstream clients and the speech slots.
+
+    Built by the app's lifespan (so an app can be started, stopped and started again)
+    and kept as ``app.state.shim``; handlers reach it through :func:`state_of`.
+    """
+
+    config: Config
+    keys: Keys
+    upstream: Upstream
+    capacity: Capacity
+
+
+def state_of(request: Request) -> State:
+    """The running app's :class:`State`."""
+    state: State = request.app.state.shim
+    return state

@@ -1,0 +1,109 @@
+"""The AI/ML API as the shim uses it: one generation, then its audio.
+
+:meth:`Upstream.generate_audio` reads top to bottom: post the billed generation
+request (:mod:`~shim.upstream.generation`, retried only where it cannot have been
+billed), find the audio in the reply (:mod:`~shim.upstream.replies`), then open it
+(:mod:`~shim.upstream.download`, retried freely: downloads are not billed) and hand
+back an :class:`~shim.upstream.stream.AudioStream` whose first bytes have arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from shim.config import Config
+from shim.errors import APIError
+from shim.upstream.clients import build_client
+from shim.upstream.download import fetch_audio, named_format
+from shim.upstream.generation import post_generation
+from shim.upstream.replies import AudioRef
+from shim.upstream.retry import with_retries
+from shim.upstream.stream import AudioStream, UpstreamStats, inline_stream, open_stream
+
+__all__ = ["Upstream"]
+
+_AUDIO_ACCEPT = "audio/*, */*;q=0.5"
+
+
+class Upstream:
+    """Connection pools to the AI/ML API and its CDN, built once per running app
+    (in its lifespan) and reused for every request.
+
+    ``transport`` replaces the network for tests (``httpx.ASGITransport`` on the mock).
+    """
+
+    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.stats = UpstreamStats()
+        self._api = build_client(
+            config, transport, read_timeout=config.generation_timeout, headers={}
+        )
+        self._cdn = build_client(
+            config,
+            transport,
+            read_timeout=config.download_timeout,
+            headers={"accept": _AUDIO_ACCEPT},
+        )
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        await self._cdn.aclose()
+
+    async def generate_audio(self, body: dict[str, Any], key: str) -> AudioStream:
+        """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
+        config = self.config
+        ref = await with_retries(
+            lambda: self._generate(body, key), config.tts_retries, config.max_retry_wait
+        )
+        try:
+            return await self._open(ref)
+        except APIError as exc:
+            # The generation was billed: a client retry would pay again for this audio.
+            exc.retryable = False
+            exc.request_id = exc.request_id or ref.request_id
+            raise
+
+    async def _generate(self, body: dict[str, Any], key: str) -> AudioRef:
+        self.stats.tts_calls += 1
+        return await post_generation(self._api, self.config.tts_url, body, key)
+
+    async def _open(self, ref: AudioRef) -> AudioStream:
+        config = self.config
+        if ref.response is not None:  # the reply was the audio itself
+            return await open_stream(
+                ref.response,
+                request_id=ref.request_id,
+                named=None,
+                max_bytes=config.max_audio_bytes,
+                stats=self.stats,
+                usage=ref.usage,
+            )
+        if ref.inline is not None:
+            return inline_stream(
+                ref.inline,
+                request_id=ref.request_id,
+                max_bytes=config.max_audio_bytes,
+                stats=self.stats,
+                usage=ref.usage,
+            )
+        assert ref.url is not None
+        url = ref.url
+        return await with_retries(
+            lambda: self._download(url, ref), config.audio_retries, config.max_retry_wait
+        )
+
+    async def _download(self, url: str, ref: AudioRef) -> AudioStream:
+        self.stats.audio_calls += 1
+        origins = self.config.allowed_audio_origins
+        response = await fetch_audio(self._cdn, url, origins, ref.request_id)
+        return await open_stream(
+            response,
+            request_id=ref.request_id,
+            named=named_format(url),
+            max_bytes=self.config.max_audio_bytes,
+            stats=self.stats,
+            usage=ref.usage,
+            retryable=True,
+        )

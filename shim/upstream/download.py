@@ -1,0 +1,82 @@
+"""Fetching the audio from the CDN: redirects followed by hand, each hop through the
+origin guard, and no credential ever sent.
+
+A download is not billed, so its failures are worth retrying (before any byte has
+reached the client), unlike the generation call's.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from shim.config import Origin, parse_origin
+from shim.errors import APIError
+from shim.upstream.clients import transport_error
+
+__all__ = ["PEER", "fetch_audio", "named_format"]
+
+PEER = "the audio CDN"
+_MAX_REDIRECTS = 5
+_KNOWN_SUFFIXES = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+
+
+async def fetch_audio(
+    client: httpx.AsyncClient, url: str, origins: frozenset[Origin], request_id: str | None
+) -> httpx.Response:
+    """GET ``url`` and follow redirects within ``origins``; return the 2xx response,
+    its body unread."""
+    for _ in range(_MAX_REDIRECTS + 1):
+        _check_origin(url, origins, request_id)
+        try:
+            response = await client.send(client.build_request("GET", url), stream=True)
+        except Exception as exc:
+            error = transport_error(exc, PEER, retryable=True)
+            error.request_id = request_id
+            raise error from exc
+        if response.is_redirect and "location" in response.headers:
+            await response.aclose()
+            url = urljoin(url, response.headers["location"])
+            continue
+        if response.status_code >= 400:
+            await response.aclose()
+            raise APIError(
+                502,
+                f"The audio CDN answered {response.status_code} for the generated audio.",
+                type="server_error",
+                code="audio_download_failed",
+                retryable=response.status_code in (408, 429) or response.status_code >= 500,
+                request_id=request_id,
+            )
+        return response
+    raise APIError(
+        502,
+        "The audio CDN redirected too many times.",
+        type="server_error",
+        code="audio_download_failed",
+        request_id=request_id,
+    )
+
+
+def named_format(url: str) -> str | None:
+    """The audio format the link's file name names (``.../1-a.pcm``), if any."""
+    suffix = urlsplit(url).path.rsplit(".", 1)[-1].lower()
+    return suffix if suffix in _KNOWN_SUFFIXES else None
+
+
+def _check_origin(url: str, origins: frozenset[Origin], request_id: str | None) -> None:
+    try:
+        origin: Origin | None = parse_origin(url)
+    except ValueError:
+        origin = None
+    if origin not in origins:
+        shown = "not an http(s) URL" if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
+        raise APIError(
+            502,
+            "The AI/ML API pointed at audio on an origin this shim does not trust "
+            f"({shown}). Add it with --audio-origin if it is legitimate.",
+            type="server_error",
+            code="audio_origin_not_allowed",
+            request_id=request_id,
+        )

@@ -1,0 +1,241 @@
+"""The audio as it arrives from upstream: checked, sniffed, size-capped.
+
+Before the first byte goes to the client, enough of the audio is read to know what
+it is: its signature names the format (upstreams label WAV as MP3 and worse, so the
+signature decides), the content type must be one audio can have (a CDN's HTML error
+page is not audio), and a body too short to be audio is refused. Raw PCM has no
+signature, so it is accepted only when the content type says PCM, or the reply named
+the format. Once streaming, the size cap holds, and a body that ends before its
+announced length is an error, never a short file passed off as complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from shim.errors import APIError
+from shim.upstream.clients import describe
+
+__all__ = [
+    "MIN_AUDIO_BYTES",
+    "AudioStream",
+    "UpstreamStats",
+    "identify",
+    "inline_stream",
+    "open_stream",
+]
+
+#: Smaller than any real audio file (a WAV header alone is 44 bytes; 128 bytes of
+#: PCM are under 3 ms); read before the first byte is sent.
+MIN_AUDIO_BYTES = 128
+_PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/raw", "audio/basic"})
+#: Content types that audio may come under, besides ``audio/*`` (and none at all).
+_OPAQUE_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "application/ogg"})
+
+
+@dataclass
+class UpstreamStats:
+    """Counters the health route reads; cheap to keep up to date."""
+
+    tts_calls: int = 0
+    audio_calls: int = 0
+    open_streams: int = 0
+    bytes_streamed: int = 0
+
+
+@dataclass
+class AudioStream:
+    """Audio arriving from upstream, its format known from its first bytes.
+
+    Iterate it once (or :meth:`aclose` it): it enforces the size cap, and turns a
+    body that ends early into an error.
+    """
+
+    format: str
+    request_id: str | None
+    _head: bytes
+    _rest: AsyncIterator[bytes] | None
+    _close: Callable[[], Awaitable[None]] | None
+    _max_bytes: int
+    _expected: int | None
+    _stats: UpstreamStats
+    usage: dict[str, Any] | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._stats.open_streams += 1
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = len(self._head)
+        try:
+            if self._head:
+                yield self._head
+            if self._rest is not None:
+                try:
+                    async for chunk in self._rest:
+                        received += len(chunk)
+                        if received > self._max_bytes:
+                            raise download_error(
+                                f"the audio exceeded the {self._max_bytes}-byte size cap"
+                            )
+                        self._stats.bytes_streamed += len(chunk)
+                        yield chunk
+                except APIError:
+                    raise
+                except Exception as exc:  # httpx's errors: reset, timeout, bad framing
+                    raise download_error(f"the audio download broke off: {describe(exc)}") from exc
+            if self._expected is not None and received < self._expected:
+                raise download_error(
+                    f"the audio ended after {received} of {self._expected} announced bytes"
+                )
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stats.open_streams -= 1
+        if self._close is not None:
+            await self._close()
+
+
+def identify(head: bytes, content_type: str, named: str | None) -> str | None:
+    """The format of audio starting with ``head``, or ``None`` if it is not audio.
+
+    ``content_type`` is the reply's media type; ``named`` the format the reply itself
+    named (the extension of the audio link), if any.
+    """
+    if content_type and not (content_type.startswith("audio/") or content_type in _OPAQUE_TYPES):
+        return None
+    if head.startswith(b"ID3"):
+        return "mp3"
+    if head.startswith(b"OggS"):
+        return "opus"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    if len(head) >= 2 and head[0] == 0xFF:
+        if head[1] & 0xF6 == 0xF0:  # 12-bit sync, layer 00: AAC in ADTS
+            return "aac"
+        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # MPEG audio frame, layer I-III
+            return "mp3"
+    if content_type in _PCM_TYPES or named == "pcm":
+        return "pcm"
+    return None
+
+
+async def open_stream(
+    response: httpx.Response,
+    *,
+    request_id: str | None,
+    named: str | None,
+    max_bytes: int,
+    stats: UpstreamStats,
+    usage: dict[str, Any] | None = None,
+    retryable: bool = False,
+) -> AudioStream:
+    """Read the start of ``response``'s body, check it is audio, and hand it over.
+
+    ``retryable`` marks failures here as worth fetching again (a CDN download is
+    free; a binary generation reply is not)."""
+    declared = response.headers.get("content-length", "")
+    encoded = "content-encoding" in response.headers  # then the length is not the audio's
+    sized = declared.isascii() and declared.isdigit() and not encoded
+    expected = int(declared) if sized else None
+    if expected is not None and expected > max_bytes:
+        await response.aclose()
+        raise APIError(
+            502,
+            f"The generated audio is {expected} bytes, over the shim's {max_bytes}-byte cap.",
+            type="server_error",
+            code="audio_too_large",
+            request_id=request_id,
+        )
+    chunks = response.aiter_bytes()
+    head = b""
+    try:
+        while len(head) < MIN_AUDIO_BYTES:
+            try:
+                head += await chunks.__anext__()
+            except StopAsyncIteration:
+                chunks = _empty()
+                break
+    except BaseException as exc:  # cancellation (the deadline) included: never leak it
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+        if isinstance(exc, Exception):
+            raise download_error(f"the audio download failed: {describe(exc)}", retryable) from exc
+        raise
+    content_type = media_type(response)
+    fmt = identify(head, content_type, named)
+    if fmt is None or len(head) < MIN_AUDIO_BYTES:
+        await response.aclose()
+        what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
+        raise not_audio(what, request_id, retryable)
+    return AudioStream(
+        fmt, request_id, head, chunks, response.aclose, max_bytes, expected, stats, usage=usage
+    )
+
+
+def inline_stream(
+    data: bytes,
+    *,
+    request_id: str | None,
+    max_bytes: int,
+    stats: UpstreamStats,
+    usage: dict[str, Any] | None = None,
+) -> AudioStream:
+    """Audio the generation reply carried inline (base64)."""
+    fmt = identify(data[:MIN_AUDIO_BYTES], "", None)
+    if fmt is None or len(data) < MIN_AUDIO_BYTES:
+        raise not_audio(f"inline, {len(data)} bytes", request_id)
+    if len(data) > max_bytes:
+        raise APIError(
+            502,
+            f"The generated audio is {len(data)} bytes, over the shim's {max_bytes}-byte cap.",
+            type="server_error",
+            code="audio_too_large",
+            request_id=request_id,
+        )
+    return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, usage=usage)
+
+
+def media_type(response: httpx.Response) -> str:
+    """The reply's media type, lower case, without parameters."""
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def not_audio(what: str, request_id: str | None, retryable: bool = False) -> APIError:
+    """The 502 for a reply that is not audio in any format the shim knows."""
+    return APIError(
+        502,
+        f"The upstream audio is empty, too short, or in no format the shim recognises ({what}).",
+        type="server_error",
+        code="bad_upstream_audio",
+        retryable=retryable,
+        request_id=request_id,
+    )
+
+
+def download_error(message: str, retryable: bool = False) -> APIError:
+    """The 502 for audio that could not be fetched or streamed whole."""
+    return APIError(
+        502,
+        f"The audio could not be delivered: {message}.",
+        type="server_error",
+        code="audio_download_failed",
+        retryable=retryable,
+    )
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover
