@@ -266,12 +266,12 @@ async def test_pcm_labelled_as_pcm_is_accepted(shim: Any, upstream: MockUpstream
     assert decode_audio(response.content, "pcm").seconds > 0.2
 
 
-async def test_declared_oversize_audio_is_refused(shim: Any, upstream: MockUpstream) -> None:
-    upstream.scenario([{"shape": "binary"}])  # a reply that announces its length
+async def test_audio_over_the_size_cap_is_refused(shim: Any, upstream: MockUpstream) -> None:
     response = await shim(max_audio_bytes=1000).post(SPEECH, json=BODY)
 
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "audio_too_large"
+    assert response.json()["error"]["code"] == "audio_download_failed"
+    assert "size cap" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
