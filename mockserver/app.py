@@ -343,7 +343,10 @@ def _tts_success(request: Request, speech: SpeechRequest, step: Step | None) -> 
     config: MockConfig = request.app.state.config
     shape = (step.shape if step else None) or config.response_shape
     served_format = (step.audio_format if step else None) or speech.response_format
-    duration_ms = round(speech_duration(speech.text, speech.speed) * 1000)
+    duration = speech_duration(speech.text, speech.speed)
+    if config.max_audio_seconds is not None:
+        duration = min(duration, config.max_audio_seconds)
+    duration_ms = round(duration * 1000)
 
     response: Response
     if shape == "binary":

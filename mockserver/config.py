@@ -52,6 +52,9 @@ class MockConfig:
     max_steps: int = 1000
     #: Budget, in bytes, of the LRU cache of encoded audio.
     audio_cache_bytes: int = 64 * 1024 * 1024
+    #: Longest clip a generation makes, whatever the text (``None``: no cap). Tests
+    #: that send long texts but only check the reply's shape use it to stay fast.
+    max_audio_seconds: float | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -71,6 +74,8 @@ class MockConfig:
             raise MockConfigError("journal_size cannot be negative")
         if self.max_steps < 1:
             raise MockConfigError("max_steps must be at least 1")
+        if self.max_audio_seconds is not None and self.max_audio_seconds <= 0:
+            raise MockConfigError("max_audio_seconds must be positive")
         if self.audio_cache_bytes < 0:
             raise MockConfigError("audio_cache_bytes cannot be negative")
         if self.log_level.lower() not in LOG_LEVELS:

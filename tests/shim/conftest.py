@@ -55,6 +55,11 @@ class _RunningApp(httpx.ASGITransport):
         return await super().handle_async_request(request)
 
 
+def sent_bodies(upstream: MockUpstream) -> list[Any]:
+    """The JSON bodies the shim posted to ``/v1/tts``, oldest first."""
+    return [entry["json"] for entry in upstream.requests]
+
+
 ShimFactory = Callable[..., httpx.AsyncClient]
 
 

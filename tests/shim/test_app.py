@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from shim import Config, create_app
-from tests.shim.conftest import FakeUpstream
+from shim.testing import MockUpstream
 
 
 async def test_unknown_route_is_a_404_envelope(shim: Any) -> None:
@@ -28,14 +28,14 @@ async def test_wrong_method_is_a_405_envelope(shim: Any) -> None:
     assert "GET" in response.json()["error"]["message"]
 
 
-async def test_oversized_body_is_413_without_reading_it(shim: Any, upstream: FakeUpstream) -> None:
+async def test_oversized_body_is_413_without_reading_it(shim: Any, upstream: MockUpstream) -> None:
     response = await shim(max_body_bytes=1000).post(
         "/v1/audio/speech", json={"model": "tts-1", "input": "x" * 2000}
     )
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
-    assert upstream.requests == []
+    assert upstream.journal == []
 
 
 async def test_oversized_chunked_body_is_413(shim: Any) -> None:
@@ -56,14 +56,17 @@ async def test_request_ids_are_unique(shim: Any) -> None:
 
 
 async def test_unexpected_errors_are_a_500_envelope_without_details() -> None:
-    app = create_app(Config(), transport=httpx.MockTransport(FakeUpstream()))
+    app = create_app(Config())
 
     async def broken(request: Request) -> Any:
         raise RuntimeError("secret internal detail")
 
     app.router.routes.append(Route("/boom", broken))
     transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://shim") as client,
+    ):
         response = await client.get("/boom")
 
     assert response.status_code == 500
@@ -77,3 +80,20 @@ async def test_client_key_check_happens_before_routing(shim: Any, path: str) -> 
     response = await client.post(path, json={})
 
     assert response.status_code == 401
+
+
+async def test_an_app_can_be_started_again_after_it_stopped(upstream: MockUpstream) -> None:
+    app = create_app(Config(), transport=httpx.ASGITransport(upstream.app))
+    transport = httpx.ASGITransport(app)
+    body = {"model": "tts-1", "input": "Again."}
+    for _ in range(2):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://shim") as client,
+        ):
+            response = await client.post(
+                "/v1/audio/speech", json=body, headers={"authorization": "Bearer k"}
+            )
+            assert response.status_code == 200
+
+    assert len(upstream.requests) == 2

@@ -3,8 +3,8 @@
 Whatever the body (any JSON value in any field, raw bytes, broken JSON, lone
 surrogates, huge numbers, deep nesting), the content type, the headers, the path or
 the method, the shim answers below 500, and every error is OpenAI's envelope with
-its four keys. The upstream is an ``httpx.MockTransport``, so requests that happen
-to be valid complete with real audio.
+its four keys. The upstream is the mock, in-process, so requests that happen to be
+valid complete with real audio.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -22,11 +23,13 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mockserver import MockConfig
+from mockserver import create_app as create_mock_app
 from shim import Config, create_app
 from shim.catalog import FORMATS, MODELS, UPSTREAM_VOICES
 from shim.chat import CHAT_FORMATS
+from shim.testing import CDN_URL
 from tests.figures import record
-from tests.shim.conftest import FakeUpstream
 
 EXAMPLES = 400
 FUZZ = settings(
@@ -56,14 +59,12 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    upstream = FakeUpstream()
-    for fmt in FORMATS:  # encode the tones once, not inside timed examples
-        upstream.audio_for(fmt)
+    mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL)))
     apps = [
-        create_app(Config(tts_retries=0), transport=httpx.MockTransport(upstream)),
+        create_app(Config(tts_retries=0), transport=mock),
         create_app(
             Config(tts_retries=0, client_keys=(CLIENT_KEY,), upstream_key="sk-server-fuzz"),
-            transport=httpx.MockTransport(upstream),
+            transport=mock,
         ),
     ]
     clients = [
@@ -74,12 +75,14 @@ def harness() -> Iterator[Harness]:
         )
         for app in apps
     ]
-    with start_blocking_portal() as portal:
+    with start_blocking_portal() as portal, ExitStack() as running:
+        for app in apps:
+            running.enter_context(
+                portal.wrap_async_context_manager(app.router.lifespan_context(app))
+            )
         yield Harness(portal, *clients)
         for client in clients:
             portal.call(client.aclose)
-        for app in apps:
-            portal.call(app.state.shim.upstream.aclose)
     record(
         "fuzz",
         examples=sum(TRIED.values()),

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from shim.errors import APIError
 from shim.limits import RETRY_AFTER, Capacity
-from tests.shim.conftest import FakeUpstream
+from shim.testing import MockUpstream
+from tests.shim.conftest import generations, state_of
 
 
 async def _waiting(capacity: Capacity, count: int) -> None:
@@ -169,23 +168,6 @@ async def test_limit_zero_means_no_cap_but_still_counts() -> None:
 # -- through the app --------------------------------------------------------------
 
 
-class HeldAudio(httpx.AsyncByteStream):
-    """CDN audio whose first bytes arrive, then the rest waits for ``release``."""
-
-    def __init__(self, audio: bytes) -> None:
-        self.audio = audio
-        self.release = asyncio.Event()
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.audio[:64]
-        await self.release.wait()
-        yield self.audio[64:]
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
 async def _until(condition: Any) -> None:
     for _ in range(500):
         if condition():
@@ -195,12 +177,12 @@ async def _until(condition: Any) -> None:
 
 
 async def test_a_full_shim_answers_429_while_health_stays_up(
-    shim: Any, upstream: FakeUpstream
+    shim: Any, upstream: MockUpstream
 ) -> None:
     client = shim(max_concurrency=1, max_queue=0)
-    state = client._transport.app.state.shim  # type: ignore[attr-defined]
-    held = HeldAudio(upstream.audio_for("mp3"))
-    upstream.cdn.append(httpx.Response(200, stream=held))
+    await client.get("/healthz")  # started
+    state = state_of(client)
+    upstream.scenario([{"delay_ms": 1_000}])  # holds the first request's slot a while
     body = {"model": "tts-1", "input": "Hello."}
 
     first = asyncio.create_task(client.post("/v1/audio/speech", json=body))
@@ -214,7 +196,6 @@ async def test_a_full_shim_answers_429_while_health_stays_up(
     health = await client.get("/healthz")
     ready = await client.get("/readyz")
     models = await client.get("/v1/models")
-    held.release.set()
     done = await first
 
     assert busy.status_code == 429
@@ -228,31 +209,30 @@ async def test_a_full_shim_answers_429_while_health_stays_up(
     assert ready.json()["rejected"] == 2
     assert models.status_code == 200
     assert done.status_code == 200
-    assert done.content == upstream.audio_for("mp3")
+    assert done.headers["content-type"] == "audio/mpeg"
     assert state.capacity.in_flight == 0
-    assert held.closed
-    assert len(upstream.calls("/v1/tts")) == 1  # the refused ones cost nothing
+    assert state.upstream.stats.open_streams == 0
+    assert generations(upstream) == 1  # the refused ones cost nothing
 
 
-async def test_the_slot_is_freed_when_the_upstream_fails(shim: Any, upstream: FakeUpstream) -> None:
+async def test_the_slot_is_freed_when_the_upstream_fails(shim: Any, upstream: MockUpstream) -> None:
     client = shim(max_concurrency=1, max_queue=0, tts_retries=0)
-    state = client._transport.app.state.shim  # type: ignore[attr-defined]
-    upstream.tts.append(httpx.Response(500, json={"message": "boom"}))
+    upstream.scenario([{"status": 500}])
 
     failed = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
     after = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
 
     assert failed.status_code == 500
     assert after.status_code == 200
+    state = state_of(client)
     assert state.capacity.in_flight == 0
     assert state.upstream.stats.open_streams == 0
 
 
 async def test_readyz_turns_503_when_draining(shim: Any) -> None:
     client = shim()
-    state = client._transport.app.state.shim  # type: ignore[attr-defined]
-
     before = await client.get("/readyz")
+    state = state_of(client)
     state.capacity.start_draining()
     after = await client.get("/readyz")
     speech = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})

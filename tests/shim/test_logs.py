@@ -8,6 +8,7 @@ import json
 import logging
 import logging.config
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from shim import Config
 from shim.logs import ACCESS_LOGGER, JSONFormatter, TextFormatter, log_config
-from tests.shim.conftest import FakeUpstream
+from shim.testing import MockUpstream, ShimServer
 
 
 def _record(message: str, *args: Any, exc: bool = False, **extra: Any) -> logging.LogRecord:
@@ -170,15 +171,9 @@ async def test_routes_are_logged_as_templates_and_refusals_too(shim: Any, access
 
 
 async def test_an_upstream_request_id_is_logged_beside_ours(
-    shim: Any, upstream: FakeUpstream, access: Any
+    shim: Any, upstream: MockUpstream, access: Any
 ) -> None:
-    upstream.tts.append(
-        httpx.Response(
-            201,
-            headers={"x-request-id": "up-123"},
-            json={"audio": {"url": "https://cdn.aimlapi.com/generations/t/1-a.mp3"}},
-        )
-    )
+    upstream.scenario([{"headers": {"x-request-id": "up-123"}}])
 
     response = await shim().post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
 
@@ -188,22 +183,41 @@ async def test_an_upstream_request_id_is_logged_beside_ours(
     assert fields["request_id"].startswith("req_")
 
 
-async def test_a_cut_stream_is_logged_as_aborted(
-    shim: Any, upstream: FakeUpstream, access: Any
+def test_a_cut_stream_is_logged_as_aborted(
+    tts_shim: ShimServer, tts_mock: MockUpstream, access: Any
 ) -> None:
-    audio = upstream.audio_for("mp3")
-    upstream.cdn.append(
-        httpx.Response(200, headers={"content-length": str(len(audio) * 2)}, content=audio)
-    )
-    client = shim()
-    client._transport.raise_app_exceptions = False  # type: ignore[attr-defined]
+    # On real sockets: in process, httpx's ASGITransport reads a reply whole before
+    # the shim sees it, so nothing can break off mid-stream there.
+    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+    chunks: list[bytes] = []
 
-    await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+    def download() -> None:
+        with httpx.stream(
+            "POST",
+            tts_shim.base_url + "/audio/speech",
+            json={"model": "tts-1", "input": "Hi"},
+            headers={"authorization": "Bearer sk-test"},
+        ) as response:
+            assert response.status_code == 200
+            chunks.extend(response.iter_raw())
 
-    ((_, fields),) = access()
+    with pytest.raises(httpx.HTTPError):
+        download()
+
+    (fields,) = [fields for _, fields in _settled(access) if fields["route"] == "/v1/audio/speech"]
     assert fields["status"] == 200
     assert fields["aborted"] is True
-    assert fields["bytes"] == len(audio)
+    assert fields["bytes"] == sum(map(len, chunks))
+
+
+def _settled(access: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The access records, once the server thread has written the last one."""
+    for _ in range(200):
+        records: list[tuple[int, dict[str, Any]]] = access()
+        if records:
+            return records
+        time.sleep(0.01)
+    return []
 
 
 def test_a_response_cut_at_shutdown_is_one_warning_not_a_traceback() -> None:

@@ -2,8 +2,8 @@
 
 Every operation gets schema-driven requests, valid and invalid: no 5xx, the status
 codes, content types and bodies the document promises, and schema-violating
-requests rejected. The upstream is an ``httpx.MockTransport``, so valid requests
-are answered with real audio.
+requests rejected. The upstream is the mock, in-process, so valid requests are
+answered with real audio.
 """
 
 from __future__ import annotations
@@ -24,27 +24,18 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
     unsupported_method,
 )
-from starlette.types import Receive, Scope, Send  # noqa: E402
 
+from mockserver import MockConfig  # noqa: E402
+from mockserver import create_app as create_mock_app  # noqa: E402
 from shim import Config, create_app  # noqa: E402
+from shim.testing import CDN_URL  # noqa: E402
 from tests.figures import record  # noqa: E402
-from tests.shim.conftest import FakeUpstream  # noqa: E402
 
-shim_app = create_app(Config(tts_retries=0), transport=httpx.MockTransport(FakeUpstream()))
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The shim, minus its lifespan: schemathesis's client runs one per call, and the
-    shim's shutdown closes its upstream clients for good."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    await shim_app(scope, receive, send)
-
-
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+# Two-second clips at most: long generated texts would otherwise make minutes of audio.
+mock = create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=2.0))
+shim_app = create_app(Config(tts_retries=0), transport=httpx.ASGITransport(mock))
+# schemathesis's client runs the app's lifespan before the first call.
+schema = schemathesis.openapi.from_asgi("/openapi.json", shim_app)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -6,11 +6,12 @@ import base64
 import json
 from typing import Any
 
-import httpx
 import pytest
 
+from mockserver import speech_duration
 from shim.catalog import FORMATS
-from tests.shim.conftest import FakeUpstream, decode
+from shim.testing import MockUpstream, decode_audio
+from tests.shim.conftest import sent_bodies
 
 GOOD = {"model": "tts-1-hd", "input": "Hello there.", "voice": "coral"}
 
@@ -51,7 +52,7 @@ _DROP = object()
     ],
 )
 async def test_invalid_requests_get_an_envelope_and_never_reach_upstream(
-    shim: Any, upstream: FakeUpstream, body: dict[str, Any], status: int, param: str, code: Any
+    shim: Any, upstream: MockUpstream, body: dict[str, Any], status: int, param: str, code: Any
 ) -> None:
     response = await shim().post("/v1/audio/speech", json=body)
 
@@ -64,7 +65,7 @@ async def test_invalid_requests_get_an_envelope_and_never_reach_upstream(
     assert error["message"]
     assert response.headers["x-should-retry"] == "false"
     assert response.headers["x-request-id"].startswith("req_")
-    assert upstream.requests == []
+    assert upstream.journal == []
 
 
 @pytest.mark.parametrize(
@@ -79,7 +80,7 @@ async def test_invalid_requests_get_an_envelope_and_never_reach_upstream(
     ],
 )
 async def test_bodies_that_are_not_objects(
-    shim: Any, upstream: FakeUpstream, content: bytes, fragment: str
+    shim: Any, upstream: MockUpstream, content: bytes, fragment: str
 ) -> None:
     response = await shim().post(
         "/v1/audio/speech", content=content, headers={"content-type": "application/json"}
@@ -88,12 +89,12 @@ async def test_bodies_that_are_not_objects(
     assert response.status_code == 400
     assert fragment in response.json()["error"]["message"]
     assert response.json()["error"]["param"] is None
-    assert upstream.requests == []
+    assert upstream.journal == []
 
 
 @pytest.mark.parametrize("literal", [b"1e999", b"-1e999", b"NaN", b"Infinity"])
 async def test_non_finite_speed_is_rejected(
-    shim: Any, upstream: FakeUpstream, literal: bytes
+    shim: Any, upstream: MockUpstream, literal: bytes
 ) -> None:
     # Python's JSON parser accepts these; OpenAI's server would not.
     content = b'{"model": "tts-1", "input": "x", "speed": ' + literal + b"}"
@@ -103,10 +104,10 @@ async def test_non_finite_speed_is_rejected(
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "speed"
-    assert upstream.requests == []
+    assert upstream.journal == []
 
 
-async def test_boundaries_are_accepted(shim: Any, upstream: FakeUpstream) -> None:
+async def test_boundaries_are_accepted(shim: Any, upstream: MockUpstream) -> None:
     client = shim()
     for body in (
         _with(input="x" * 4096),
@@ -117,10 +118,10 @@ async def test_boundaries_are_accepted(shim: Any, upstream: FakeUpstream) -> Non
     ):
         response = await client.post("/v1/audio/speech", json=body)
         assert response.status_code == 200, response.text
-    assert len(upstream.bodies()) == 5
+    assert len(sent_bodies(upstream)) == 5
 
 
-async def test_fields_map_to_the_upstream_body(shim: Any, upstream: FakeUpstream) -> None:
+async def test_fields_map_to_the_upstream_body(shim: Any, upstream: MockUpstream) -> None:
     body = {
         "model": "tts-1-hd",
         "input": "Map me.",
@@ -134,7 +135,7 @@ async def test_fields_map_to_the_upstream_body(shim: Any, upstream: FakeUpstream
     response = await shim().post("/v1/audio/speech", json=body)
 
     assert response.status_code == 200
-    assert upstream.bodies() == [
+    assert sent_bodies(upstream) == [
         {
             "model": "openai/tts-1-hd",
             "text": "Map me.",
@@ -146,24 +147,24 @@ async def test_fields_map_to_the_upstream_body(shim: Any, upstream: FakeUpstream
     ]
 
 
-async def test_omitted_fields_take_documented_defaults(shim: Any, upstream: FakeUpstream) -> None:
+async def test_omitted_fields_take_documented_defaults(shim: Any, upstream: MockUpstream) -> None:
     response = await shim().post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "audio/mpeg"
-    assert upstream.bodies() == [
+    assert sent_bodies(upstream) == [
         {"model": "openai/tts-1", "text": "Hi", "voice": "alloy", "response_format": "mp3"}
     ]
 
 
 @pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "openai/tts-1-hd"])
 async def test_both_model_id_forms_are_served(
-    shim: Any, upstream: FakeUpstream, model: str
+    shim: Any, upstream: MockUpstream, model: str
 ) -> None:
     response = await shim().post("/v1/audio/speech", json=_with(model=model))
 
     assert response.status_code == 200
-    assert upstream.bodies()[0]["model"] == "openai/" + model.removeprefix("openai/")
+    assert sent_bodies(upstream)[0]["model"] == "openai/" + model.removeprefix("openai/")
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -173,34 +174,32 @@ async def test_each_format_has_its_openai_content_type_and_decodes(shim: Any, fm
     assert response.status_code == 200
     assert response.headers["content-type"] == FORMATS[fmt].content_type
     assert "content-length" not in response.headers
-    codec, seconds = decode(response.content, fmt)
-    assert codec.startswith({"mp3": "mp3", "opus": "opus", "aac": "aac"}.get(fmt, codec[:3]))
-    assert 0.4 < seconds < 0.65
+    audio = decode_audio(response.content, fmt)
+    codecs = {"mp3": "mp3float", "opus": "opus", "aac": "aac", "flac": "flac"}
+    assert audio.codec == codecs.get(fmt, "pcm_s16le")
+    assert audio.seconds == pytest.approx(speech_duration(GOOD["input"]), abs=0.1)
 
 
 @pytest.mark.parametrize(("sent", "asked"), [("wav", "mp3"), ("mp3", "opus"), ("aac", "flac")])
 async def test_audio_in_another_format_is_transcoded(
-    shim: Any, upstream: FakeUpstream, sent: str, asked: str
+    shim: Any, upstream: MockUpstream, sent: str, asked: str
 ) -> None:
     # The CDN ignores the requested format and labels its reply wrongly, too.
-    upstream.cdn.append(
-        httpx.Response(
-            200, content=upstream.audio_for(sent), headers={"content-type": "audio/mpeg"}
-        )
-    )
+    step = {"route": "audio", "audio_format": sent, "headers": {"content-type": "audio/mpeg"}}
+    upstream.scenario([step])
     response = await shim().post("/v1/audio/speech", json=_with(response_format=asked))
 
     assert response.status_code == 200
     assert response.headers["content-type"] == FORMATS[asked].content_type
-    codec, seconds = decode(response.content, asked)
-    assert codec == {"mp3": "mp3float", "opus": "opus", "flac": "flac"}.get(asked, codec)
-    assert 0.4 < seconds < 0.7
+    audio = decode_audio(response.content, asked)
+    assert audio.codec == {"mp3": "mp3float", "opus": "opus", "flac": "flac"}[asked]
+    assert audio.seconds == pytest.approx(speech_duration(GOOD["input"]), abs=0.1)
 
 
 async def test_transcoding_to_wav_writes_a_streaming_header(
-    shim: Any, upstream: FakeUpstream
+    shim: Any, upstream: MockUpstream
 ) -> None:
-    upstream.cdn.append(httpx.Response(200, content=upstream.audio_for("mp3")))
+    upstream.scenario([{"route": "audio", "audio_format": "mp3"}])
     response = await shim().post("/v1/audio/speech", json=_with(response_format="wav"))
 
     header = response.content[:44]
@@ -210,7 +209,7 @@ async def test_transcoding_to_wav_writes_a_streaming_header(
     assert header[40:44] == b"\xff\xff\xff\xff"
 
 
-async def test_sse_stream_format(shim: Any, upstream: FakeUpstream) -> None:
+async def test_sse_stream_format(shim: Any, upstream: MockUpstream) -> None:
     response = await shim().post(
         "/v1/audio/speech", json=_with(stream_format="sse", response_format="wav")
     )
@@ -224,7 +223,7 @@ async def test_sse_stream_format(shim: Any, upstream: FakeUpstream) -> None:
     assert deltas
     assert payloads[-1]["type"] == "speech.audio.done"
     audio = b"".join(base64.b64decode(p["audio"]) for p in deltas)
-    assert audio == upstream.audio_for("wav")
+    assert decode_audio(audio, "wav").seconds == pytest.approx(speech_duration(GOOD["input"]))
     usage = payloads[-1]["usage"]
     assert usage["input_tokens"] == len(GOOD["input"])
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
