@@ -233,15 +233,35 @@ def serve(
             audio_origins=_split(audio_origins),
             **options,  # type: ignore[arg-type]
         )
+        if mock:
+            _mock_command()  # a clear message now, if the mock extra is missing
         run(config, mock=mock)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 
 
-def _add_mock_command() -> None:
-    from mockserver.cli import main as mock_command
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def mock(ctx: click.Context) -> None:
+    """Run the mock AI/ML API and CDN (needs the mock extra: pip install 'tts-shim[mock]')."""
+    mock_main = _mock_command()
+    mock_main.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name} mock")
 
-    main.add_command(mock_command, name="mock")
+
+def _mock_command() -> click.Command:
+    # Imported when used: the mock needs numpy, which only the ``mock`` extra installs.
+    try:
+        from mockserver.cli import main as mock_main
+    except ImportError as exc:
+        raise click.UsageError(MOCK_EXTRA_MISSING.format(missing=exc.name)) from exc
+    return mock_main
 
 
-_add_mock_command()
+#: What ``--mock`` and ``tts-shim mock`` say when the mock's packages are missing.
+MOCK_EXTRA_MISSING = (
+    "the bundled mock needs the 'mock' extra ({missing} is not installed): "
+    "pip install 'tts-shim[mock]'"
+)
