@@ -73,7 +73,7 @@ class GenerationLatency:
 NO_LATENCY = GenerationLatency()
 
 #: Named settings. ``realistic``: 0.3 s to accept and queue the request, then 4 ms per
-#: character (16 s for the longest, 4,096-character, input): the figures issue 12 is
+#: character (16.7 s for the longest, 4,096-character, input): the figures issue 12 is
 #: judged by. They are an estimate of a paid API that generates a whole file before it
 #: answers, not a measurement of the real service.
 PRESETS: dict[str, GenerationLatency] = {

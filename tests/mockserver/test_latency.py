@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -128,17 +127,6 @@ def test_scenario_step_key() -> None:
 
 
 # -- the wait, over HTTP in-process ------------------------------------------------------
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        recorded.append(seconds)
-
-    monkeypatch.setattr(anyio, "sleep", fake_sleep)
-    return recorded
 
 
 @pytest.fixture
