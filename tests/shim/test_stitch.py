@@ -244,6 +244,22 @@ async def test_a_piece_failing_midway_raises(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_piece_whose_generation_fails_raises(fmt: str) -> None:
+    first = clips(fmt)[0]
+
+    async def pieces() -> AsyncIterator[Piece]:
+        yield Piece(fmt, chunked(first))
+        raise RuntimeError("generation failed")
+
+    before = set(transcoder_threads())
+    with pytest.raises(RuntimeError, match="generation failed"):
+        await collect(stitch(pieces(), fmt))
+    for thread in set(transcoder_threads()) - before:
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("bad", [b"", b"<html>not audio</html>" * 50])
 async def test_a_piece_without_audio_raises(fmt: str, bad: bytes) -> None:
     good = clips("wav", (RATE,))[0]
