@@ -9,6 +9,7 @@ from mockserver.app import create_app
 from mockserver.audio import speech_duration
 from mockserver.config import RESPONSE_SHAPES, MockConfig, MockConfigError
 from mockserver.journal import Journal
+from mockserver.latency import GenerationLatency, parse_latency
 from mockserver.scenario import Scenario, ScenarioError, Step
 from mockserver.server import BackgroundServer
 from mockserver.validation import FORMATS, MODELS, VOICES
@@ -19,6 +20,7 @@ __all__ = [
     "RESPONSE_SHAPES",
     "VOICES",
     "BackgroundServer",
+    "GenerationLatency",
     "Journal",
     "MockConfig",
     "MockConfigError",
@@ -26,5 +28,6 @@ __all__ = [
     "ScenarioError",
     "Step",
     "create_app",
+    "parse_latency",
     "speech_duration",
 ]

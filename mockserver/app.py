@@ -336,7 +336,19 @@ async def _tts(request: Request) -> Response:
         speech = parse_speech_request(body, request.headers.get("content-type"))
     except BodyValidationError as exc:
         return _finish(_error(request, 400, exc.message), step)
+    await _generate(request, speech, step)
     return _finish(_tts_success(request, speech, step), step)
+
+
+async def _generate(request: Request, speech: SpeechRequest, step: Step | None) -> None:
+    """Wait as long as making the audio takes: the whole file exists before the reply."""
+    config: MockConfig = request.app.state.config
+    latency = config.generation_latency
+    if step is not None and step.latency is not None:
+        latency = step.latency  # even "0": this reply comes at once
+    seconds = latency.seconds(len(speech.text))
+    if seconds > 0:
+        await anyio.sleep(seconds)
 
 
 def _tts_success(request: Request, speech: SpeechRequest, step: Step | None) -> Response:

@@ -100,6 +100,19 @@ _DEFAULTS = MockConfig()
     help="Memory budget of the LRU cache of encoded audio (0 turns it off).",
 )
 @click.option(
+    "--generation-latency",
+    default=str(_DEFAULTS.generation_latency),
+    show_default=True,
+    envvar="TTS_MOCK_GENERATION_LATENCY",
+    show_envvar=True,
+    help=(
+        "Wait before each successful POST /v1/tts reply, as the real service takes to "
+        "generate: a fixed part plus a part per character of text, e.g. 0.3s+4ms/char, "
+        "250ms, 2ms/char; 'realistic' is 0.3s+4ms/char. Scenario steps can override it "
+        "(key 'latency')."
+    ),
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=_DEFAULTS.log_level,

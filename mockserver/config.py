@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from mockserver.latency import NO_LATENCY, GenerationLatency, LatencyError, parse_latency
+
 __all__ = [
     "DEFAULT_PORT",
     "LOG_LEVELS",
@@ -56,6 +58,10 @@ class MockConfig:
     #: that send long texts but only check the reply's shape use it to stay fast.
     max_audio_seconds: float | None = None
     log_level: str = "info"
+    #: Wait before each successful ``POST /v1/tts`` reply, as generation takes time:
+    #: a :class:`~mockserver.latency.GenerationLatency` or its text (``0.3s+4ms/char``,
+    #: ``realistic``). Default: no wait.
+    generation_latency: GenerationLatency = NO_LATENCY
 
     def __post_init__(self) -> None:
         # Accept any iterable of keys (a list from click, say) but store a tuple,
@@ -86,3 +92,8 @@ class MockConfig:
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise MockConfigError(f"cdn_url must be an http(s) URL; got {self.cdn_url!r}")
             object.__setattr__(self, "cdn_url", self.cdn_url.rstrip("/"))
+        try:
+            latency = parse_latency(self.generation_latency)
+        except LatencyError as exc:
+            raise MockConfigError(f"generation_latency: {exc}") from None
+        object.__setattr__(self, "generation_latency", latency)

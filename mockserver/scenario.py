@@ -22,6 +22,7 @@ from typing import Any
 
 from mockserver.audio import FORMATS
 from mockserver.config import RESPONSE_SHAPES
+from mockserver.latency import GenerationLatency, LatencyError, parse_latency
 
 __all__ = [
     "FAULTS",
@@ -53,6 +54,7 @@ STEP_KEYS = (
     "audio_url",
     "audio_format",
     "delay_ms",
+    "latency",
     "times",
     "fault",
 )
@@ -93,6 +95,8 @@ class Step:
     audio_url: str | None = None
     audio_format: str | None = None
     delay_ms: float = 0.0
+    #: Replaces ``--generation-latency`` for this reply (``tts`` only; ``None``: keep it).
+    latency: GenerationLatency | None = None
     times: int = 1
     fault: str | None = None
 
@@ -114,6 +118,8 @@ class Step:
                 continue
             if f.name == "delay_ms" and not value:
                 continue
+            if f.name == "latency":
+                value = str(value)
             data[f.name] = value
         return data
 
@@ -170,6 +176,16 @@ def parse_step(data: object, where: str = "step") -> Step:
     if not 0 <= delay <= MAX_DELAY_MS:
         raise ScenarioError(f"{where}.delay_ms: expected 0..{MAX_DELAY_MS}, received {delay!r}")
 
+    latency: GenerationLatency | None = None
+    if data.get("latency") is not None:
+        raw_latency = data["latency"]
+        if not isinstance(raw_latency, str):
+            raise ScenarioError(f"{where}.latency: expected a string, received {raw_latency!r}")
+        try:
+            latency = parse_latency(raw_latency)
+        except LatencyError as exc:
+            raise ScenarioError(f"{where}.latency: {exc}") from None
+
     times = data.get("times", 1)
     if not _is_int(times) or not 1 <= times <= MAX_TIMES:
         raise ScenarioError(
@@ -178,8 +194,10 @@ def parse_step(data: object, where: str = "step") -> Step:
 
     shape = choice("shape", RESPONSE_SHAPES)
     audio_url = text("audio_url")
-    if route == "audio" and (shape is not None or audio_url is not None):
-        raise ScenarioError(f"{where}: 'shape' and 'audio_url' apply to route 'tts' only")
+    if route == "audio" and (shape is not None or audio_url is not None or latency is not None):
+        raise ScenarioError(
+            f"{where}: 'shape', 'audio_url' and 'latency' apply to route 'tts' only"
+        )
 
     return Step(
         route=route,
@@ -191,6 +209,7 @@ def parse_step(data: object, where: str = "step") -> Step:
         audio_url=audio_url,
         audio_format=choice("audio_format", FORMATS),
         delay_ms=float(delay),
+        latency=latency,
         times=times,
         fault=choice("fault", FAULTS),
     )

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import av
 import httpx
 import numpy as np
@@ -67,6 +68,18 @@ def decode(data: bytes, fmt: str) -> Decoded:
             channels=stream.codec_context.layout.nb_channels,
             samples=samples,
         )
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the mock's sleeps instead of sleeping: delays checked without timing."""
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", fake_sleep)
+    return recorded
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import anyio
 import av
 import httpx
 import pytest
@@ -59,18 +58,6 @@ def assert_error(response: httpx.Response, status: int, path: str = "/v1/tts") -
     assert datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")).tzinfo is not None
     message: str = data["message"]
     return message
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the mock's sleeps instead of sleeping: delays checked without timing."""
-    recorded: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        recorded.append(seconds)
-
-    monkeypatch.setattr(anyio, "sleep", fake_sleep)
-    return recorded
 
 
 # -- success shapes ----------------------------------------------------------------------

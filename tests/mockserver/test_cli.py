@@ -27,6 +27,7 @@ OPTIONS = {
     "--max-steps": "TTS_MOCK_MAX_STEPS",
     "--audio-cache-bytes": "TTS_MOCK_AUDIO_CACHE_BYTES",
     "--log-level": "TTS_MOCK_LOG_LEVEL",
+    "--generation-latency": "TTS_MOCK_GENERATION_LATENCY",
 }
 
 

@@ -37,6 +37,7 @@ def test_every_key() -> None:
         "audio_url": "https://cdn.example/x.mp3",
         "audio_format": "opus",
         "delay_ms": 12.5,
+        "latency": "300ms+4ms/char",
         "times": 3,
         "fault": "slow-body",
     }
