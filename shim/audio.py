@@ -1,12 +1,11 @@
-"""Audio formats: recognising what upstream sent, and transcoding when it differs.
+"""Transcoding audio to the client's format when upstream sent another.
 
 Transcoding runs FFmpeg (through PyAV) in a worker thread, fed one upstream chunk at
 a time, so the first encoded bytes leave while the download is still running and
 memory stays flat however long the audio is. One transcoder can also take several
 inputs in a row and encode them as one stream (see :mod:`shim.stitch`).
 
-PyAV is imported where it is used, so importing this module (to identify a format,
-say) does not load FFmpeg.
+PyAV is imported where it is used, so importing this module does not load FFmpeg.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ from shim.catalog import FORMATS
 if TYPE_CHECKING:
     from av.audio.frame import AudioFrame
 
-__all__ = ["SAMPLE_RATE", "TranscodeError", "convert", "identify", "transcode"]
+__all__ = ["SAMPLE_RATE", "TranscodeError", "convert", "transcode"]
 
 #: OpenAI's speech output: 24 kHz mono.
 SAMPLE_RATE = 24_000
 
-_PCM_TYPES = {"audio/pcm", "audio/l16", "audio/x-pcm", "audio/raw"}
 # How FFmpeg should read each format we may receive.
 _DEMUXERS = {
     "mp3": "mp3",
@@ -44,30 +42,6 @@ _PCM_OPTIONS = {"sample_rate": str(SAMPLE_RATE), "ch_layout": "mono"}
 
 class TranscodeError(Exception):
     """FFmpeg could not read the upstream audio or write the requested format."""
-
-
-def identify(head: bytes, content_type: str, requested: str) -> str | None:
-    """Name the format of audio starting with ``head``, by its signature.
-
-    The content type is not trusted (upstreams label WAV as MP3 and worse), except
-    for raw PCM, which has no signature to check.
-    """
-    if head.startswith(b"ID3"):
-        return "mp3"
-    if head.startswith(b"OggS"):
-        return "opus"
-    if head.startswith(b"fLaC"):
-        return "flac"
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "wav"
-    if len(head) >= 2 and head[0] == 0xFF:
-        if head[1] & 0xF6 == 0xF0:  # 12-bit sync, layer 00: AAC in ADTS
-            return "aac"
-        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # MPEG audio frame, layer I-III
-            return "mp3"
-    if content_type in _PCM_TYPES or (requested == "pcm" and not content_type.startswith("audio/")):
-        return "pcm"
-    return None
 
 
 async def convert(chunks: AsyncIterable[bytes], source: str, target: str) -> AsyncGenerator[bytes]:

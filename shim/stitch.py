@@ -33,7 +33,7 @@ _OGG_OPTIONS = {"page_duration": "100000"}
 
 class Piece(NamedTuple):
     """One piece's audio: its bytes as they download, and the format they are in
-    (what :func:`shim.audio.identify` said of its first bytes)."""
+    (what :func:`shim.upstream.stream.identify` said of its first bytes)."""
 
     format: str
     chunks: AsyncIterable[bytes]
