@@ -1,18 +1,29 @@
-"""The one HTTP client library the shim talks upstream with: httpx, used plainly.
+"""The one HTTP client the shim talks upstream with: httpx's API over aiohttp.
 
-Two :class:`httpx.AsyncClient` instances are built, one for the AI/ML API and one
-for its CDN, so that nothing set for the API (the key above all) can reach the CDN.
-Both honour the environment as any httpx program does (``HTTPS_PROXY``,
-``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``),
-unless ``--proxy`` or ``--ca-bundle`` say otherwise.
+:class:`httpx_aiohttp.HttpxAiohttpClient` is an :class:`httpx.AsyncClient` whose
+connections are aiohttp's. It was chosen by measurement (``docs/benchmarks.md``):
+httpx's own transport (httpcore 1.0) collapses under concurrency, because its pool
+hands one idle connection to every waiting request and all but one then scan the pool
+again (at c=64: 144 req/s, p99 1.5 s, 6 ms of CPU a request); over aiohttp the same
+calls cost about a seventh of the CPU and do not collapse. Being an httpx client, it
+keeps httpx's proxies and TLS settings, and tests can still hand it an
+``httpx.ASGITransport``.
+
+Two clients are built, one for the AI/ML API and one for its CDN, so that nothing set
+for the API (the key above all) can reach the CDN. Both honour the environment as any
+httpx program does (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
+``SSL_CERT_FILE``, ``SSL_CERT_DIR``), unless ``--proxy`` or ``--ca-bundle`` say otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 
+import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from shim.config import Config
 from shim.errors import APIError
@@ -40,11 +51,11 @@ def build_client(
         write=config.connect_timeout,
         pool=config.connect_timeout,
     )
-    # Keep-alive for every slot's connection: the default of 20 idle connections
-    # makes a busy shim open and close connections on every request.
-    idle = max(config.max_concurrency, 20) if config.max_concurrency else None
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=idle)
-    return httpx.AsyncClient(
+    # Idle connections are dropped after 4 s: under the 5 s that many servers (uvicorn
+    # among them) keep an idle connection open, so a request is not sent on a connection
+    # the peer is closing (which, for the billed call, could not be retried).
+    limits = httpx.Limits(max_connections=None, keepalive_expiry=4.0)
+    return HttpxAiohttpClient(
         transport=transport,
         proxy=config.proxy,
         verify=_tls_context(config),
@@ -73,16 +84,34 @@ _NEVER_SENT = (
 )
 
 
+#: aiohttp's failures to connect at all (refused, DNS, TLS, proxy, connect timeout).
+_AIOHTTP_NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
 def never_sent(exc: BaseException) -> bool:
     """Whether ``exc`` proves the request never reached the peer (so a billed call
     may be sent again without paying twice)."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        # httpx-aiohttp maps every aiohttp connection error, a server that hung up
+        # after the request included, to ``httpx.ConnectTimeout``: the cause decides.
+        return isinstance(cause, _AIOHTTP_NEVER_SENT)
     return isinstance(exc, _NEVER_SENT)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # Through httpx-aiohttp a refused or dropped connection is a ConnectTimeout too;
+    # only a real timeout underneath makes it one.
+    if not isinstance(exc, httpx.TimeoutException) or isinstance(exc, httpx.PoolTimeout):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, (TimeoutError, asyncio.TimeoutError))
 
 
 def transport_error(exc: Exception, peer: str, *, retryable: bool) -> APIError:
     """The envelope for a failed exchange with ``peer``: a timeout is a 504,
     anything else (refused, reset, not HTTP) a 502."""
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.PoolTimeout):
+    if _is_timeout(exc):
         return APIError(
             504,
             f"Timed out waiting for {peer}.",
@@ -90,7 +119,7 @@ def transport_error(exc: Exception, peer: str, *, retryable: bool) -> APIError:
             code="timeout",
             retryable=retryable,
         )
-    connecting = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    connecting = never_sent(exc)
     what = f"Could not reach {peer}" if connecting else f"The connection to {peer} failed"
     return APIError(
         502,
