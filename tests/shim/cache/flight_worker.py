@@ -58,7 +58,8 @@ async def main(url: str, mode: str, requests: int, expected: int) -> None:
     counter = connect(url)
     if mode == "hang":
         found = await cache.lookup(KEY)
-        assert not isinstance(found, Hit) and found.leader
+        assert not isinstance(found, Hit)
+        assert found.leader
         print("LEADING", flush=True)
         await asyncio.sleep(3600)
         return

@@ -47,6 +47,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.generations = 0
+        self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.release.set()
 
@@ -56,6 +57,7 @@ class Upstream:
             return "HIT", b"".join([chunk async for chunk in found.audio.chunks])
         async with found:
             self.generations += 1
+            self.started.set()
             await self.release.wait()
             for chunk in pieces(DATA, 4096):
                 await found.write(chunk)  # (sent to the client first)
@@ -77,8 +79,7 @@ async def test_concurrent_identical_requests_generate_once(cache: AudioCache) ->
     upstream = Upstream()
     upstream.release.clear()
     tasks = [asyncio.create_task(upstream.serve(cache)) for _ in range(20)]
-    while upstream.generations == 0:
-        await asyncio.sleep(0.01)
+    await upstream.started.wait()
     await asyncio.sleep(0.1)  # let the other nineteen reach their wait
     upstream.release.set()
 
@@ -91,7 +92,8 @@ async def test_concurrent_identical_requests_generate_once(cache: AudioCache) ->
 
 async def test_a_failed_generation_lets_one_follower_try(cache: AudioCache) -> None:
     first = await cache.lookup(KEY)
-    assert isinstance(first, Miss) and first.leader
+    assert isinstance(first, Miss)
+    assert first.leader
     upstream = Upstream()
     followers = [asyncio.create_task(upstream.serve(cache)) for _ in range(5)]
     await asyncio.sleep(0.1)
@@ -105,14 +107,21 @@ async def test_a_failed_generation_lets_one_follower_try(cache: AudioCache) -> N
     assert sorted(status for status, _ in results) == ["HIT"] * 4 + ["MISS"]
 
 
+async def _cut_download(cache: AudioCache) -> None:
+    found = await cache.lookup(KEY)
+    assert isinstance(found, Miss)
+    async with found:
+        await found.write(DATA[:20_000])
+        raise ConnectionError("CDN connection reset")
+
+
 async def test_a_cut_download_is_not_cached(cache: AudioCache) -> None:
     with pytest.raises(ConnectionError):
-        async with await cache.lookup(KEY) as found:  # type: ignore[union-attr]
-            await found.write(DATA[:20_000])
-            raise ConnectionError("CDN connection reset")
+        await _cut_download(cache)
 
     again = await cache.lookup(KEY)
-    assert isinstance(again, Miss) and again.leader
+    assert isinstance(again, Miss)
+    assert again.leader
     await again.abort()
 
 
@@ -127,7 +136,8 @@ async def test_a_short_download_is_not_committed(cache: AudioCache) -> None:
 
 async def test_waiting_is_bounded(cache: AudioCache) -> None:
     leader = await cache.lookup(KEY)
-    assert isinstance(leader, Miss) and leader.leader
+    assert isinstance(leader, Miss)
+    assert leader.leader
     cache.wait = 0.2
 
     follower = await cache.lookup(KEY)  # the leader never finishes
@@ -146,7 +156,8 @@ async def test_no_cache_skips_lookup_but_stores_and_no_store_stores_nothing(
     assert (await upstream.serve(cache))[0] == "MISS"
 
     bypass = await cache.lookup(KEY, read=False)
-    assert isinstance(bypass, Miss) and not bypass.leader
+    assert isinstance(bypass, Miss)
+    assert not bypass.leader
     await bypass.write(audio(1000, seed=9))
     assert await bypass.commit()
     hit = await cache.lookup(KEY)
@@ -154,7 +165,8 @@ async def test_no_cache_skips_lookup_but_stores_and_no_store_stores_nothing(
     assert b"".join([chunk async for chunk in hit.audio.chunks]) == audio(1000, seed=9)
 
     nothing = await cache.lookup(dataclasses.replace(KEY, voice="nova"), write=False)
-    assert isinstance(nothing, Miss) and nothing.writer is None
+    assert isinstance(nothing, Miss)
+    assert nothing.writer is None
     await nothing.write(DATA)
     assert not await nothing.commit()
     assert isinstance(await cache.lookup(dataclasses.replace(KEY, voice="nova")), Miss)

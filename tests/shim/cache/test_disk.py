@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from shim.cache import DiskAudioStore, default_cache_dir
 from tests.shim.cache.conftest import audio, put, read
 
 TTL = 3600.0
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def test_entries_survive_a_restart(tmp_path: Path) -> None:
@@ -69,12 +70,13 @@ asyncio.run(main())
 
 
 async def test_processes_share_one_directory(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[3]
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(seed)], cwd=root)
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WRITER, str(tmp_path), str(seed), cwd=ROOT
+        )
         for seed in (100, 200)
     ]
-    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    assert [await asyncio.wait_for(w.wait(), 60) for w in writers] == [0, 0]
 
     store = DiskAudioStore(tmp_path, max_bytes=10**8, ttl=TTL)
     try:

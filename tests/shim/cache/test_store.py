@@ -48,11 +48,15 @@ async def test_aborted_write_is_never_visible(store: AudioStore) -> None:
     assert await store.open(DIGEST) is None
 
 
+async def _cut_write(store: AudioStore) -> None:
+    async with store.writer(DIGEST) as writer:
+        await writer.write(audio(3000))
+        raise RuntimeError("download cut")
+
+
 async def test_leaving_the_block_without_commit_aborts(store: AudioStore) -> None:
     with pytest.raises(RuntimeError, match="download cut"):
-        async with store.writer(DIGEST) as writer:
-            await writer.write(audio(3000))
-            raise RuntimeError("download cut")
+        await _cut_write(store)
 
     assert await store.open(DIGEST) is None
 
