@@ -112,6 +112,10 @@ class AudioCache:
             audio = await self.store.open(digest)
             if audio is not None:
                 return Hit(audio, followed)
+            if not self.store.available:
+                # Redis is down: waiting for another request would only queue requests
+                # whose audio cannot be shared anyway.
+                return Miss(self.store.writer(digest) if write else None, None)
             lease = await self.flights.acquire(digest, deadline - loop.time())
             if lease is not None:
                 # A leader may have committed between the lookup and the lease.

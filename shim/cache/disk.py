@@ -39,8 +39,10 @@ class DiskAudioStore:
     """An :class:`~shim.cache.store.AudioStore` in a local directory.
 
     ``max_bytes`` bounds the directory (index included), evicting the least recently
-    used entries; ``ttl`` is each entry's lifetime in seconds. Open one per process,
-    after any fork (uvicorn workers each open their own on the same directory).
+    used entries (diskcache evicts ten at a time, so the bound should hold many entries:
+    the default gigabyte holds thousands); ``ttl`` is each entry's lifetime in seconds.
+    Open one per process, after any fork (uvicorn workers each open their own on the
+    same directory).
     """
 
     def __init__(self, directory: str | Path | None = None, *, max_bytes: int, ttl: float) -> None:
@@ -53,6 +55,11 @@ class DiskAudioStore:
             # SQLite's busy timeout: past it a lookup is a miss, not a stalled request.
             timeout=2.0,
         )
+
+    @property
+    def available(self) -> bool:
+        """A local directory is always there (a failing disk shows as misses)."""
+        return True
 
     async def open(self, digest: str) -> CachedAudio | None:
         """The entry as a stream of chunks, or ``None``."""

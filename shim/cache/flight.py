@@ -36,6 +36,8 @@ logger = logging.getLogger("tts_shim")
 LEASE = 10.0
 #: Seconds between a follower's checks of the leader's Redis lease.
 POLL = 0.1
+#: Longest a leader keeps renewing: a lease its holder forgot to release still ends.
+MAX_HOLD = 600.0
 
 
 class Lease(Protocol):
@@ -98,15 +100,17 @@ class LocalFlights:
 
 
 class _RedisLease:
-    def __init__(self, local: _LocalLease, lock: Lock, outage: Outage, lease: float) -> None:
+    def __init__(
+        self, local: _LocalLease, lock: Lock, outage: Outage, lease: float, max_hold: float
+    ) -> None:
         self._local = local
         self._lock = lock
         self._outage = outage
         self._released = False
-        self._renewing = asyncio.create_task(self._renew(lease / 3))
+        self._renewing = asyncio.create_task(self._renew(lease / 3, max_hold))
 
-    async def _renew(self, every: float) -> None:
-        while True:
+    async def _renew(self, every: float, max_hold: float) -> None:
+        for _ in range(max(int(max_hold / every), 1)):
             await asyncio.sleep(every)
             try:
                 await self._lock.reacquire()
@@ -149,8 +153,8 @@ class RedisFlights:
     """Leases in Redis, shared by every replica using the same server and ``prefix``.
 
     ``lease`` is how long a leader's lock outlives its last renewal (renewed every third
-    of it); ``poll`` how often followers look at it. If Redis is unreachable the lease
-    is process-local, so a process still generates each key once at a time.
+    of it, for ``max_hold`` seconds at most); ``poll`` how often followers look at it.
+    If Redis is unreachable the lease is process-local.
     """
 
     def __init__(
@@ -159,12 +163,14 @@ class RedisFlights:
         *,
         lease: float = LEASE,
         poll: float = POLL,
+        max_hold: float = MAX_HOLD,
         prefix: str = DEFAULT_PREFIX,
         outage: Outage | None = None,
     ) -> None:
         self.client = client
         self.lease = lease
         self.poll = poll
+        self.max_hold = max_hold
         self.prefix = prefix
         self.outage = outage or Outage()
         self._local = LocalFlights()
@@ -184,7 +190,7 @@ class RedisFlights:
         lock = Lock(self.client, name, timeout=self.lease, blocking=False, thread_local=False)
         try:
             if await self.outage.guard(lock.acquire(blocking=False)):
-                return _RedisLease(local, lock, self.outage, self.lease)
+                return _RedisLease(local, lock, self.outage, self.lease, self.max_hold)
             # Another replica leads: wait until its lock is gone (released or expired).
             while (remaining := deadline - loop.time()) > 0:
                 await asyncio.sleep(min(self.poll, remaining))

@@ -112,6 +112,11 @@ class RedisAudioStore:
         base = self._chunk_prefix(digest) + write
         return [f"{base}:{i}" for i in range(count)]
 
+    @property
+    def available(self) -> bool:
+        """``False`` from a failed call until the next one that succeeds."""
+        return not self.outage.down
+
     async def open(self, digest: str) -> CachedAudio | None:
         """The entry, its first chunk already read, or ``None``."""
         try:

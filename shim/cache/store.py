@@ -107,6 +107,11 @@ class AudioWriter(Protocol):
 class AudioStore(Protocol):
     """Finished audio by :attr:`CacheKey.digest <shim.cache.key.CacheKey.digest>`."""
 
+    @property
+    def available(self) -> bool:
+        """``False`` while the store is known to be unreachable: requests then neither
+        wait for one another (nothing would be shared) nor expect a hit."""
+
     async def open(self, digest: str) -> CachedAudio | None:
         """The whole entry, streamed, or ``None`` (absent, expired, partly evicted, or the
         store is unreachable)."""

@@ -108,7 +108,7 @@ async def test_a_leader_in_another_replica_that_fails_lets_a_follower_lead(
         await replica.aclose()
 
 
-async def test_redis_stopped_single_flight_falls_back_to_the_process(
+async def test_redis_stopped_requests_neither_wait_nor_fail_and_it_warns_once(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = redis_store(redis_server)
@@ -117,19 +117,18 @@ async def test_redis_stopped_single_flight_falls_back_to_the_process(
     redis_server.stop()
 
     with caplog.at_level(logging.WARNING, logger="tts_shim"):
-        first = await cache.lookup(KEY)
-        second = asyncio.create_task(cache.lookup(KEY))
-        await asyncio.sleep(0.1)
-        assert isinstance(first, Miss)
-        assert first.leader
-        assert not second.done()  # still one generation at a time in this process
-        await first.write(audio(3000))
-        assert not await first.commit()  # nowhere to store it
-        found = await second
-        assert isinstance(found, Miss)
-        assert found.leader
-        await found.abort()
+        # Nothing can be shared: every request generates at once instead of queueing.
+        found = await asyncio.wait_for(asyncio.gather(*(cache.lookup(KEY) for _ in range(5))), 5)
+        lease = await flights.acquire("e" * 64, 5)  # a lease local to this process
 
+    assert all(isinstance(miss, Miss) for miss in found)
+    for miss in found:
+        assert isinstance(miss, Miss)
+        await miss.write(audio(3000))
+        assert not await miss.commit()  # nowhere to store it, and no error either
+    assert lease is not None
+    assert await flights.acquire("e" * 64, 0.05) is None
+    await lease.release()
     warnings = [r for r in caplog.records if r.name == "tts_shim" and "Redis" in r.message]
     assert len(warnings) == 1
     await cache.aclose()
@@ -150,3 +149,18 @@ async def test_local_flights_one_leader_then_followers_look_again() -> None:
     assert again is not None
     assert await flights.acquire(DIGEST, 0.05) is None  # bounded
     await again.release()
+
+
+async def test_a_forgotten_lease_stops_being_renewed(redis_server: RedisServer) -> None:
+    store = redis_store(redis_server)
+    flights = RedisFlights(store.client, lease=0.3, max_hold=0.3, outage=store.outage)
+    lease = await flights.acquire(DIGEST, 5)
+    assert lease is not None
+    lock = f"tts-shim:lock:{{{DIGEST}}}"
+    assert redis_server.client().exists(lock)
+
+    await asyncio.sleep(1.0)  # never released: renewed for max_hold, then it expires
+
+    assert not redis_server.client().exists(lock)
+    await lease.release()
+    await store.aclose()
