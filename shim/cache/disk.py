@@ -20,7 +20,13 @@ from typing import IO
 import diskcache
 import platformdirs
 
-from shim.cache.store import CachedAudio, CacheStats, CacheUnavailable, WriterBase
+from shim.cache.store import (
+    CacheCorrupt,
+    CachedAudio,
+    CacheStats,
+    CacheUnavailable,
+    WriterBase,
+)
 
 __all__ = ["DiskAudioStore", "default_cache_dir"]
 
@@ -75,10 +81,14 @@ class DiskAudioStore:
         if handle is None:
             return None
         # An open file stays readable after another process evicts the entry.
-        size = handle.seek(0, 2)
-        handle.seek(0)
-        first = handle.read(READ_CHUNK)
-        return CachedAudio(size=size, chunks=_read_rest(handle, first))
+        try:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            first = handle.read(READ_CHUNK)
+        except OSError:
+            handle.close()
+            return None
+        return CachedAudio(size=size, chunks=_read_rest(handle, size, first))
 
     def writer(self, digest: str) -> _DiskWriter:
         """A writer whose commit stores the entry atomically under ``digest``."""
@@ -92,14 +102,14 @@ class DiskAudioStore:
         try:
             self._cache.expire()
             return CacheStats(entries=len(self._cache), bytes=self._cache.volume())
-        except (OSError, diskcache.Timeout) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheUnavailable(f"cannot read the cache in {self.directory}: {exc}") from exc
 
     async def clear(self) -> int:
         """Delete every entry; returns how many."""
         try:
             return int(await asyncio.to_thread(self._cache.clear))
-        except (OSError, diskcache.Timeout) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheUnavailable(f"cannot clear the cache in {self.directory}: {exc}") from exc
 
     async def aclose(self) -> None:
@@ -115,12 +125,18 @@ class DiskAudioStore:
         return stored
 
 
-async def _read_rest(handle: IO[bytes], first: bytes) -> AsyncIterator[bytes]:
+async def _read_rest(handle: IO[bytes], size: int, first: bytes) -> AsyncIterator[bytes]:
     try:
-        chunk = first
+        chunk, sent = first, 0
         while chunk:
             yield chunk
-            chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
+            sent += len(chunk)
+            try:
+                chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
+            except OSError as exc:
+                raise CacheCorrupt(f"reading a cached entry failed: {exc}") from exc
+        if sent != size:
+            raise CacheCorrupt("a cached entry's file changed size while it was read")
     finally:
         handle.close()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.cache import DiskAudioStore, default_cache_dir
+from shim.cache import CacheCorrupt, DiskAudioStore, default_cache_dir
 from tests.shim.cache.conftest import audio, put, read
 
 TTL = 3600.0
@@ -95,3 +95,25 @@ def test_default_directory_is_the_users_cache_directory(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     assert default_cache_dir() == tmp_path / "tts-shim" / "audio"
+
+
+async def test_a_file_cut_under_a_reader_is_reported_not_served_short(tmp_path: Path) -> None:
+    store = DiskAudioStore(tmp_path, max_bytes=10**8, ttl=TTL)
+    data = audio(600_000)
+    assert await put(store, "a" * 64, data, piece=65_536)
+    found = await store.open("a" * 64)
+    assert found is not None
+    first = await anext(found.chunks)
+    _truncate_the_one_value_file(tmp_path, 300_000)
+
+    with pytest.raises(CacheCorrupt):
+        async for _chunk in found.chunks:
+            pass
+    assert first == data[: len(first)]
+    await store.aclose()
+
+
+def _truncate_the_one_value_file(directory: Path, size: int) -> None:
+    (value,) = directory.rglob("*.val")  # diskcache's name for a value kept as a file
+    with value.open("r+b") as file:
+        file.truncate(size)
