@@ -90,7 +90,7 @@ class DiskAudioStore:
             return None
         return CachedAudio(size=size, chunks=_read_rest(handle, size, first))
 
-    def writer(self, digest: str) -> _DiskWriter:
+    def writer(self, digest: str) -> WriterBase:
         """A writer whose commit stores the entry atomically under ``digest``."""
         return _DiskWriter(self, digest)
 

@@ -151,14 +151,14 @@ class RedisAudioStore:
             sha256.update(chunk)
             yield chunk
         if sha256.hexdigest() != manifest.sha256:
-            await self._forget(manifest, keys)
+            await self._forget(keys)
             raise CacheCorrupt("a cached entry failed verification")
 
-    async def _forget(self, manifest: _Manifest, keys: list[str]) -> None:
+    async def _forget(self, keys: list[str]) -> None:
         with contextlib.suppress(RedisDown):
             await self.outage.guard(self.client.unlink(*keys))
 
-    def writer(self, digest: str) -> _RedisWriter:
+    def writer(self, digest: str) -> WriterBase:
         """A writer that stores chunks as they come and publishes them on commit."""
         return _RedisWriter(self, digest)
 

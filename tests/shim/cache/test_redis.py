@@ -158,3 +158,18 @@ async def test_an_unreachable_redis_is_a_miss_quickly() -> None:
     assert await store.open(DIGEST) is None
     assert not await put(store, DIGEST, audio(100))
     await store.aclose()
+
+
+async def test_a_tampered_chunk_fails_verification_at_the_end(
+    redis_server: RedisServer, store: RedisAudioStore
+) -> None:
+    assert await put(store, DIGEST, audio(SMALL_CHUNK * 3))
+    chunk = _keys(redis_server, "c")[1]
+    redis_server.client().set(chunk, b"\0" * SMALL_CHUNK, keepttl=True)
+    found = await store.open(DIGEST)
+    assert found is not None
+
+    with pytest.raises(CacheCorrupt, match="verification"):
+        async for _chunk in found.chunks:
+            pass
+    assert await store.open(DIGEST) is None  # and the entry is gone
