@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -69,17 +68,6 @@ class _LocalLease:
         if self._flights._held.get(self._digest) is self._done:
             del self._flights._held[self._digest]
         self._done.set()
-
-    async def __aenter__(self) -> _LocalLease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
 
 
 class LocalFlights:
@@ -136,17 +124,6 @@ class _RedisLease:
             self._outage.record(exc)  # the lease expires by itself
         finally:
             await self._local.release()
-
-    async def __aenter__(self) -> _RedisLease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
 
 
 class RedisFlights:

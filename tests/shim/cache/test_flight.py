@@ -24,6 +24,16 @@ def _worker(server: RedisServer, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
+def _replicas(server: RedisServer, lease: float) -> list[AudioCache]:
+    """Two replicas in this process: separate clients, separate local flights."""
+    replicas = []
+    for _ in range(2):
+        store = redis_store(server)
+        flights = RedisFlights(store.client, lease=lease, poll=0.02, outage=store.outage)
+        replicas.append(AudioCache(store, flights, wait=30))
+    return replicas
+
+
 def test_two_processes_contending_for_one_key_generate_once(redis_server: RedisServer) -> None:
     workers = [_worker(redis_server, "contend", "5", "10") for _ in range(2)]
     outputs = [worker.communicate(timeout=60)[0] for worker in workers]
@@ -59,12 +69,7 @@ async def test_a_follower_takes_over_from_a_leader_killed_mid_generation(
 
 
 async def test_a_leader_working_past_its_lease_keeps_it(redis_server: RedisServer) -> None:
-    # Two replicas in one test process: separate clients, separate local flights.
-    replicas = []
-    for _ in range(2):
-        store = redis_store(redis_server)
-        flights = RedisFlights(store.client, lease=0.3, poll=0.02, outage=store.outage)
-        replicas.append(AudioCache(store, flights, wait=30))
+    replicas = _replicas(redis_server, lease=0.3)
     leader = await replicas[0].lookup(KEY)
     assert isinstance(leader, Miss)
     assert leader.leader
@@ -86,11 +91,7 @@ async def test_a_leader_working_past_its_lease_keeps_it(redis_server: RedisServe
 async def test_a_leader_in_another_replica_that_fails_lets_a_follower_lead(
     redis_server: RedisServer,
 ) -> None:
-    replicas = []
-    for _ in range(2):
-        store = redis_store(redis_server)
-        flights = RedisFlights(store.client, lease=5.0, poll=0.02, outage=store.outage)
-        replicas.append(AudioCache(store, flights, wait=30))
+    replicas = _replicas(redis_server, lease=5.0)
     leader = await replicas[0].lookup(KEY)
     assert isinstance(leader, Miss)
     assert leader.leader
