@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from shim.config import DEFAULT_UPSTREAM_URL, Config, ConfigError
@@ -221,6 +224,46 @@ def main() -> None:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     help="Least severe log level shown.",
 )
+@click.option(
+    "--cache/--no-cache",
+    envvar="TTS_SHIM_CACHE",
+    show_envvar=True,
+    default=True,
+    help="Cache generated audio, so a repeated request is neither paid nor waited for again.",
+)
+@click.option(
+    "--cache-dir",
+    envvar="TTS_SHIM_CACHE_DIR",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="Directory of the embedded cache. Unset: the user's cache directory.",
+)
+@click.option(
+    "--cache-max-bytes",
+    envvar="TTS_SHIM_CACHE_MAX_BYTES",
+    show_envvar=True,
+    default=1024**3,
+    type=click.IntRange(1),
+    help="Size bound of the embedded cache; least recently used audio is evicted first.",
+)
+@click.option(
+    "--cache-ttl",
+    envvar="TTS_SHIM_CACHE_TTL",
+    show_envvar=True,
+    default=30 * 24 * 3600.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds cached audio is kept (default 30 days).",
+)
+@click.option(
+    "--redis-url",
+    envvar="TTS_SHIM_REDIS_URL",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="redis://host:port/db: replicas share the cache and generate each audio once. "
+    "Prefer the environment variable if it holds a password: flags show in ps.",
+)
 def serve(
     mock: bool, client_keys: tuple[str, ...], audio_origins: tuple[str, ...], **options: object
 ) -> None:
@@ -249,6 +292,74 @@ def mock(ctx: click.Context) -> None:
     """Run the mock AI/ML API and CDN (needs the mock extra: pip install 'tts-shim[mock]')."""
     mock_main = _mock_command()
     mock_main.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name} mock")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or empty the audio cache that `serve` uses with the same options."""
+
+
+def _cache_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--redis-url",
+        envvar="TTS_SHIM_REDIS_URL",
+        show_envvar=True,
+        default=None,
+        show_default=False,
+        help="The Redis cache, instead of the embedded one.",
+    )(command)
+    return click.option(
+        "--cache-dir",
+        envvar="TTS_SHIM_CACHE_DIR",
+        show_envvar=True,
+        default=None,
+        show_default=False,
+        help="Directory of the embedded cache. Unset: the user's cache directory.",
+    )(command)
+
+
+def _run_on_store(cache_dir: str | None, redis_url: str | None, job: str) -> Any:
+    import asyncio
+
+    from shim.cache import open_store
+
+    async def run() -> Any:
+        store = open_store(Config(cache_dir=cache_dir, redis_url=redis_url))
+        assert store is not None
+        try:
+            return await (store.stats() if job == "stats" else store.clear())
+        finally:
+            await store.aclose()
+
+    from shim.cache import CacheUnavailable
+
+    try:
+        return asyncio.run(run())
+    except (ConfigError, CacheUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cache.command()
+@_cache_options
+def stats(cache_dir: str | None, redis_url: str | None) -> None:
+    """Entries and bytes in the cache."""
+    found = _run_on_store(cache_dir, redis_url, "stats")
+    click.echo(f"entries: {found.entries}\nbytes: {found.bytes}")
+
+
+@cache.command()
+@_cache_options
+@click.confirmation_option(prompt="Delete every cached audio entry?")
+def clear(cache_dir: str | None, redis_url: str | None) -> None:
+    """Delete every cached entry (later requests generate, and pay, again)."""
+    removed = _run_on_store(cache_dir, redis_url, "clear")
+    click.echo(f"removed {removed} entries")
+
+
+def _add_mock_command() -> None:
+    from mockserver.cli import main as mock_command
+
+    main.add_command(mock_command, name="mock")
 
 
 def _mock_command() -> click.Command:

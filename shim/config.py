@@ -89,6 +89,17 @@ class Config:
     queue_timeout: float = 10.0
     #: On SIGTERM, seconds in-flight responses get to finish before they are cut.
     graceful_timeout: float = 30.0
+    #: The audio cache (shim/cache): ``False`` turns it off (``--no-cache``).
+    cache: bool = True
+    #: The embedded cache's directory; ``None``: the user's cache directory (platformdirs).
+    cache_dir: str | None = None
+    #: Bound of the embedded cache, index included; least recently used entries go first.
+    cache_max_bytes: int = 1024**3
+    #: Seconds an entry lives (30 days).
+    cache_ttl: float = 30 * 24 * 3600.0
+    #: ``redis://`` / ``rediss://`` / ``unix://`` URL: the cache and its single flight live in
+    #: Redis, shared by replicas. Hidden from repr: it may hold a password.
+    redis_url: str | None = field(default=None, repr=False)
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
 
@@ -110,6 +121,16 @@ class Config:
             raise ConfigError("queue_timeout and graceful_timeout cannot be negative")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        if self.cache_max_bytes <= 0 or self.cache_ttl <= 0:
+            raise ConfigError("cache_max_bytes and cache_ttl must be positive")
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                # The URL itself is not repeated: it may hold a password.
+                raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
 
     @staticmethod
     def _normalise_root(url: str) -> str:

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from click.testing import CliRunner
 
+from shim.cache import AudioStore, DiskAudioStore, RedisAudioStore, connect
 from shim.cli import main
+from tests.redis_server import RedisServer
 
 
 def test_serve_help_names_every_environment_variable() -> None:
@@ -39,3 +44,67 @@ def test_mock_subcommand_is_registered() -> None:
 
     assert result.exit_code == 0
     assert "--port" in result.output
+
+
+def test_serve_help_names_the_cache_options() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+
+    assert result.exit_code == 0
+    for text in (
+        "--no-cache",
+        "--cache-dir",
+        "--cache-max-bytes",
+        "--cache-ttl",
+        "--redis-url",
+        "TTS_SHIM_REDIS_URL",
+        "TTS_SHIM_CACHE_DIR",
+    ):
+        assert text in result.output
+
+
+def test_cache_stats_and_clear_on_the_embedded_cache(tmp_path: Path) -> None:
+    asyncio.run(_fill(DiskAudioStore(tmp_path, max_bytes=10**8, ttl=60)))
+    runner = CliRunner()
+
+    stats = runner.invoke(main, ["cache", "stats", "--cache-dir", str(tmp_path)])
+    refused = runner.invoke(main, ["cache", "clear", "--cache-dir", str(tmp_path)], input="n\n")
+    cleared = runner.invoke(
+        main, ["cache", "clear", "--yes"], env={"TTS_SHIM_CACHE_DIR": str(tmp_path)}
+    )
+    after = runner.invoke(main, ["cache", "stats", "--cache-dir", str(tmp_path)])
+
+    assert stats.exit_code == 0
+    assert "entries: 2" in stats.output
+    assert refused.exit_code == 1
+    assert cleared.exit_code == 0
+    assert "removed 2 entries" in cleared.output
+    assert "entries: 0" in after.output
+
+
+def test_cache_stats_and_clear_on_redis() -> None:
+    with RedisServer() as server:
+        store = RedisAudioStore(connect(server.url), ttl=60)
+        asyncio.run(_fill(store))
+        runner = CliRunner()
+        env = {"TTS_SHIM_REDIS_URL": server.url}
+
+        stats = runner.invoke(main, ["cache", "stats"], env=env)
+        cleared = runner.invoke(main, ["cache", "clear", "--yes"], env=env)
+        after = runner.invoke(main, ["cache", "stats"], env=env)
+        server.stop()
+        down = runner.invoke(main, ["cache", "stats"], env=env)
+
+    assert stats.exit_code == 0
+    assert "entries: 2\nbytes: 3000" in stats.output
+    assert "removed 2 entries" in cleared.output
+    assert "entries: 0" in after.output
+    assert down.exit_code == 1
+    assert "Redis" in down.output
+
+
+async def _fill(store: AudioStore) -> None:
+    for digest, size in (("a" * 64, 1000), ("b" * 64, 2000)):
+        async with store.writer(digest) as writer:
+            await writer.write(b"x" * size)
+            assert await writer.commit()
+    await store.aclose()

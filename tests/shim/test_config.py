@@ -86,3 +86,26 @@ def test_without_a_server_key_any_address_is_allowed() -> None:
 def test_timeouts_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         Config(**{field: 0})  # type: ignore[arg-type]
+
+
+def test_cache_defaults_are_on_one_gibibyte_and_thirty_days() -> None:
+    config = Config()
+
+    assert config.cache
+    assert config.cache_dir is None
+    assert config.cache_max_bytes == 1024**3
+    assert config.cache_ttl == 30 * 24 * 3600
+    assert config.redis_url is None
+
+
+@pytest.mark.parametrize("field", ["cache_max_bytes", "cache_ttl"])
+def test_cache_bounds_must_be_positive(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Config(**{field: 0})  # type: ignore[arg-type]
+
+
+def test_redis_url_must_be_redis_and_is_never_repeated() -> None:
+    with pytest.raises(ConfigError, match="redis://") as raised:
+        Config(redis_url="http://user:hunter2@example.invalid")
+    assert "hunter2" not in str(raised.value)
+    assert "hunter2" not in repr(Config(redis_url="redis://:hunter2@127.0.0.1:6379/0"))

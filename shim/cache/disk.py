@@ -1,0 +1,182 @@
+"""The embedded audio store: a :mod:`diskcache` directory, the default.
+
+diskcache keeps an SQLite index beside the audio files, so several worker processes
+can share one directory, entries survive restarts, the size is bounded with
+least-recently-used eviction and each entry has a time to live. Its calls are
+blocking, so they run in a worker thread; the audio being written is spooled to a
+temporary file (in memory while small) and handed to diskcache whole on commit,
+which is what keeps an aborted write invisible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+import diskcache
+import platformdirs
+
+from shim.cache.store import (
+    CacheCorrupt,
+    CachedAudio,
+    CacheStats,
+    CacheUnavailable,
+    WriterBase,
+)
+
+__all__ = ["DiskAudioStore", "default_cache_dir"]
+
+#: Bytes read from an entry's file at a time.
+READ_CHUNK = 256 * 1024
+#: A write is kept in memory up to this size, then spooled to a file.
+_SPOOL_IN_MEMORY = 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    """The user's cache directory for the shim's audio (e.g. ``~/.cache/tts-shim/audio``)."""
+    return Path(platformdirs.user_cache_dir("tts-shim", appauthor=False)) / "audio"
+
+
+class DiskAudioStore:
+    """An :class:`~shim.cache.store.AudioStore` in a local directory.
+
+    ``max_bytes`` bounds the directory (index included), evicting the least recently
+    used entries (diskcache evicts ten at a time, so the bound should hold many entries:
+    the default gigabyte holds thousands); ``ttl`` is each entry's lifetime in seconds.
+    Open one per process, after any fork (uvicorn workers each open their own on the
+    same directory).
+    """
+
+    def __init__(self, directory: str | Path | None = None, *, max_bytes: int, ttl: float) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.ttl = ttl
+        self._cache = diskcache.Cache(
+            str(self.directory),
+            size_limit=max_bytes,
+            eviction_policy="least-recently-used",
+            # SQLite's busy timeout: past it a lookup is a miss, not a stalled request.
+            timeout=2.0,
+        )
+
+    @property
+    def available(self) -> bool:
+        """A local directory is always there (a failing disk shows as misses)."""
+        return True
+
+    async def open(self, digest: str) -> CachedAudio | None:
+        """The entry as a stream of chunks, or ``None``."""
+        return await asyncio.to_thread(self._open, digest)
+
+    def _open(self, digest: str) -> CachedAudio | None:
+        try:
+            handle: IO[bytes] | None = self._cache.get(digest, read=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout):
+            # The file evicted between the index lookup and the open, the disk failing,
+            # or the index locked too long by another process: a miss.
+            return None
+        if handle is None:
+            return None
+        # An open file stays readable after another process evicts the entry.
+        try:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            first = handle.read(READ_CHUNK)
+        except OSError:
+            handle.close()
+            return None
+        return CachedAudio(size=size, chunks=_read_rest(handle, size, first))
+
+    def writer(self, digest: str) -> WriterBase:
+        """A writer whose commit stores the entry atomically under ``digest``."""
+        return _DiskWriter(self, digest)
+
+    async def stats(self) -> CacheStats:
+        """Live entries, and bytes on disk (audio and index)."""
+        return await asyncio.to_thread(self._stats)
+
+    def _stats(self) -> CacheStats:
+        try:
+            self._cache.expire()
+            return CacheStats(entries=len(self._cache), bytes=self._cache.volume())
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise CacheUnavailable(f"cannot read the cache in {self.directory}: {exc}") from exc
+
+    async def clear(self) -> int:
+        """Delete every entry; returns how many."""
+        try:
+            return int(await asyncio.to_thread(self._cache.clear))
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise CacheUnavailable(f"cannot clear the cache in {self.directory}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the index (the directory stays)."""
+        self._cache.close()
+
+    def _store(self, digest: str, spool: IO[bytes]) -> bool:
+        spool.seek(0)
+        try:
+            stored: bool = self._cache.set(digest, spool, read=True, expire=self.ttl)
+        except (OSError, sqlite3.Error, diskcache.Timeout):
+            return False  # disk full, or the index locked for too long: not cached
+        return stored
+
+
+async def _read_rest(handle: IO[bytes], size: int, first: bytes) -> AsyncIterator[bytes]:
+    try:
+        chunk, sent = first, 0
+        while chunk:
+            yield chunk
+            sent += len(chunk)
+            try:
+                chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
+            except OSError as exc:
+                raise CacheCorrupt(f"reading a cached entry failed: {exc}") from exc
+        if sent != size:
+            raise CacheCorrupt("a cached entry's file changed size while it was read")
+    finally:
+        handle.close()
+
+
+class _DiskWriter(WriterBase):
+    def __init__(self, store: DiskAudioStore, digest: str) -> None:
+        super().__init__()
+        self._store = store
+        self._digest = digest
+        self._spool: IO[bytes] | None = None
+
+    async def _put(self, chunk: bytes) -> bool:
+        try:
+            if self._spool is None:
+                self._spool = _spool(self._store.directory)
+            # A write to a page-cached file (or to memory, while small) does not stall
+            # the event loop enough to be worth a thread hop per chunk.
+            self._spool.write(chunk)
+        except OSError:
+            return False
+        return True
+
+    async def _publish(self, size: int, sha256: str) -> bool:
+        spool = self._spool
+        if spool is None:
+            return False
+        return await asyncio.to_thread(self._store._store, self._digest, spool)
+
+    async def _discard(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    async def commit(self, expected_size: int | None = None) -> bool:
+        try:
+            return await super().commit(expected_size)
+        finally:
+            await self._discard()
+
+
+def _spool(directory: Path) -> IO[bytes]:
+    # Closed by the writer (commit or abort), not by a with block.
+    return tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY, dir=str(directory))
