@@ -116,6 +116,33 @@ def test_wheel() -> int:
         return subprocess.run(command, cwd=project, env=environ).returncode
 
 
+#: Programs some tests run, by the Debian package that has them: a real forward proxy
+#: (contract_tests/reliability/test_network.py).
+SYSTEM_PACKAGES = {"tinyproxy": "tinyproxy"}
+
+
+def ensure_system_packages() -> None:
+    """Install the Debian packages the tests need, where missing and where we can."""
+    sbin = ("/usr/sbin", "/usr/bin", "/sbin")
+    missing = [
+        package
+        for program, package in SYSTEM_PACKAGES.items()
+        if not shutil.which(program) and not any(Path(d, program).exists() for d in sbin)
+    ]
+    if not missing:
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        print(f"warning: install {', '.join(missing)} (Debian packages); the tests that "
+              "need them will fail", flush=True)  # fmt: skip
+        return
+    install = (apt, "install", "-y", "-q", "--no-install-recommends", *missing)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, env=env, check=False).returncode != 0:
+        _run(apt, "update", "-q")
+        subprocess.run(install, env=env, check=True)
+
+
 def ensure_env(extras: str = "dev") -> None:
     """Create ``.venv`` and install the project (editable) with ``extras``."""
     if not (BIN / "python").exists():
@@ -138,6 +165,7 @@ def serve(argv: list[str]) -> int:
 
 def test(argv: list[str]) -> int:
     ensure_env("dev")
+    ensure_system_packages()
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
     _run(BIN / "mypy")

@@ -314,10 +314,11 @@ def aimlapi_mock(
     by accident (``assert_all_mocked=False`` makes respx answer them with an empty 200
     instead).
 
-    Limits: only httpx is intercepted (respx patches httpcore, under httpx's own
-    transports); a client built on another stack, such as the shim's default aiohttp
-    upstream transport, is not: run an in-process shim with
-    ``Config(upstream_transport="httpx")``. Replies are buffered, not streamed.
+    Limits: only httpx over its own transports is intercepted (respx patches httpcore).
+    The shim's upstream client runs over aiohttp, so to put this mock under an
+    in-process shim, hand it the mock directly:
+    ``create_app(config, transport=httpx.ASGITransport(upstream.app))``. Replies are
+    buffered, not streamed.
     """
     try:
         import respx  # noqa: F401

@@ -112,16 +112,20 @@ async def test_server_errors_are_retried_with_backoff_until_success(
     assert [e["status"] for e in tts_mock.requests] == [500, 502, 201]
 
 
-async def test_a_dropped_connection_is_retried_by_the_sdk(
+async def test_a_connection_dropped_after_the_request_is_not_paid_twice(
     retrying_sdk: SDK, tts_mock: Any, sdk_waits: list[float]
 ) -> None:
-    tts_mock.scenario([{"fault": "reset"}])
+    # The API may have billed the generation before it hung up: neither the shim nor
+    # the SDK (x-should-retry: false) sends it again.
+    tts_mock.scenario([{"fault": "reset", "times": 3}])
 
-    audio = await retrying_sdk.speech(input="Hi", response_format="wav")
+    with pytest.raises(openai.InternalServerError) as caught:
+        await retrying_sdk.speech(input="Hi", response_format="wav")
 
-    assert audio.startswith(b"RIFF")
-    assert len(sdk_waits) == 1
-    assert len(tts_mock.requests) == 2
+    assert caught.value.status_code == 502
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert sdk_waits == []
+    assert len(tts_mock.requests) == 1
 
 
 async def test_retries_give_up_after_max_retries_with_the_last_error(

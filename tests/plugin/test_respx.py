@@ -133,7 +133,8 @@ def test_the_context_manager_puts_the_mock_under_an_in_process_shim(
     pytester: pytest.Pytester,
 ) -> None:
     # No socket anywhere: the SDK reaches the shim app through ASGITransport, and the
-    # shim's own httpx client reaches the AI/ML API through aimlapi_mock.
+    # shim reaches the mock that aimlapi_mock made through another one (the shim's
+    # client runs over aiohttp, which respx does not patch).
     pytester.makepyfile(
         """
         import asyncio
@@ -142,12 +143,13 @@ def test_the_context_manager_puts_the_mock_under_an_in_process_shim(
         from shim import Config, create_app
         from shim.testing import aimlapi_mock
 
-        async def speak():
-            shim = create_app(Config(upstream_transport="httpx", tts_retries=0))
+        async def speak(upstream):
+            mock = httpx.ASGITransport(upstream.app)
+            shim = create_app(Config(tts_retries=0), transport=mock)
             http = httpx.AsyncClient(transport=httpx.ASGITransport(shim))
             client = openai.AsyncOpenAI(base_url="http://shim/v1", api_key="sk-user-1111",
                                         http_client=http, max_retries=0)
-            async with client:
+            async with shim.router.lifespan_context(shim), client:
                 return await client.audio.speech.create(
                     model="tts-1-hd", voice="sage", input="Hello.", response_format="flac")
 
@@ -155,12 +157,12 @@ def test_the_context_manager_puts_the_mock_under_an_in_process_shim(
             config = MockConfig(response_shape="url-string")
             with aimlapi_mock(config, steps=[{"status": 503}]) as upstream:
                 try:
-                    asyncio.run(speak())
+                    asyncio.run(speak(upstream))
                 except openai.InternalServerError as exc:
                     assert exc.status_code == 503
                 else:
                     raise AssertionError("the queued 503 was not used")
-                audio = asyncio.run(speak())
+                audio = asyncio.run(speak(upstream))
             assert audio.response.headers["content-type"] == "audio/flac"
             assert audio.content.startswith(b"fLaC")
             assert [e["status"] for e in upstream.requests] == [503, 200]
