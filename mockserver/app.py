@@ -113,7 +113,9 @@ class _MockApp(Starlette):
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:  # a scenario step may set its own
+                    headers["x-request-id"] = request_id
                 if entry is not None:
                     journal.annotate(entry, status=message["status"])
             await send(message)

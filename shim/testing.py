@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import io
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,13 +38,24 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import httpx
+    import numpy as np
+    import numpy.typing as npt
     from anyio.from_thread import BlockingPortal
     from starlette.types import ASGIApp
 
     from mockserver import MockConfig
     from shim.config import Config
 
-__all__ = ["AIMLAPI_URL", "CDN_URL", "MockUpstream", "ShimServer", "aimlapi_mock"]
+__all__ = [
+    "AIMLAPI_URL",
+    "CDN_URL",
+    "DecodedAudio",
+    "MockUpstream",
+    "ShimServer",
+    "aimlapi_mock",
+    "decode_audio",
+    "free_port",
+]
 
 #: The AI/ML API root and its CDN, the hosts :func:`aimlapi_mock` answers for.
 AIMLAPI_URL = "https://api.aimlapi.com"
@@ -119,6 +132,67 @@ class ShimServer:
     def base_url(self) -> str:
         """What to pass as ``openai.OpenAI(base_url=...)``: the root plus ``/v1``."""
         return self.url + "/v1"
+
+
+# -- small helpers for tests ------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass
+class DecodedAudio:
+    """What a real decoder (FFmpeg, through PyAV) made of some audio."""
+
+    container: str
+    codec: str
+    sample_rate: int
+    channels: int
+    #: Samples per channel.
+    frames: int
+    #: The first channel as floats in [-1, 1), when asked for (needs numpy).
+    samples: npt.NDArray[np.float64] | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def decode_audio(data: bytes, fmt: str, *, samples: bool = False) -> DecodedAudio:
+    """Decode ``data`` (in OpenAI format ``fmt``; raw ``pcm``/``pcm16`` is read as 24 kHz
+    s16le mono, as documented) with PyAV. Raises PyAV's error if it is not audio."""
+    import av
+
+    options: dict[str, Any] = {}
+    if fmt in ("pcm", "pcm16"):
+        options = {"format": "s16le", "options": {"sample_rate": "24000", "ch_layout": "mono"}}
+    pieces = []
+    frames = 0
+    with av.open(io.BytesIO(data), **options) as container:
+        stream = container.streams.audio[0]
+        for frame in container.decode(stream):
+            frames += frame.samples
+            if samples:
+                pieces.append(frame.to_ndarray())
+        codec = stream.codec_context
+        decoded = DecodedAudio(
+            container.format.name, codec.name, codec.sample_rate, codec.layout.nb_channels, frames
+        )
+    if samples:
+        import numpy as np
+
+        # Planar formats give (channels, n); packed ones (1, n * channels).
+        first = np.concatenate([piece[0] for piece in pieces]).astype(np.float64)
+        if pieces and pieces[0].dtype.kind == "i":
+            first /= float(np.iinfo(pieces[0].dtype).max) + 1
+        decoded.samples = first
+    return decoded
 
 
 # -- aimlapi_mock: respx routes into the in-process mock -------------------------------

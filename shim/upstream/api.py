@@ -55,7 +55,7 @@ class Upstream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
         config = self.config
         ref = await with_retries(
-            lambda: self._generate(body, key), config.tts_retries, config.max_retry_wait
+            config.tts_retries, config.max_retry_wait, self._generate, body, key
         )
         try:
             return await self._open(ref)
@@ -89,9 +89,8 @@ class Upstream:
                 usage=ref.usage,
             )
         assert ref.url is not None
-        url = ref.url
         return await with_retries(
-            lambda: self._download(url, ref), config.audio_retries, config.max_retry_wait
+            config.audio_retries, config.max_retry_wait, self._download, ref.url, ref
         )
 
     async def _download(self, url: str, ref: AudioRef) -> AudioStream:

@@ -9,8 +9,8 @@ reached the AI/ML API or was answered 429/5xx with a status line
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -28,8 +28,13 @@ _T = TypeVar("_T")
 _BACKOFF = wait_random_exponential(multiplier=0.05, max=1.0)
 
 
-async def with_retries(attempt: Callable[[], Awaitable[_T]], retries: int, max_wait: float) -> _T:
-    """Run ``attempt``, and up to ``retries`` more times while it raises a retryable
+async def with_retries(
+    retries: int,
+    max_wait: float,
+    attempt: Callable[..., Coroutine[Any, Any, _T]],
+    *args: Any,
+) -> _T:
+    """Run ``attempt(*args)``, and up to ``retries`` more times while it raises a retryable
     :class:`APIError`. A ``Retry-After`` is waited out when it is at most
     ``max_wait`` seconds; a longer one ends the retries and reaches the client."""
 
@@ -50,4 +55,4 @@ async def with_retries(attempt: Callable[[], Awaitable[_T]], retries: int, max_w
         wait=wait,
         reraise=True,
     )
-    return await retrying(attempt)
+    return await retrying(attempt, *args)

@@ -173,6 +173,9 @@ async def open_stream(
         if isinstance(exc, Exception):
             raise download_error(f"the audio download failed: {describe(exc)}", retryable) from exc
         raise
+    if len(head) > max_bytes:
+        await response.aclose()
+        raise download_error(f"the audio exceeded the {max_bytes}-byte size cap")
     content_type = media_type(response)
     fmt = identify(head, content_type, named)
     if fmt is None or len(head) < MIN_AUDIO_BYTES:

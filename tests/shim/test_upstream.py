@@ -1,4 +1,10 @@
-"""The AI/ML side: reply shapes, error mapping, retries, the origin guard, keys."""
+"""The upstream package against the in-process mock: error mapping, the billing rules
+of retries, relayed headers, the origin guard, the audio checks, and keys.
+
+What the SDK sees of every documented reply shape and fault is the contract suite's
+(``contract_tests/upstream``, ``contract_tests/reliability``); these are the rules
+behind it, one test each.
+"""
 
 from __future__ import annotations
 
@@ -8,224 +14,264 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.shim.conftest import CDN, FakeUpstream, decode
+from mockserver.audio import encode
+from shim import Config
+from shim.testing import MockUpstream, decode_audio, free_port
+from shim.upstream import Upstream
+from shim.upstream.generation import retry_after
+from tests.shim.conftest import CLIENT_TOKEN, generations
 
 BODY = {"model": "tts-1-hd", "input": "Shapes.", "voice": "nova", "response_format": "wav"}
+SPEECH = "/v1/audio/speech"
 
 
-def _ok(upstream: FakeUpstream, response: httpx.Response) -> None:
-    assert response.status_code == 200, response.text
-    assert response.content == upstream.audio_for("wav")
+def _downloads(upstream: MockUpstream) -> int:
+    return len(upstream.downloads)
 
 
-# -- success shapes -----------------------------------------------------------------
+# -- reply shapes the mock does not send by itself ------------------------------------
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        {"audio": {"url": f"{CDN}/generations/hedgehog/1760948051400-99effd93.wav"}},
-        {"audio": f"{CDN}/g/1.wav", "meta": {"usage": {"credits_used": 3, "usd_spent": 0.1}}},
-        {"audio": f"{CDN}/g/1.wav", "meta": None},
-        {"audio": f"{CDN}/g/1.wav", "meta": {"usage": None}},
-        {"audio_url": f"{CDN}/g/1.wav"},
-    ],
-)
-@pytest.mark.parametrize("status", [200, 201])
-async def test_every_documented_url_shape(
-    shim: Any, upstream: FakeUpstream, payload: dict[str, Any], status: int
-) -> None:
-    upstream.tts.append(httpx.Response(status, json=payload))
-    _ok(upstream, await shim().post("/v1/audio/speech", json=BODY))
-    assert [r.method for r in upstream.requests] == ["POST", "GET"]
+async def test_binary_reply_is_streamed_without_a_cdn(shim: Any, upstream: MockUpstream) -> None:
+    upstream.scenario([{"shape": "binary"}])
+    response = await shim().post(SPEECH, json=BODY)
 
-
-async def test_binary_reply_is_streamed_without_a_cdn(shim: Any, upstream: FakeUpstream) -> None:
-    audio = upstream.audio_for("wav")
-    upstream.tts.append(httpx.Response(200, content=audio, headers={"content-type": "audio/wav"}))
-
-    _ok(upstream, await shim().post("/v1/audio/speech", json=BODY))
-    assert len(upstream.requests) == 1
-
-
-async def test_binary_wav_reply_is_transcoded_to_the_requested_format(
-    shim: Any, upstream: FakeUpstream
-) -> None:
-    audio = upstream.audio_for("wav")
-    upstream.tts.append(httpx.Response(200, content=audio, headers={"content-type": "audio/wav"}))
-
-    response = await shim().post("/v1/audio/speech", json={**BODY, "response_format": "mp3"})
-
-    assert response.headers["content-type"] == "audio/mpeg"
-    assert decode(response.content, "mp3")[0] == "mp3float"
+    assert response.status_code == 200
+    assert decode_audio(response.content, "wav").codec == "pcm_s16le"
+    assert _downloads(upstream) == 0
 
 
 @pytest.mark.parametrize("prefix", ["", "data:audio/wav;base64,"])
-async def test_inline_base64_audio(shim: Any, upstream: FakeUpstream, prefix: str) -> None:
-    encoded = base64.b64encode(upstream.audio_for("wav")).decode()
-    upstream.tts.append(httpx.Response(200, json={"audio": prefix + encoded}))
-
-    _ok(upstream, await shim().post("/v1/audio/speech", json=BODY))
-
-
-async def test_metadata_only_reply_is_a_502_naming_the_request(
-    shim: Any, upstream: FakeUpstream
-) -> None:
-    upstream.tts.append(
-        httpx.Response(201, json={"metadata": {"request_id": "dg-123", "duration": 1.2}})
+async def test_inline_base64_audio(shim: Any, upstream: MockUpstream, prefix: str) -> None:
+    audio = encode("nova", 12_000, "wav")
+    upstream.scenario(
+        [{"status": 200, "body": {"audio": prefix + base64.b64encode(audio).decode()}}]
     )
-    response = await shim().post("/v1/audio/speech", json=BODY)
 
-    assert response.status_code == 502
-    error = response.json()["error"]
-    assert "no audio reference" in error["message"]
-    assert "dg-123" in error["message"]
-    assert error["code"] == "no_audio_in_reply"
-    assert response.headers["x-request-id"] == "dg-123"
-    assert response.headers["x-should-retry"] == "false"  # it was billed
-    assert len(upstream.calls("/v1/tts")) == 1
+    response = await shim().post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert response.content == audio
+
+
+# -- errors keep their status; only 429/5xx are tried again -----------------------------
 
 
 @pytest.mark.parametrize(
-    "reply",
+    ("status", "code", "retryable"),
     [
-        httpx.Response(200, content=b"<html>oops</html>", headers={"content-type": "text/html"}),
-        httpx.Response(200, json={"audio": 42}),
-        httpx.Response(200, json=["not", "an", "object"]),
-    ],
-)
-async def test_garbage_replies_are_502(
-    shim: Any, upstream: FakeUpstream, reply: httpx.Response
-) -> None:
-    upstream.tts.extend([reply, reply])
-    response = await shim().post("/v1/audio/speech", json=BODY)
-
-    assert response.status_code == 502
-    assert response.json()["error"]["type"] == "server_error"
-
-
-async def test_audio_that_is_not_audio_is_502(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.cdn.extend([httpx.Response(200, content=b"\x00\x01garbage" * 50)] * 3)
-    response = await shim().post("/v1/audio/speech", json={**BODY, "response_format": "mp3"})
-
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "bad_upstream_audio"
-
-
-# -- errors -------------------------------------------------------------------------
-
-
-def _aiml_error(status: int, message: str, **headers: str) -> httpx.Response:
-    body = {
-        "message": message,
-        "path": "/v1/tts",
-        "requestId": f"aiml-{status}",
-        "statusCode": status,
-        "timestamp": "2026-11-21T12:00:00.000Z",
-    }
-    return httpx.Response(status, json=body, headers=headers)
-
-
-@pytest.mark.parametrize(
-    ("status", "message", "code", "retryable"),
-    [
-        (400, "Body validation error! Invalid enum value.", None, False),
-        (401, "This request requires a valid API key.", "invalid_api_key", False),
-        (402, "Insufficient credits.", "insufficient_quota", False),
-        (403, "You've run out of credits.", "insufficient_quota", False),
-        (404, "Model not found", "model_not_found", False),
-        (429, "Too Many Requests", "rate_limit_exceeded", True),
-        (500, "Internal server error", None, True),
-        (502, "Bad Gateway", None, True),
-        (503, "Service unavailable", "service_unavailable", True),
-        (504, "Generation timeout", "timeout", True),
+        (400, None, False),
+        (401, "invalid_api_key", False),
+        (402, "insufficient_quota", False),
+        (403, "insufficient_quota", False),
+        (404, "model_not_found", False),
+        (429, "rate_limit_exceeded", True),
+        (500, None, True),
+        (502, None, True),
+        (503, "service_unavailable", True),
+        (504, "timeout", True),
     ],
 )
 async def test_upstream_errors_keep_their_status(
-    shim: Any, upstream: FakeUpstream, status: int, message: str, code: Any, retryable: bool
+    shim: Any, upstream: MockUpstream, status: int, code: Any, retryable: bool
 ) -> None:
-    upstream.tts.extend([_aiml_error(status, message)] * 2)
-    response = await shim(tts_retries=1).post("/v1/audio/speech", json=BODY)
+    messages = {402: "No credits left", 403: "You've run out of credits.", 404: "Model not found"}
+    step: dict[str, Any] = {"status": status, "message": messages.get(status, f"Failure {status}")}
+    step.update(times=2, headers={"retry-after": "0"} if status == 429 else {})
+    upstream.scenario([step])
+
+    response = await shim(tts_retries=1).post(SPEECH, json=BODY)
 
     assert response.status_code == status
     error = response.json()["error"]
-    assert message in error["message"]
+    assert step["message"] in error["message"]
     assert error["code"] == code
-    assert response.headers["x-request-id"] == f"aiml-{status}"
+    assert not response.headers["x-request-id"].startswith("req_")  # the upstream's own
     assert ("x-should-retry" in response.headers) is not retryable
-    assert len(upstream.calls("/v1/tts")) == (2 if retryable else 1)
-
-
-async def test_retry_after_within_the_cap_is_waited_out(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.tts.append(_aiml_error(429, "Too Many Requests", **{"retry-after": "0"}))
-    _ok(upstream, await shim(tts_retries=1).post("/v1/audio/speech", json=BODY))
-    assert len(upstream.calls("/v1/tts")) == 2
-
-
-async def test_long_retry_after_goes_to_the_client(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.tts.append(_aiml_error(429, "Free-tier limit: wait.", **{"retry-after": "30"}))
-    response = await shim(tts_retries=3, max_retry_wait=1).post("/v1/audio/speech", json=BODY)
-
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == "30"
-    assert len(upstream.calls("/v1/tts")) == 1
+    assert generations(upstream) == (2 if retryable else 1)
 
 
 @pytest.mark.parametrize("retries", [0, 1, 3])
-async def test_billed_call_retry_count_is_configurable(
-    shim: Any, upstream: FakeUpstream, retries: int
+async def test_the_billed_call_retry_count_is_configurable(
+    shim: Any, upstream: MockUpstream, retries: int
 ) -> None:
-    upstream.tts.extend([_aiml_error(500, "Internal server error")] * 5)
-    response = await shim(tts_retries=retries).post("/v1/audio/speech", json=BODY)
+    upstream.scenario([{"status": 500, "times": 5}])
+    response = await shim(tts_retries=retries).post(SPEECH, json=BODY)
 
     assert response.status_code == 500
-    assert len(upstream.calls("/v1/tts")) == retries + 1
+    assert generations(upstream) == retries + 1
 
 
-async def test_cdn_download_is_retried_without_billing_again(
-    shim: Any, upstream: FakeUpstream
+@pytest.mark.parametrize(
+    ("step", "status", "code"),
+    [
+        ({"fault": "garbage"}, 502, "bad_upstream_response"),
+        ({"status": 200, "body": ""}, 502, "bad_upstream_response"),
+        ({"status": 200, "body": {"audio": 42}}, 502, "no_audio_in_reply"),
+        ({"status": 201, "body": {"metadata": {"request_id": "dg-123"}}}, 502, "no_audio_in_reply"),
+        ({"fault": "truncated"}, 502, "upstream_unreachable"),
+        # In process the cut shows while the reply is read; on a socket, while it streams.
+        ({"shape": "binary", "fault": "truncated"}, 502, None),
+    ],
+)
+async def test_a_2xx_that_is_not_usable_is_final_and_billed_once(
+    shim: Any, upstream: MockUpstream, step: dict[str, Any], status: int, code: str | None
 ) -> None:
-    upstream.cdn.extend([httpx.Response(503), httpx.ConnectError("reset by peer")])
-    _ok(upstream, await shim(audio_retries=2).post("/v1/audio/speech", json=BODY))
-    assert len(upstream.calls("/v1/tts")) == 1
-    assert len(upstream.calls("/generations")) == 3
+    upstream.scenario([{**step, "times": 3}])
+    response = await shim(tts_retries=2, audio_retries=2).post(SPEECH, json=BODY)
+
+    assert response.status_code == status
+    assert code is None or response.json()["error"]["code"] == code
+    assert response.headers["x-should-retry"] == "false"
+    assert generations(upstream) == 1
 
 
-async def test_cdn_failure_after_retries_is_a_non_retryable_502(
-    shim: Any, upstream: FakeUpstream
+async def test_an_upstream_that_was_never_reached_is_tried_again() -> None:
+    # A real closed port: the connection is refused before anything is sent.
+    config = Config(upstream_url=f"http://127.0.0.1:{free_port()}", tts_retries=2)
+    upstream = Upstream(config)
+    try:
+        with pytest.raises(Exception) as caught:
+            await upstream.generate_audio({"model": "openai/tts-1", "text": "x"}, "key")
+    finally:
+        await upstream.aclose()
+
+    error = caught.value
+    assert getattr(error, "code", None) == "upstream_unreachable"
+    assert getattr(error, "retryable", None) is True
+    assert upstream.stats.tts_calls == 3
+
+
+# -- relayed headers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "2.500"}, 2.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "-3"}, None),
+        ({"retry-after": "9" * 301}, None),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_only_when_it_is_a_sane_time(
+    headers: dict[str, str], seconds: float | None
 ) -> None:
-    upstream.cdn.extend([httpx.Response(500)] * 3)
-    response = await shim(audio_retries=2).post("/v1/audio/speech", json=BODY)
+    assert retry_after(httpx.Headers(headers)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("sent", "relayed", "relayed_ms"),
+    [("30", "30", "30000"), ("2.500", "3", "2500"), ("86400", "3600", "3600000")],
+)
+async def test_a_long_retry_after_reaches_the_client_as_whole_capped_seconds(
+    shim: Any, upstream: MockUpstream, sent: str, relayed: str, relayed_ms: str
+) -> None:
+    upstream.scenario([{"status": 429, "headers": {"retry-after": sent}, "times": 4}])
+    response = await shim(tts_retries=3, max_retry_wait=1).post(SPEECH, json=BODY)
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == relayed
+    assert response.headers["retry-after-ms"] == relayed_ms
+    assert generations(upstream) == 1
+
+
+async def test_a_short_retry_after_is_waited_out(shim: Any, upstream: MockUpstream) -> None:
+    upstream.scenario([{"status": 429, "headers": {"retry-after": "0"}}])
+    response = await shim(tts_retries=1).post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert generations(upstream) == 2
+
+
+@pytest.mark.parametrize(
+    "request_id", [CLIENT_TOKEN, f"id-{CLIENT_TOKEN}", "two words", "é", "x" * 129]
+)
+async def test_an_unsafe_upstream_request_id_is_never_relayed(
+    shim: Any, upstream: MockUpstream, request_id: str
+) -> None:
+    body = {"message": "Internal server error", "requestId": request_id, "statusCode": 500}
+    upstream.scenario([{"status": 500, "headers": {"x-request-id": request_id}, "body": body}])
+    response = await shim(tts_retries=0).post(SPEECH, json=BODY)
+
+    assert response.status_code == 500
+    assert response.headers["x-request-id"].startswith("req_")  # the shim's own instead
+    assert CLIENT_TOKEN not in str(response.headers.raw) + response.text
+
+
+# -- the CDN ------------------------------------------------------------------------------
+
+
+async def test_the_download_is_retried_without_billing_again(
+    shim: Any, upstream: MockUpstream
+) -> None:
+    upstream.scenario([{"route": "audio", "status": 503}, {"route": "audio", "fault": "garbage"}])
+    response = await shim(audio_retries=2).post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert generations(upstream) == 1
+    assert _downloads(upstream) == 3
+
+
+async def test_a_download_that_keeps_failing_is_a_final_502(
+    shim: Any, upstream: MockUpstream
+) -> None:
+    upstream.scenario([{"route": "audio", "status": 500, "times": 3}])
+    response = await shim(audio_retries=2).post(SPEECH, json=BODY)
 
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "audio_download_failed"
     assert response.headers["x-should-retry"] == "false"
+    assert generations(upstream) == 1
 
 
-async def test_unreachable_upstream_is_502(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.tts.extend([httpx.ConnectError("connection refused")] * 2)
-    response = await shim().post("/v1/audio/speech", json=BODY)
+@pytest.mark.parametrize(
+    ("fmt", "step"),
+    [
+        (
+            "pcm",
+            {
+                "route": "audio",
+                "status": 200,
+                "body": "<html>ok</html>",
+                "headers": {"content-type": "text/html"},
+            },
+        ),
+        ("pcm", {"route": "audio", "headers": {"content-type": "text/html"}}),
+        ("mp3", {"route": "audio", "status": 200, "body": "ID3"}),
+        ("mp3", {"route": "audio", "status": 200, "body": ""}),
+        ("mp3", {"route": "audio", "fault": "garbage"}),
+    ],
+)
+async def test_what_is_not_audio_is_never_relayed(
+    shim: Any, upstream: MockUpstream, fmt: str, step: dict[str, Any]
+) -> None:
+    upstream.scenario([{**step, "times": 3}])
+    response = await shim().post(SPEECH, json={**BODY, "response_format": fmt})
 
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert response.json()["error"]["code"] == "bad_upstream_audio"
+    assert generations(upstream) == 1
 
 
-async def test_upstream_timeout_is_504(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.tts.extend([httpx.ReadTimeout("slow")] * 2)
-    response = await shim().post("/v1/audio/speech", json=BODY)
+async def test_pcm_labelled_as_pcm_is_accepted(shim: Any, upstream: MockUpstream) -> None:
+    response = await shim().post(SPEECH, json={**BODY, "response_format": "pcm"})
 
-    assert response.status_code == 504
-    assert response.json()["error"]["code"] == "timeout"
+    assert response.status_code == 200
+    assert decode_audio(response.content, "pcm").seconds > 0.2
 
 
-async def test_declared_oversize_audio_is_refused(shim: Any, upstream: FakeUpstream) -> None:
-    response = await shim(max_audio_bytes=100).post("/v1/audio/speech", json=BODY)
+async def test_audio_over_the_size_cap_is_refused(shim: Any, upstream: MockUpstream) -> None:
+    response = await shim(max_audio_bytes=1000).post(SPEECH, json=BODY)
 
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "audio_too_large"
-
-
-# -- the origin guard ---------------------------------------------------------------
+    assert response.json()["error"]["code"] == "audio_download_failed"
+    assert "size cap" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -239,94 +285,94 @@ async def test_declared_oversize_audio_is_refused(shim: Any, upstream: FakeUpstr
     ],
 )
 async def test_audio_from_untrusted_origins_is_never_fetched(
-    shim: Any, upstream: FakeUpstream, url: str
+    shim: Any, upstream: MockUpstream, url: str
 ) -> None:
-    upstream.tts.append(httpx.Response(200, json={"audio": {"url": url}}))
-    response = await shim().post("/v1/audio/speech", json=BODY)
+    upstream.scenario([{"audio_url": url}])
+    response = await shim().post(SPEECH, json=BODY)
 
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "audio_origin_not_allowed"
-    assert len(upstream.requests) == 1
+    assert _downloads(upstream) == 0
 
 
-async def test_extra_audio_origins_can_be_allowed(shim: Any, upstream: FakeUpstream) -> None:
-    upstream.tts.append(httpx.Response(200, json={"audio": "https://media.example:8443/a.wav"}))
+async def test_extra_audio_origins_can_be_allowed(shim: Any, upstream: MockUpstream) -> None:
     client = shim(audio_origins=("https://media.example:8443",))
-    _ok(upstream, await client.post("/v1/audio/speech", json=BODY))
+    await client.post(SPEECH, json=BODY)
+    path = upstream.downloads[-1]["path"]
+    upstream.scenario([{"audio_url": f"https://media.example:8443{path}"}])
+
+    response = await client.post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert upstream.downloads[-1]["path"] == path
 
 
-async def test_redirect_to_another_origin_is_not_followed(
-    shim: Any, upstream: FakeUpstream
+async def test_a_redirect_to_another_origin_is_not_followed(
+    shim: Any, upstream: MockUpstream
 ) -> None:
-    upstream.cdn.append(httpx.Response(302, headers={"location": "https://evil.example/x.wav"}))
-    response = await shim().post("/v1/audio/speech", json=BODY)
+    upstream.scenario(
+        [{"route": "audio", "status": 302, "headers": {"location": "https://evil.example/x.wav"}}]
+    )
+    response = await shim().post(SPEECH, json=BODY)
 
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "audio_origin_not_allowed"
-    assert [r.url.host for r in upstream.requests[1:]] == ["cdn.aimlapi.com"]
+    assert _downloads(upstream) == 1
 
 
-async def test_redirect_within_allowed_origins_is_followed(
-    shim: Any, upstream: FakeUpstream
+async def test_a_redirect_within_allowed_origins_is_followed(
+    shim: Any, upstream: MockUpstream
 ) -> None:
-    upstream.cdn.append(httpx.Response(301, headers={"location": "/generations/moved/2.wav"}))
-    _ok(upstream, await shim().post("/v1/audio/speech", json=BODY))
-    assert upstream.requests[-1].url.path == "/generations/moved/2.wav"
+    await shim().post(SPEECH, json=BODY)
+    moved = upstream.downloads[-1]["path"]
+    upstream.scenario([{"route": "audio", "status": 301, "headers": {"location": moved}}])
+
+    response = await shim().post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert decode_audio(response.content, "wav").seconds > 0.2
+    assert len(upstream.downloads) == 3
+    assert upstream.downloads[-1]["path"] == moved
 
 
-# -- keys ---------------------------------------------------------------------------
+# -- keys ---------------------------------------------------------------------------------
 
 
-async def test_client_token_is_passed_through_without_a_server_key(
-    shim: Any, upstream: FakeUpstream
+def _bearer(upstream: MockUpstream) -> str:
+    header: str = upstream.requests[-1]["headers"]["authorization"]
+    return header
+
+
+async def test_the_client_token_is_passed_through_without_a_server_key(
+    shim: Any, upstream: MockUpstream
 ) -> None:
-    await shim().post("/v1/audio/speech", json=BODY)
+    await shim().post(SPEECH, json=BODY)
 
-    assert upstream.requests[0].headers["authorization"] == "Bearer sk-client-key-1234"
-
-
-async def test_server_key_replaces_the_client_token(shim: Any, upstream: FakeUpstream) -> None:
-    await shim(upstream_key="aiml-server-key").post("/v1/audio/speech", json=BODY)
-
-    assert upstream.requests[0].headers["authorization"] == "Bearer aiml-server-key"
+    assert _bearer(upstream).endswith(CLIENT_TOKEN[-4:])
 
 
-async def test_no_key_and_no_token_is_401(shim: Any, upstream: FakeUpstream) -> None:
+async def test_a_server_key_replaces_the_client_token(shim: Any, upstream: MockUpstream) -> None:
+    await shim(upstream_key="aiml-server-key").post(SPEECH, json=BODY)
+
+    assert _bearer(upstream).endswith("-key")
+    assert not _bearer(upstream).endswith(CLIENT_TOKEN[-4:])
+
+
+async def test_no_key_and_no_token_is_401(shim: Any, upstream: MockUpstream) -> None:
     client = shim()
     del client.headers["authorization"]
-    response = await client.post("/v1/audio/speech", json=BODY)
+    response = await client.post(SPEECH, json=BODY)
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
-    assert upstream.requests == []
+    assert upstream.journal == []
 
 
 async def test_the_cdn_never_sees_a_key_or_client_headers(
-    shim: Any, upstream: FakeUpstream
+    shim: Any, upstream: MockUpstream
 ) -> None:
     client = shim(upstream_key="aiml-server-key")
-    await client.post("/v1/audio/speech", json=BODY, headers={"x-secret": "s", "cookie": "c=1"})
+    await client.post(SPEECH, json=BODY, headers={"x-secret": "s", "cookie": "c=1"})
 
-    cdn = upstream.requests[1]
-    assert cdn.url.host == "cdn.aimlapi.com"
-    assert not {"authorization", "x-secret", "cookie"} & set(cdn.headers)
-    assert "aiml-server-key" not in str(cdn.headers.raw)
-
-
-@pytest.mark.parametrize(
-    ("token", "status"), [("shim-key-a", 200), ("shim-key-b", 200), ("wrong", 401), (None, 401)]
-)
-async def test_client_keys_guard_every_v1_route(
-    shim: Any, upstream: FakeUpstream, token: Any, status: int
-) -> None:
-    client = shim(client_keys=("shim-key-a", "shim-key-b"), upstream_key="aiml-server-key")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    client.headers.pop("authorization")
-    response = await client.post("/v1/audio/speech", json=BODY, headers=headers)
-
-    assert response.status_code == status
-    if status == 401:
-        assert response.json()["error"]["code"] == "invalid_api_key"
-        assert upstream.requests == []
-    else:
-        assert upstream.requests[0].headers["authorization"] == "Bearer aiml-server-key"
+    (download,) = upstream.downloads
+    assert not {"authorization", "x-secret", "cookie"} & set(download["headers"])
