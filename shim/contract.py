@@ -31,6 +31,7 @@ from pydantic import (
     StrictBool,
     Tag,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     WrapValidator,
@@ -404,11 +405,28 @@ class StreamOptions(_Body):
     """Send a last chunk with ``usage``."""
 
 
+def _only_when_streaming(
+    value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Any:
+    if not info.data.get("stream"):
+        return None  # not looked at, as OpenAI's SDKs may send it either way
+    return handler(value)
+
+
+def _stream_options_rule(schema: dict[str, Any]) -> None:
+    """``stream_options`` has a shape only when ``stream`` is true."""
+    options = StreamOptions.model_json_schema(schema_generator=SchemaGenerator)
+    schema["if"] = {"required": ["stream"], "properties": {"stream": {"const": True}}}
+    schema["then"] = {"properties": {"stream_options": {"anyOf": [options, {"type": "null"}]}}}
+
+
 class ChatRequest(_Body):
     """A validated ``POST /v1/chat/completions`` body: what to speak, and how to answer.
 
     Fields the shim does not use (sampling, tools, ``response_format``...) are ignored.
     """
+
+    model_config = ConfigDict(json_schema_extra=_stream_options_rule)
 
     model: Annotated[str, _Served()]
     """A speech model; echoed in the answer as spelled."""
@@ -432,7 +450,11 @@ class ChatRequest(_Body):
     """Voice and format; left out, ``alloy`` and ``wav``."""
     stream: Annotated[StrictBool, _default_if_none(False, bool | None)] = False
     """Answer with ``chat.completion.chunk`` events."""
-    stream_options: StreamOptions | None = None
+    stream_options: Annotated[
+        StreamOptions | None,
+        WrapValidator(_only_when_streaming),
+        WithJsonSchema({"description": "Read only when ``stream`` is true (see ``then``)."}),
+    ] = None
     n: (
         Annotated[
             int,

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shim.catalog import FORMATS
+from shim.catalog import FORMATS, MODELS
 from shim.contract import ChatRequest, SchemaGenerator, SpeechRequest
 
 __all__ = ["document", "openapi_json"]
@@ -207,8 +207,9 @@ def _paths() -> dict[str, Any]:
                         "name": "model_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
-                        "description": "A bare or `openai/` id; `/` may be sent as `%2F`.",
+                        "schema": {"type": "string", "enum": list(MODELS)},
+                        "description": "A bare or `openai/` id; `/` may be sent as `%2F`. "
+                        "Any other id is a 404 `model_not_found`.",
                     }
                 ],
                 "responses": {
