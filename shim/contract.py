@@ -264,9 +264,9 @@ _OtherPart = Annotated[
 
 
 def _part_kind(value: Any) -> str | None:
-    if isinstance(value, TextPart) or (isinstance(value, dict) and value.get("type") == "text"):
-        return "text-part"
-    return "other-part" if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return "text-part" if value.get("type") == "text" else "other-part"
 
 
 # Branch tags carry a hyphen, so :func:`param_of` can tell them from field names.
@@ -511,8 +511,17 @@ _EXPECTED = {
     "list_type": "an array",
     "dict_type": "an object",
     "model_type": "an object",
-    "model_attributes_type": "an object",
 }
+# This module's own errors, whose messages say everything (``{param}`` is filled in).
+_OWN = frozenset(
+    {
+        "empty_string",
+        "string_above_max_length",
+        "custom_voice",
+        "no_user_message",
+        "audio_output_required",
+    }
+)
 # pydantic's or this module's error type -> OpenAI's ``code``.
 _CODES = {
     "string_too_long": "string_above_max_length",
@@ -559,10 +568,11 @@ def api_error(error: ValidationError) -> APIError:
     elif kind == "string_too_long":
         limit = first.get("ctx", {}).get("max_length")
         message = f"'{name}' is {len(value)} characters long; at most {limit} are allowed."
-    elif kind in ("invalid_value", "literal_error", "greater_than_equal", "less_than_equal"):
-        message = f"Invalid value for '{name}': {shown(value)}. {first['msg']}"
-    else:  # this module's own errors, written out in full
+    elif kind in _OWN:
         message = first["msg"].replace("{param}", name)
+    else:  # ``invalid_value`` (the message is a hint), or any other pydantic check
+        hint = first["msg"] if first["msg"].endswith(".") else f"{first['msg']}."
+        message = f"Invalid value for '{name}': {shown(value)}. {hint}"
     return APIError(400, message, param=param, code=_CODES.get(kind))
 
 
