@@ -9,9 +9,11 @@ the audio comes back base64 in ``choices[0].message.audio``, or as
 Choices made where OpenAI documents nothing (see README, "Chat completions"):
 
 * The spoken text is the last ``user`` message: its string content, or its ``text``
-  parts joined with a newline (other part types are skipped). Earlier messages,
-  ``system``/``developer`` messages, sampling fields, tools and the like are accepted
-  and ignored. ``n`` other than 1 is refused, because only one answer is made.
+  parts joined with a newline (other part types are skipped). Every ``user`` message
+  must hold text, so that the document can say what is accepted (JSON Schema cannot
+  single out the last one). ``system``/``developer`` messages, sampling fields, tools
+  and the like are accepted and ignored. ``n`` other than 1 is refused, because only
+  one answer is made. The rules are :class:`shim.contract.ChatRequest`.
 * Without ``audio`` the voice is ``alloy`` and the format ``wav`` (a file every player
   opens); without ``modalities`` audio is implied. ``modalities`` that leave out
   ``"audio"`` are refused: this shim cannot write text answers.
@@ -36,9 +38,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shim.bodies import read_json
-from shim.errors import APIError, invalid, shown, type_name, wrong_type
+from shim.contract import CHAT_FORMATS, DEFAULT_FORMAT, ChatRequest
+from shim.errors import APIError
 from shim.responses import AudioResponse, sse_event
-from shim.speech import MAX_INPUT_CHARS, SpeechRequest, require_model, require_voice
 from shim.state import state_of
 from shim.synthesis import synthesize
 
@@ -48,174 +50,10 @@ __all__ = [
     "DEFAULT_FORMAT",
     "ChatRequest",
     "create_chat_completion",
-    "spoken_text",
 ]
 
-#: Chat's audio formats and the speech format each is made as (``pcm16`` is raw PCM).
-CHAT_FORMATS: dict[str, str] = {
-    "wav": "wav",
-    "aac": "aac",
-    "mp3": "mp3",
-    "flac": "flac",
-    "opus": "opus",
-    "pcm16": "pcm",
-}
-DEFAULT_FORMAT = "wav"
 #: Seconds until ``audio.expires_at``. Nothing is stored, so this is nominal.
 AUDIO_LIFETIME = 3600
-_MODALITIES = ("text", "audio")
-_FORMAT_LIST = ", ".join(CHAT_FORMATS)
-
-
-# -- the request ------------------------------------------------------------------
-
-
-def spoken_text(messages: Any) -> str:
-    """The text to speak: the last ``user`` message's string content, or its
-    ``text`` parts joined with ``"\\n"``."""
-    if messages is None:
-        raise invalid("messages", "Missing required parameter: 'messages'.")
-    if not isinstance(messages, list):
-        raise wrong_type("messages", "an array", messages)
-    last: tuple[int, dict[str, Any]] | None = None
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise invalid(
-                f"messages[{index}]",
-                f"Invalid value for 'messages[{index}]': each message must be an object "
-                "with a string 'role'.",
-            )
-        if message["role"] == "user":
-            last = (index, message)
-    if last is None:
-        raise invalid(
-            "messages",
-            "There is no user message to speak: this shim speaks the text of the last "
-            "message with role 'user'.",
-        )
-    index, message = last
-    text = _content_text(message.get("content"), f"messages[{index}].content")
-    if not text.strip():
-        raise invalid(
-            "messages",
-            f"The last user message (messages[{index}]) has no text to speak.",
-            code="empty_string",
-        )
-    if len(text) > MAX_INPUT_CHARS:
-        raise invalid(
-            "messages",
-            f"The last user message is {len(text)} characters long; at most "
-            f"{MAX_INPUT_CHARS} can be spoken.",
-            code="string_above_max_length",
-        )
-    return text
-
-
-def _content_text(content: Any, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise wrong_type(param, "a string or an array of content parts", content)
-    texts: list[str] = []
-    for number, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise invalid(
-                f"{param}[{number}]", f"Invalid value for '{param}[{number}]': expected an object."
-            )
-        if part.get("type") != "text":
-            continue  # images, audio and files cannot be spoken
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise wrong_type(f"{param}[{number}].text", "a string", text)
-        if text:
-            texts.append(text)
-    return "\n".join(texts)
-
-
-def _require_audio_output(modalities: Any) -> None:
-    if modalities is None:
-        return
-    if not isinstance(modalities, list) or not all(m in _MODALITIES for m in modalities):
-        raise invalid(
-            "modalities",
-            f"Invalid value for 'modalities': {shown(modalities)}. Supported values are arrays "
-            'of "text" and "audio".',
-        )
-    if "audio" not in modalities:
-        raise invalid(
-            "modalities",
-            "This shim serves only speech models, which answer with audio: 'modalities' "
-            'must include "audio" (or be left out).',
-        )
-
-
-def _audio_options(audio: Any) -> tuple[str, str]:
-    """``(voice, chat format)`` from the ``audio`` object; either may be left out."""
-    if audio is None:
-        audio = {}
-    if not isinstance(audio, dict):
-        raise wrong_type("audio", "an object with 'voice' and 'format'", audio)
-    voice = require_voice(audio.get("voice"), "audio.voice")
-    fmt = audio.get("format", DEFAULT_FORMAT)
-    if not isinstance(fmt, str) or fmt not in CHAT_FORMATS:
-        hint = " (raw PCM is 'pcm16' here)" if fmt == "pcm" else ""
-        raise invalid(
-            "audio.format",
-            f"Invalid value for 'audio.format': {shown(fmt)}{hint}. Supported values are: "
-            f"{_FORMAT_LIST}.",
-        )
-    return voice, fmt
-
-
-def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
-    """``(stream, include_usage)``; ``stream_options`` only matter when streaming."""
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise wrong_type("stream", "a boolean", stream)
-    options = body.get("stream_options")
-    if not stream or options is None:
-        return stream, False
-    if not isinstance(options, dict):
-        raise wrong_type("stream_options", "an object", options)
-    include_usage = options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise wrong_type("stream_options.include_usage", "a boolean", include_usage)
-    return stream, include_usage
-
-
-def _require_one_choice(n: Any) -> None:
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise invalid(
-            "n",
-            f"Invalid value for 'n': {shown(n)}. This shim makes one answer per request; use 1.",
-        )
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """A validated chat request: what to speak, and how to answer."""
-
-    model_id: str  # as the client spelled it; echoed in the answer
-    speech: SpeechRequest
-    format: str  # the chat format name (``pcm16``, not ``pcm``)
-    stream: bool
-    include_usage: bool
-
-    @classmethod
-    def from_json(cls, body: Any) -> ChatRequest:
-        """Validate a decoded JSON body; fields the shim does not use are ignored."""
-        if not isinstance(body, dict):
-            raise invalid(None, f"The request body must be a JSON object, not {type_name(body)}.")
-        model = require_model(body.get("model"))
-        text = spoken_text(body.get("messages"))
-        _require_audio_output(body.get("modalities"))
-        voice, fmt = _audio_options(body.get("audio"))
-        stream, include_usage = _stream_options(body)
-        _require_one_choice(body.get("n"))
-        speech = SpeechRequest(model, text, voice, CHAT_FORMATS[fmt], "audio")
-        return cls(body["model"], speech, fmt, stream, include_usage)
 
 
 # -- the answer -------------------------------------------------------------------

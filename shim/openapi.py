@@ -1,9 +1,9 @@
-"""The shim's own OpenAPI 3.0 document, served at ``/openapi.json``.
+"""The shim's own OpenAPI 3.1 document, served at ``/openapi.json``.
 
-Written as data, from the same catalogue the handlers validate against, so the
-enums cannot drift. Schemas say what the shim accepts: where it ignores a field
-(unknown keys, ``stream_options`` when not streaming, content parts that are not
-text) the schema leaves it open rather than promise a rejection that never comes.
+The request schemas are generated from the models that validate the requests
+(:mod:`shim.contract`), so the document and the behaviour cannot drift; the paths and
+the response schemas are written here as data. Unknown keys are left open (the shim
+ignores them) rather than promising a rejection that never comes.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shim.catalog import FORMATS, MODELS, UPSTREAM_VOICES
-from shim.chat import CHAT_FORMATS
-from shim.speech import MAX_INPUT_CHARS
+from shim.catalog import FORMATS, MODELS
+from shim.contract import ChatRequest, SchemaGenerator, SpeechRequest
 
 __all__ = ["document", "openapi_json"]
 
 _JSON = "application/json"
+_REF = "#/components/schemas/{model}"
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": _REF.format(model=name)}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -52,16 +53,24 @@ _KEY_ERRORS = {"401": _error("A client key is required and was missing or wrong.
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` or ``null`` (which OpenAPI 3.0 wants in the enum too, if there is one)."""
-    result = {**schema, "nullable": True}
-    if "enum" in result:
-        result["enum"] = [*result["enum"], None]
-    return result
+    """``schema`` or ``null``."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _request_schemas() -> dict[str, Any]:
+    """The request bodies' schemas, and those they refer to, from the models."""
+    _, schemas = models_json_schema(
+        [(SpeechRequest, "validation"), (ChatRequest, "validation")],
+        ref_template=_REF,
+        schema_generator=SchemaGenerator,
+    )
+    defs: dict[str, Any] = schemas["$defs"]
+    return defs
 
 
 def _schemas() -> dict[str, Any]:
-    models = sorted(MODELS)
     return {
+        **_request_schemas(),
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -77,70 +86,6 @@ def _schemas() -> dict[str, Any]:
                     },
                 }
             },
-        },
-        "SpeechRequest": {
-            "type": "object",
-            "required": ["model", "input"],
-            "properties": {
-                "model": {"type": "string", "enum": models},
-                "input": {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS},
-                "voice": _nullable({"type": "string", "enum": list(UPSTREAM_VOICES)}),
-                "instructions": _nullable({"type": "string", "maxLength": MAX_INPUT_CHARS}),
-                "response_format": {"type": "string", "enum": list(FORMATS)},
-                "speed": _nullable({"type": "number", "minimum": 0.25, "maximum": 4.0}),
-                "stream_format": {"type": "string", "enum": ["audio", "sse"]},
-            },
-            "additionalProperties": True,
-        },
-        "ChatMessage": {
-            "type": "object",
-            "required": ["role"],
-            "properties": {
-                "role": {"type": "string"},
-                "content": _nullable(
-                    {
-                        "oneOf": [
-                            {"type": "string"},
-                            {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "description": "A content part; parts of type `text` "
-                                    "must have a string `text`, others are skipped.",
-                                },
-                            },
-                        ]
-                    }
-                ),
-            },
-            "additionalProperties": True,
-        },
-        "ChatRequest": {
-            "type": "object",
-            "required": ["model", "messages"],
-            "properties": {
-                "model": {"type": "string", "enum": models},
-                "messages": {"type": "array", "items": _ref("ChatMessage")},
-                "modalities": _nullable(
-                    {"type": "array", "items": {"type": "string", "enum": ["text", "audio"]}}
-                ),
-                "audio": _nullable(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "voice": _nullable({"type": "string", "enum": list(UPSTREAM_VOICES)}),
-                            "format": {"type": "string", "enum": list(CHAT_FORMATS)},
-                        },
-                        "additionalProperties": True,
-                    }
-                ),
-                "stream": _nullable({"type": "boolean"}),
-                "stream_options": {
-                    "description": "Read only when `stream` is true: `{include_usage: boolean}`."
-                },
-                "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1}),
-            },
-            "additionalProperties": True,
         },
         "ChatCompletion": {
             "type": "object",
@@ -262,8 +207,9 @@ def _paths() -> dict[str, Any]:
                         "name": "model_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
-                        "description": "A bare or `openai/` id; `/` may be sent as `%2F`.",
+                        "schema": {"type": "string", "enum": list(MODELS)},
+                        "description": "A bare or `openai/` id; `/` may be sent as `%2F`. "
+                        "Any other id is a 404 `model_not_found`.",
                     }
                 ],
                 "responses": {
@@ -312,11 +258,11 @@ def _paths() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    """The OpenAPI 3.0.3 document, as a fresh dict."""
+    """The OpenAPI 3.1 document, as a fresh dict."""
     from shim import __version__
 
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "tts-shim",
             "version": __version__,

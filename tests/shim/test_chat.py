@@ -1,4 +1,5 @@
-"""``/v1/chat/completions``: validation, the spoken text, both answer shapes, defaults."""
+"""``/v1/chat/completions``: the spoken text, both answer shapes, defaults (the validation
+rules are unit-tested in ``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -66,114 +67,18 @@ def _fragments(events: list[Any]) -> list[str]:
     ]
 
 
-# -- validation ---------------------------------------------------------------------
+class _Chunked(httpx.AsyncByteStream):
+    """A CDN body that arrives in the given pieces, then optionally breaks."""
 
+    def __init__(self, pieces: list[bytes], fail: bool = False) -> None:
+        self.pieces = pieces
+        self.fail = fail
 
-@pytest.mark.parametrize(
-    ("body", "status", "param", "code"),
-    [
-        (_with(model=_DROP), 400, "model", None),
-        (_with(model=4), 400, "model", None),
-        (_with(model="gpt-4o"), 404, "model", "model_not_found"),
-        (_with(model="openai/gpt-4o-audio-preview"), 404, "model", "model_not_found"),
-        (_with(messages=_DROP), 400, "messages", None),
-        (_with(messages="Hello"), 400, "messages", None),
-        (_with(messages=[]), 400, "messages", None),
-        (_with(messages=[{"role": "system", "content": "Be brief."}]), 400, "messages", None),
-        (_with(messages=[{"role": "assistant", "content": "Hi"}]), 400, "messages", None),
-        (_with(messages=["Hello"]), 400, "messages[0]", None),
-        (_with(messages=[{"content": "Hello"}]), 400, "messages[0]", None),
-        (_with(messages=_user("")), 400, "messages", "empty_string"),
-        (_with(messages=_user("  \n ")), 400, "messages", "empty_string"),
-        (_with(messages=_user(None)), 400, "messages", "empty_string"),
-        (_with(messages=_user([])), 400, "messages", "empty_string"),
-        (
-            _with(messages=_user([{"type": "image_url", "image_url": {"url": "x"}}])),
-            400,
-            "messages",
-            "empty_string",
-        ),
-        (_with(messages=_user(5)), 400, "messages[0].content", None),
-        (_with(messages=_user(["Hello"])), 400, "messages[0].content[0]", None),
-        (
-            _with(messages=_user([{"type": "text", "text": 5}])),
-            400,
-            "messages[0].content[0].text",
-            None,
-        ),
-        (_with(messages=_user("x" * 4097)), 400, "messages", "string_above_max_length"),
-        (
-            # The last user message is spoken; an earlier one is no fallback.
-            _with(messages=[*USER, {"role": "user", "content": ""}]),
-            400,
-            "messages",
-            "empty_string",
-        ),
-        (_with(audio="coral"), 400, "audio", None),
-        (_with(audio={"voice": "bob", "format": "wav"}), 400, "audio.voice", None),
-        (_with(audio={"voice": "marin"}), 400, "audio.voice", None),
-        (_with(audio={"voice": {"id": "voice_123"}}), 400, "audio.voice", None),
-        (_with(audio={"voice": "coral", "format": "pcm"}), 400, "audio.format", None),
-        (_with(audio={"voice": "coral", "format": "ogg"}), 400, "audio.format", None),
-        (_with(audio={"voice": "coral", "format": None}), 400, "audio.format", None),
-        (_with(modalities=["text"]), 400, "modalities", None),
-        (_with(modalities=[]), 400, "modalities", None),
-        (_with(modalities="audio"), 400, "modalities", None),
-        (_with(modalities=["audio", "video"]), 400, "modalities", None),
-        (_with(stream="yes"), 400, "stream", None),
-        (_with(stream=True, stream_options="usage"), 400, "stream_options", None),
-        (
-            _with(stream=True, stream_options={"include_usage": "yes"}),
-            400,
-            "stream_options.include_usage",
-            None,
-        ),
-        (_with(n=2), 400, "n", None),
-        (_with(n=True), 400, "n", None),
-    ],
-)
-async def test_invalid_requests_get_an_envelope_and_never_reach_upstream(
-    shim: Any, upstream: MockUpstream, body: dict[str, Any], status: int, param: str, code: Any
-) -> None:
-    response = await shim().post("/v1/chat/completions", json=body)
-
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param
-    assert error["code"] == code
-    assert error["type"] == "invalid_request_error"
-    assert error["message"]
-    assert response.headers["x-should-retry"] == "false"
-    assert upstream.journal == []
-
-
-async def test_a_chat_model_is_told_the_shim_serves_only_speech_models(shim: Any) -> None:
-    response = await shim().post("/v1/chat/completions", json=_with(model="gpt-4o"))
-
-    assert response.status_code == 404
-    message = response.json()["error"]["message"]
-    assert "gpt-4o" in message
-    assert "only the speech models" in message
-
-
-async def test_a_text_only_request_says_why_it_is_refused(shim: Any) -> None:
-    response = await shim().post("/v1/chat/completions", json=_with(modalities=["text"]))
-
-    assert "audio" in response.json()["error"]["message"]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        [],
-        "text",
-    ],
-)
-async def test_a_body_that_is_not_an_object_is_a_400(shim: Any, body: Any) -> None:
-    response = await shim().post("/v1/chat/completions", json=body)
-
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] is None
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+        if self.fail:
+            raise httpx.ReadError("connection reset by peer")
 
 
 # -- the spoken text ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``/openapi.json``: a valid OpenAPI 3 document covering exactly the routes served."""
+"""``/openapi.json``: a valid OpenAPI 3.1 document covering exactly the routes served,
+with the request schemas of the models that validate."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
-from shim import Config, create_app
+from shim.app import routes
 from shim.catalog import FORMATS, UPSTREAM_VOICES
+from shim.contract import ChatRequest, SpeechRequest
 from shim.openapi import document
 
 
@@ -20,9 +22,8 @@ def test_the_document_is_valid_openapi() -> None:
 
 
 def test_every_served_route_is_documented_and_nothing_else() -> None:
-    app = create_app(Config())
     served: set[tuple[str, str]] = set()
-    for route in app.routes:
+    for route in routes():
         assert isinstance(route, Route)
         if route.path == "/openapi.json":
             continue
@@ -36,8 +37,24 @@ def test_every_served_route_is_documented_and_nothing_else() -> None:
 def test_the_enums_are_the_catalogue() -> None:
     speech = document()["components"]["schemas"]["SpeechRequest"]["properties"]
 
-    assert speech["voice"]["enum"] == [*UPSTREAM_VOICES, None]
+    assert speech["voice"]["anyOf"] == [
+        {"type": "string", "enum": list(UPSTREAM_VOICES)},
+        {"type": "null"},
+    ]
     assert speech["response_format"]["enum"] == list(FORMATS)
+
+
+def test_the_request_schemas_are_the_models() -> None:
+    schemas = document()["components"]["schemas"]
+    refs = "#/components/schemas/{model}"
+
+    for model in (SpeechRequest, ChatRequest):
+        generated = model.model_json_schema(ref_template=refs)
+        generated.pop("$defs", None)
+        assert {k: v for k, v in schemas[model.__name__].items() if k != "properties"} == {
+            k: v for k, v in generated.items() if k != "properties"
+        }
+        assert set(schemas[model.__name__]["properties"]) == set(generated["properties"])
 
 
 async def test_the_document_is_served_without_a_key(shim: Any) -> None:
