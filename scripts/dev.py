@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("TTS_SHIM_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".tts-shim-installed"
+NODE_TESTS = ROOT / "contract_tests" / "node"
 
 
 def _run(*args: str | Path) -> None:
@@ -116,6 +117,25 @@ def test_wheel() -> int:
         return subprocess.run(command, cwd=project, env=environ).returncode
 
 
+def ensure_node_packages() -> None:
+    """``npm ci`` in ``contract_tests/node`` (the Node SDK contract tests) when its
+    package files changed since the last install. Without npm it says so, and those
+    tests fail with their own message."""
+    stamp = NODE_TESTS / "node_modules" / ".tts-shim-installed"
+    digest = hashlib.sha256()
+    for name in ("package.json", "package-lock.json", ".npmrc"):
+        digest.update((NODE_TESTS / name).read_bytes())
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print("npm not found: contract_tests/node needs Node.js 20+ and npm", flush=True)
+        return
+    print("+ (in contract_tests/node) npm ci", flush=True)
+    subprocess.run([npm, "ci"], cwd=NODE_TESTS, check=True)
+    stamp.write_text(digest.hexdigest())
+
+
 def ensure_env(extras: str = "dev") -> None:
     """Create ``.venv`` and install the project (editable) with ``extras``."""
     if not (BIN / "python").exists():
@@ -141,6 +161,7 @@ def test(argv: list[str]) -> int:
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
     _run(BIN / "mypy")
+    ensure_node_packages()
     # The whole suite runs last, so its summary line closes the output.
     extra = [] if argv else [test_wheel(), test_oldest_sdk()]
     failed = next((code for code in extra if code), 0)
