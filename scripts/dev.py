@@ -9,7 +9,9 @@ The README's two quick-start commands are::
 ``test`` with no arguments also runs the contract suite against the oldest ``openai``
 SDK the README claims (``.venv-oldest-sdk``), and a user's test file against a wheel of
 the package installed in a virtual environment of its own (``.venv-wheel-smoke``).
-``test ARGS`` runs lint, type checks and ``pytest ARGS`` only.
+``test ARGS`` runs lint, type checks and ``pytest ARGS`` only. Either way ``test`` first
+runs ``npm ci`` in ``contract_tests/node`` (the Node SDK contract tests) when its package
+files changed since the last install.
 
 Only the standard library is used here, so the script runs on a fresh clone with
 nothing but Python 3.10+ installed. The environments are reinstalled only when

@@ -39,7 +39,6 @@ CODECS = {
 #: What the JS saves, and at which speed it was spoken.
 SAVED = {
     **{f"speech.{fmt}": 1.0 for fmt in ("mp3", "opus", "aac", "flac", "wav", "pcm")},
-    "slow.wav": 1.0,
     "fields.flac": 1.5,
     "sse.wav": 1.0,
     **{f"chat.{fmt}": 1.0 for fmt in ("wav", "mp3", "aac", "flac", "opus", "pcm16")},
@@ -113,3 +112,18 @@ def test_the_node_sdk_against_the_shim(package: str, tts_shim: ShimServer, tmp_p
     made = [e["json"] for e in tts_shim.upstream.requests if e["status"] in (200, 201)]
     assert {body["response_format"] for body in made} >= {"mp3", "opus", "aac", "flac", "wav"}
     assert {body["text"] for body in made} == {TEXT}
+
+
+def test_the_majors_are_stated_the_same_everywhere() -> None:
+    manifest = json.loads((HERE / "package.json").read_text())
+    lock = json.loads((HERE / "package-lock.json").read_text())["packages"]
+    readme = (HERE.parents[1] / "README.md").read_text()
+
+    assert tuple(manifest["devDependencies"]) == PACKAGES
+    oldest = lock[f"node_modules/{PACKAGES[0]}"]["version"]
+    newest = lock[f"node_modules/{PACKAGES[-1]}"]["version"]
+    assert manifest["devDependencies"][PACKAGES[0]] == f"npm:openai@{oldest}"  # exact: the floor
+    assert f"| `{PACKAGES[0]}` | {oldest} |" in readme
+    assert f"| `{PACKAGES[-1]}` | {newest.split('.')[0]}.x," in readme
+    for package, version in ((PACKAGES[0], oldest), (PACKAGES[-1], newest)):
+        assert package == f"openai-v{version.split('.')[0]}"
