@@ -62,10 +62,13 @@ test(`openai ${VERSION}: without include_usage no usage chunk is sent`, async ()
   assert.ok(chunks.every((c) => c.choices.length === 1 && !c.usage));
 });
 
-test(`openai ${VERSION}: a download that breaks mid-stream raises APIError from the stream`, async () => {
+test(`openai ${VERSION}: a download breaking mid-stream raises APIError`, async () => {
   await scenario([{ route: "audio", fault: "truncated" }]);
   const stream = await ask("wav", { stream: true });
-  await assert.rejects(async () => {
-    for await (const _chunk of stream);
-  }, (error) => error instanceof OpenAI.APIError && /audio/.test(error.message));
+  await assert.rejects(
+    async () => {
+      for await (const _chunk of stream);
+    },
+    (error) => error instanceof OpenAI.APIError && /audio/.test(error.message),
+  );
 });

@@ -5,7 +5,8 @@ import { afterEach, test } from "node:test";
 import { OpenAI, TEXT, VERSION, clearScenario, client, generations, scenario } from "./sdk.mjs";
 
 const openai = client();
-const speak = (params) => openai.audio.speech.create({ model: "tts-1-hd", voice: "coral", input: TEXT, ...params });
+const speak = (params) =>
+  openai.audio.speech.create({ model: "tts-1-hd", voice: "coral", input: TEXT, ...params });
 const chat = (params) =>
   openai.chat.completions.create({
     model: "tts-1-hd",
@@ -23,7 +24,10 @@ async function raises(promise, cls, { status, param = null, code = null }) {
     error = caught;
     return true;
   });
-  assert.ok(error instanceof cls, `${error.constructor.name} (${error.message}) is not ${cls.name}`);
+  assert.ok(
+    error instanceof cls,
+    `${error.constructor.name} (${error.message}) is not ${cls.name}`,
+  );
   assert.equal(error.status, status);
   assert.equal(error.param, param);
   assert.equal(error.code, code);
@@ -40,12 +44,21 @@ const INVALID = [
   ["speech format ogg", () => speak({ response_format: "ogg" }), "response_format"],
   ["speech stream_format chunked", () => speak({ stream_format: "chunked" }), "stream_format"],
   ["chat text-only modalities", () => chat({ modalities: ["text"] }), "modalities"],
-  ["chat pcm (not pcm16)", () => chat({ audio: { voice: "coral", format: "pcm" } }), "audio.format"],
-  ["chat too long", () => chat({ messages: [{ role: "user", content: "x".repeat(4097) }] }), "messages", "string_above_max_length"],
+  [
+    "chat pcm (not pcm16)",
+    () => chat({ audio: { voice: "coral", format: "pcm" } }),
+    "audio.format",
+  ],
+  [
+    "chat too long",
+    () => chat({ messages: [{ role: "user", content: "x".repeat(4097) }] }),
+    "messages",
+    "string_above_max_length",
+  ],
 ];
 
 for (const [name, call, param, code = null] of INVALID) {
-  test(`openai ${VERSION}: ${name} is BadRequestError naming ${param}, before any generation`, async () => {
+  test(`openai ${VERSION}: ${name}: BadRequestError on ${param}, nothing generated`, async () => {
     const before = (await generations()).length;
     const error = await raises(call(), OpenAI.BadRequestError, { status: 400, param, code });
     assert.equal(error.type, "invalid_request_error");
@@ -56,7 +69,11 @@ for (const [name, call, param, code = null] of INVALID) {
 
 test(`openai ${VERSION}: a chat model is NotFoundError model_not_found`, async () => {
   for (const call of [() => speak({ model: "gpt-4o" }), () => chat({ model: "gpt-4o" })]) {
-    const error = await raises(call(), OpenAI.NotFoundError, { status: 404, param: "model", code: "model_not_found" });
+    const error = await raises(call(), OpenAI.NotFoundError, {
+      status: 404,
+      param: "model",
+      code: "model_not_found",
+    });
     assert.equal(error.type, "invalid_request_error");
   }
 });
@@ -72,7 +89,7 @@ const UPSTREAM = [
 ];
 
 for (const [status, className, code, tries] of UPSTREAM) {
-  test(`openai ${VERSION}: upstream ${status} is ${className} ${code}, for speech and chat`, async () => {
+  test(`openai ${VERSION}: upstream ${status}: ${className} ${code}, speech and chat`, async () => {
     // A Retry-After beyond the shim's --max-retry-wait goes to the client, unretried.
     const headers = status === 429 ? { "Retry-After": "30" } : undefined;
     for (const call of [speak, chat]) {

@@ -6,7 +6,9 @@ import { join } from "node:path";
 function env(name) {
   const value = process.env[name];
   if (!value) {
-    throw new Error(`${name} is not set: run these tests through contract_tests/node/test_node_sdk.py`);
+    throw new Error(
+      `${name} is not set: run these tests through contract_tests/node/test_node_sdk.py`,
+    );
   }
   return value;
 }
@@ -37,7 +39,8 @@ async function mock(method, path, body) {
   const init = { method, headers: { "content-type": "application/json" } };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`${MOCK_URL}/__mock__/${path}`, init);
-  if (!response.ok) throw new Error(`mock ${method} ${path}: ${response.status} ${await response.text()}`);
+  if (!response.ok)
+    throw new Error(`mock ${method} ${path}: ${response.status} ${await response.text()}`);
   return response.json();
 }
 
@@ -46,7 +49,8 @@ export const scenario = (steps) => mock("POST", "scenario", { steps });
 /** Drop any step a test queued and did not use. */
 export const clearScenario = () => mock("DELETE", "scenario");
 /** The mock's journal entries for POST /v1/tts, oldest first. */
-export const generations = async () => (await mock("GET", "requests")).requests.filter((e) => e.route === "tts");
+export const generations = async () =>
+  (await mock("GET", "requests")).requests.filter((e) => e.route === "tts");
 
 /** Every chunk of a ReadableStream, read one at a time as they arrive. */
 export async function readChunks(body) {
