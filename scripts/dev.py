@@ -9,7 +9,9 @@ The README's two quick-start commands are::
 ``test`` with no arguments also runs the contract suite against the oldest ``openai``
 SDK the README claims (``.venv-oldest-sdk``), and a user's test file against a wheel of
 the package installed in a virtual environment of its own (``.venv-wheel-smoke``).
-``test ARGS`` runs lint, type checks and ``pytest ARGS`` only.
+``test ARGS`` runs lint, type checks and ``pytest ARGS`` only. Either way ``test`` first
+runs ``npm ci`` in ``contract_tests/node`` (the Node SDK contract tests) when its package
+files changed since the last install.
 
 Only the standard library is used here, so the script runs on a fresh clone with
 nothing but Python 3.10+ installed. The environments are reinstalled only when
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("TTS_SHIM_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".tts-shim-installed"
+NODE_TESTS = ROOT / "contract_tests" / "node"
 
 
 def _run(*args: str | Path) -> None:
@@ -143,6 +146,25 @@ def ensure_system_packages() -> None:
         subprocess.run(install, env=env, check=True)
 
 
+def ensure_node_packages() -> None:
+    """``npm ci`` in ``contract_tests/node`` (the Node SDK contract tests) when its
+    package files changed since the last install. Without npm it says so, and those
+    tests fail with their own message."""
+    stamp = NODE_TESTS / "node_modules" / ".tts-shim-installed"
+    digest = hashlib.sha256()
+    for name in ("package.json", "package-lock.json", ".npmrc"):
+        digest.update((NODE_TESTS / name).read_bytes())
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print("npm not found: contract_tests/node needs Node.js 20+ and npm", flush=True)
+        return
+    print("+ (in contract_tests/node) npm ci", flush=True)
+    subprocess.run([npm, "ci"], cwd=NODE_TESTS, check=True)
+    stamp.write_text(digest.hexdigest())
+
+
 def ensure_env(extras: str = "dev") -> None:
     """Create ``.venv`` and install the project (editable) with ``extras``."""
     if not (BIN / "python").exists():
@@ -169,6 +191,7 @@ def test(argv: list[str]) -> int:
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
     _run(BIN / "mypy")
+    ensure_node_packages()
     # The whole suite runs last, so its summary line closes the output.
     extra = [] if argv else [test_wheel(), test_oldest_sdk()]
     failed = next((code for code in extra if code), 0)
