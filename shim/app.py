@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shim.cache import open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
 from shim.config import Config
@@ -103,11 +104,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream(config, transport)
-        app.state.shim = State(config, keys, upstream, Capacity.from_config(config))
+        cache = open_cache(config)  # here, so that each worker process opens its own
+        app.state.shim = State(config, keys, upstream, Capacity.from_config(config), cache)
         try:
             yield
         finally:
             await upstream.aclose()
+            if cache is not None:
+                await cache.aclose()
 
     return Starlette(
         routes=routes(),

@@ -41,6 +41,7 @@ from shim.bodies import read_json
 from shim.contract import CHAT_FORMATS, DEFAULT_FORMAT, ChatRequest
 from shim.errors import APIError
 from shim.responses import AudioResponse, sse_event
+from shim.speech import audio_headers, job_for
 from shim.state import state_of
 from shim.synthesis import synthesize
 
@@ -177,17 +178,10 @@ async def _whole_triplets(audio: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 async def create_chat_completion(request: Request) -> Response:
     """``POST /v1/chat/completions``: a chat request in, the spoken answer out."""
     state = state_of(request)
-    chat = ChatRequest.from_json(await read_json(request, state.config.max_body_bytes))
-    key = state.keys.upstream_key(request.headers)
-    speech = await synthesize(
-        state.upstream,
-        chat.speech.upstream_body(),
-        chat.speech.response_format,
-        key,
-        state.config.deadline,
-        capacity=state.capacity,
-    )
-    headers = {"x-request-id": speech.request_id} if speech.request_id else {}
+    body = await read_json(request, state.config.max_body_bytes)
+    chat = ChatRequest.from_json(body, state.config.input_limit)
+    speech = await synthesize(state, job_for(state, request.headers, chat.speech))
+    headers = audio_headers(speech)
     answer = _Answer(chat)
     if chat.stream:
         return AudioResponse(

@@ -81,6 +81,15 @@ class Config:
     ca_bundle: str | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
+    #: Longest input (speech ``input``, chat's spoken text), characters. Above 4096
+    #: (the upstream's own limit) a text is split; with ``split`` off, 4096 applies.
+    max_input_chars: int = 100_000
+    #: Split long texts into pieces generated ahead and stitched into one stream.
+    split: bool = True
+    #: Texts longer than this (characters) are split; the first piece is short.
+    split_threshold: int = 1000
+    #: Pieces of one request generated at once.
+    split_parallel: int = 3
     #: Speech and chat requests generating or streaming audio at once; 0: no cap.
     max_concurrency: int = 64
     #: Requests waiting for a slot when all are taken; beyond it, 429.
@@ -115,6 +124,8 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.tts_retries < 0 or self.audio_retries < 0:
             raise ConfigError("retry counts cannot be negative")
+        if self.max_input_chars < 1 or self.split_threshold < 1 or self.split_parallel < 1:
+            raise ConfigError("max_input_chars, split_threshold and split_parallel must be >= 1")
         if self.max_concurrency < 0 or self.max_queue < 0:
             raise ConfigError("max_concurrency and max_queue cannot be negative")
         if self.queue_timeout < 0 or self.graceful_timeout < 0:
@@ -140,6 +151,11 @@ class Config:
         if root.endswith("/v1"):
             root = root[: -len("/v1")]
         return root
+
+    @property
+    def input_limit(self) -> int:
+        """The longest input accepted: without splitting, the upstream's 4096."""
+        return self.max_input_chars if self.split else min(self.max_input_chars, 4096)
 
     @property
     def is_loopback(self) -> bool:

@@ -58,7 +58,9 @@ __all__ = [
     "param_of",
 ]
 
-#: The longest text the AI/ML API speaks in one request, in characters.
+#: The longest text the AI/ML API speaks in one request, in characters: the input limit
+#: unless the caller says otherwise (``from_json(body, max_chars=...)``: the shim splits
+#: longer texts, up to ``--max-input-chars``).
 MAX_INPUT_CHARS = 4096
 #: Chat's audio formats and the speech format each is made as (``pcm16`` is raw PCM).
 CHAT_FORMATS: dict[str, str] = {
@@ -120,6 +122,22 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def input_limit(info: ValidationInfo) -> int:
+    """The longest text to speak: the validation context's ``max_chars``, if given."""
+    limit: int = (info.context or {}).get("max_chars", MAX_INPUT_CHARS)
+    return limit
+
+
+def _within_limit(value: str, info: ValidationInfo) -> str:
+    limit = input_limit(info)
+    if len(value) > limit:
+        raise PydanticCustomError(
+            "string_above_max_length",
+            f"'{{param}}' is {len(value)} characters long; at most {limit} are allowed.",
+        )
+    return value
+
+
 def _known_model(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "a string")
@@ -164,8 +182,9 @@ _Voice = Annotated[
 _VoiceOrDefault = Annotated[_Voice, _default_if_none(DEFAULT_VOICE, _Voice | None)]
 _Text = Annotated[
     str,
-    Field(max_length=MAX_INPUT_CHARS, json_schema_extra={"pattern": _NOT_BLANK}),
+    Field(json_schema_extra={"pattern": _NOT_BLANK, "maxLength": MAX_INPUT_CHARS}),
     AfterValidator(_not_blank),
+    AfterValidator(_within_limit),
 ]
 
 
@@ -180,9 +199,9 @@ class _Body(BaseModel):
 _Request = TypeVar("_Request", bound="_Body")
 
 
-def _from_json(cls: type[_Request], body: Any) -> _Request:
+def _from_json(cls: type[_Request], body: Any, max_chars: int) -> _Request:
     try:
-        return cls.model_validate(body)
+        return cls.model_validate(body, context={"max_chars": max_chars})
     except ValidationError as exc:
         raise api_error(exc) from None
 
@@ -220,24 +239,10 @@ class SpeechRequest(_Body):
     """``audio``: the audio bytes; ``sse``: ``speech.audio.delta`` events."""
 
     @classmethod
-    def from_json(cls, body: Any) -> SpeechRequest:
-        """Validate a decoded JSON body, or raise the :class:`APIError` OpenAI would send."""
-        return _from_json(cls, body)
-
-    def upstream_body(self) -> dict[str, Any]:
-        """The AI/ML ``POST /v1/tts`` body: ``input`` -> ``text``, ``instructions`` ->
-        ``style``; optional fields are sent only when the client set them."""
-        body: dict[str, Any] = {
-            "model": self.model.upstream_id,
-            "text": self.input,
-            "voice": self.voice,
-            "response_format": self.response_format,
-        }
-        if self.instructions is not None:
-            body["style"] = self.instructions
-        if self.speed is not None:
-            body["speed"] = self.speed
-        return body
+    def from_json(cls, body: Any, max_chars: int = MAX_INPUT_CHARS) -> SpeechRequest:
+        """Validate a decoded JSON body, or raise the :class:`APIError` OpenAI would send;
+        ``input`` may be at most ``max_chars`` long."""
+        return _from_json(cls, body, max_chars)
 
 
 # -- /v1/chat/completions -----------------------------------------------------------
@@ -337,7 +342,7 @@ class Message(_Body):
         return "\n".join(p.text for p in self.content if isinstance(p, TextPart) and p.text)
 
 
-def _speakable(messages: list[Message]) -> list[Message]:
+def _speakable(messages: list[Message], info: ValidationInfo) -> list[Message]:
     users = [(index, m) for index, m in enumerate(messages) if m.role == "user"]
     if not users:
         raise PydanticCustomError(
@@ -353,11 +358,11 @@ def _speakable(messages: list[Message]) -> list[Message]:
                 f"The user message messages[{index}] has no text to speak (the last user "
                 "message is spoken, and each must hold text).",
             )
-        if len(text) > MAX_INPUT_CHARS:
+        if len(text) > input_limit(info):
             raise PydanticCustomError(
                 "string_above_max_length",
                 f"The user message messages[{index}] is {len(text)} characters long; at "
-                f"most {MAX_INPUT_CHARS} can be spoken.",
+                f"most {input_limit(info)} can be spoken.",
             )
     return messages
 
@@ -466,9 +471,10 @@ class ChatRequest(_Body):
     """Only 1: one answer is made."""
 
     @classmethod
-    def from_json(cls, body: Any) -> ChatRequest:
-        """Validate a decoded JSON body, or raise the :class:`APIError` OpenAI would send."""
-        return _from_json(cls, body)
+    def from_json(cls, body: Any, max_chars: int = MAX_INPUT_CHARS) -> ChatRequest:
+        """Validate a decoded JSON body, or raise the :class:`APIError` OpenAI would send;
+        the spoken text may be at most ``max_chars`` long."""
+        return _from_json(cls, body, max_chars)
 
     @property
     def model_id(self) -> str:
@@ -491,12 +497,13 @@ class ChatRequest(_Body):
         # Valid by construction (``_speakable`` checked the text), and validating is
         # quicker than ``model_construct``.
         return SpeechRequest.model_validate(
-            {
+            context={"max_chars": len(spoken.text)},
+            obj={
                 "model": self.model,
                 "input": spoken.text,
                 "voice": self.audio.voice if self.audio else DEFAULT_VOICE,
                 "response_format": CHAT_FORMATS[self.format],
-            }
+            },
         )
 
 

@@ -67,6 +67,10 @@ class RequestLog:
     queued_ms: float | None = None
     upstream_ms: float | None = None
     upstream_request_id: str | None = None
+    #: ``HIT``, ``MISS`` or ``BYPASS``: where the audio came from (its first piece's).
+    cache: str | None = None
+    #: How many pieces the text was generated in (above 1: split).
+    pieces: int | None = None
 
     def fields(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -83,6 +87,10 @@ class RequestLog:
             data["upstream_ms"] = round(self.upstream_ms, 2)
         if self.upstream_request_id is not None:
             data["upstream_request_id"] = self.upstream_request_id
+        if self.cache is not None:
+            data["cache"] = self.cache
+        if self.pieces is not None:
+            data["pieces"] = self.pieces
         if not self.complete:
             # The response was cut after it started, or never started.
             data["aborted"] = True

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shim.catalog import FORMATS, MODELS
-from shim.contract import ChatRequest, SchemaGenerator, SpeechRequest
+from shim.contract import MAX_INPUT_CHARS, ChatRequest, SchemaGenerator, SpeechRequest
+from shim.state import state_of
 
 __all__ = ["document", "openapi_json"]
 
@@ -57,20 +58,25 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _request_schemas() -> dict[str, Any]:
-    """The request bodies' schemas, and those they refer to, from the models."""
+def _request_schemas(input_limit: int) -> dict[str, Any]:
+    """The request bodies' schemas, and those they refer to, from the models; the text
+    to speak may be ``input_limit`` characters long (the app's setting, which the
+    models take at validation time)."""
     _, schemas = models_json_schema(
         [(SpeechRequest, "validation"), (ChatRequest, "validation")],
         ref_template=_REF,
         schema_generator=SchemaGenerator,
     )
     defs: dict[str, Any] = schemas["$defs"]
+    defs["SpeechRequest"]["properties"]["input"]["maxLength"] = input_limit
+    spoken = defs["Message"]["then"]["properties"]["content"]["anyOf"][0]
+    spoken["maxLength"] = input_limit
     return defs
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(input_limit: int) -> dict[str, Any]:
     return {
-        **_request_schemas(),
+        **_request_schemas(input_limit),
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -257,8 +263,9 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document, as a fresh dict."""
+def document(input_limit: int = MAX_INPUT_CHARS) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, as a fresh dict, for an app whose longest text to speak
+    is ``input_limit`` characters (``Config.input_limit``)."""
     from shim import __version__
 
     return {
@@ -280,17 +287,17 @@ def document() -> dict[str, Any]:
                     "without AIMLAPI_KEY, your AI/ML API key, passed through.",
                 }
             },
-            "schemas": _schemas(),
+            "schemas": _schemas(input_limit),
         },
         "paths": _paths(),
     }
 
 
 @functools.cache
-def _rendered() -> bytes:
-    return bytes(JSONResponse(document()).body)
+def _rendered(input_limit: int) -> bytes:
+    return bytes(JSONResponse(document(input_limit)).body)
 
 
 async def openapi_json(request: Request) -> Response:
     """``GET /openapi.json``: this document (no key needed; it holds no secrets)."""
-    return Response(_rendered(), media_type=_JSON)
+    return Response(_rendered(state_of(request).config.input_limit), media_type=_JSON)

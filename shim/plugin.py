@@ -134,6 +134,10 @@ def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimSe
     from shim.config import Config
 
     settings.setdefault("upstream_url", mock.url)
+    # No cache unless a test asks (cache_dir=tmp_path, say): repeats must not leak
+    # between tests or test runs. And no waiting out the mock's Retry-After.
+    settings.setdefault("cache", False)
+    settings.setdefault("max_retry_wait", 0.0)
     config = Config(**settings)
     app = create_app(config)
     server: BackgroundServer = stack.enter_context(BackgroundServer(app))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from shim.cache import AudioCache
 from shim.config import Config
 from shim.keys import Keys
 from shim.limits import Capacity
@@ -16,7 +17,8 @@ __all__ = ["State", "state_of"]
 
 @dataclass
 class State:
-    """The per-app state: settings, keys, the upstream clients and the speech slots.
+    """The per-app state: settings, keys, the upstream clients, the speech slots and
+    the audio cache (``None`` when off).
 
     Built by the app's lifespan (so an app can be started, stopped and started again)
     and kept as ``app.state.shim``; handlers reach it through :func:`state_of`.
@@ -26,6 +28,7 @@ class State:
     keys: Keys
     upstream: Upstream
     capacity: Capacity
+    cache: AudioCache | None = None
 
 
 def state_of(request: Request) -> State:

@@ -1,40 +1,106 @@
-"""From a validated request to audio in the client's format, first bytes in hand.
+"""From a validated request to audio in the client's format: the one data path.
 
-Both ``/v1/audio/speech`` and ``/v1/chat/completions`` go through :func:`synthesize`;
-they differ only in how they wrap the bytes.
+Speech, SSE speech and chat (plain and streamed) all come through :func:`synthesize`
+and differ only in how they wrap the bytes. It reads top to bottom::
+
+    take a speech slot                  (or wait in line, or 429)     shim.limits
+    plan: the text in pieces            (one piece when short)        shim.split
+    for each piece, in order of need, at most --split-parallel ahead:
+        cache lookup ── hit ──▶ stored audio                          shim.cache
+             │ miss: single flight, one generation per key
+        the billed generation call      (never paid twice)            shim.upstream
+    the first audio bytes in hand, within --deadline
+    stream each piece in turn: download, convert, tee into the cache (committed only
+    when whole); several pieces stitched into one file                shim.stitch
+
+Pieces are the unit of caching: a short request is a one-piece plan whose audio is
+cached in the client's format; the pieces of a long text are made as FLAC (exact at
+the joins, one lossy encode at most) and cached as such, so a long text read twice,
+or two texts that share a piece, pay once per piece.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from shim import audio, logs
+from shim.cache import CacheKey, Hit, Miss
 from shim.errors import APIError, clean_request_id
-from shim.limits import Capacity
-from shim.upstream import AudioStream, Upstream
+from shim.split import split_text
+from shim.state import State
+from shim.stitch import Piece, stitch
+from shim.upstream import AudioRef, Upstream
 
-__all__ = ["Speech", "synthesize"]
+__all__ = ["PIECE_FORMAT", "Job", "Speech", "synthesize"]
+
+#: What the pieces of a split text are generated (and cached) as: lossless, so the
+#: joins are exact and the client's format is encoded once, across all pieces.
+PIECE_FORMAT = "flac"
+#: The first piece of a split text: short, so the first audio comes quickly.
+FIRST_PIECE_CHARS = 300
+#: The most the AI/ML API takes in one generation.
+UPSTREAM_MAX_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Job:
+    """What decides the audio of one request, and who pays for it."""
+
+    model: str  # the upstream id, e.g. ``openai/tts-1-hd``
+    text: str
+    voice: str
+    format: str  # the format the client gets (chat's ``pcm16`` is ``pcm``)
+    key: str  # the AI/ML key that pays
+    instructions: str | None = None
+    speed: float | None = None
+    #: Whose cache entries these are (``None``: the deployment's; see shim.cache.key).
+    tenant: str | None = None
+    cache_read: bool = True
+    cache_write: bool = True
+
+    def body(self, text: str, fmt: str) -> dict[str, Any]:
+        """The AI/ML ``POST /v1/tts`` body for one piece; optional fields only when set."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "text": text,
+            "voice": self.voice,
+            "response_format": fmt,
+        }
+        if self.instructions is not None:
+            body["style"] = self.instructions
+        if self.speed is not None:
+            body["speed"] = self.speed
+        return body
+
+    def cache_key(self, text: str, fmt: str) -> CacheKey:
+        return CacheKey(
+            self.model, self.voice, text, fmt, self.instructions, self.speed, self.tenant
+        )
 
 
 class Speech:
-    """Audio on its way to the client: iterate it once, or ``aclose`` it."""
+    """Audio on its way to the client, its first bytes in hand: iterate it once, or
+    ``aclose`` it. ``cache`` is ``HIT``, ``MISS`` or ``BYPASS`` (the first piece's)."""
 
     def __init__(
         self,
         first: bytes,
         rest: AsyncGenerator[bytes],
-        stream: AudioStream,
+        facts: _Facts,
         release: Callable[[], None] | None = None,
     ) -> None:
-        self.request_id = clean_request_id(stream.request_id)
-        self.usage = stream.usage
+        self.request_id = clean_request_id(facts.request_id)
+        self.cache = facts.cache
+        self.pieces = facts.pieces
         self._first = first
         self._rest = rest
-        self._stream = stream
         self._release = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -60,78 +126,82 @@ class Speech:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the transcoder (if any) and the upstream download; free the slot."""
+        """Stop the downloads and the transcoder; free the slot."""
         try:
             await self._rest.aclose()
-            await self._stream.aclose()
         finally:
             release, self._release = self._release, None
             if release is not None:
                 release()
 
 
-async def synthesize(
-    upstream: Upstream,
-    body: dict[str, Any],
-    target: str,
-    key: str,
-    deadline: float,
-    *,
-    capacity: Capacity | None = None,
-) -> Speech:
-    """Generate ``body`` upstream and return its audio as ``target`` format.
+async def synthesize(state: State, job: Job) -> Speech:
+    """The audio for ``job`` in ``job.format``, its first bytes in hand.
 
-    With ``capacity``, a slot is taken first (waiting in line, or a 429) and held
-    until the returned :class:`Speech` is closed. Everything up to the first audio
-    byte must fit in ``deadline`` seconds, counted once the slot is held; after
-    that, the download's idle timeout governs, so long audio can stream.
+    A speech slot is taken first (waiting in line, or a 429) and held until the
+    returned :class:`Speech` is closed. Everything up to the first audio byte must fit
+    in ``--deadline`` seconds, counted once the slot is held; after that, the
+    download's idle timeout governs, so long audio can stream.
     """
     record = logs.current()
-    release: Callable[[], None] | None = None
-    if capacity is not None:
-        waited = time.perf_counter()
-        await capacity.acquire()
-        release = capacity.release
-        if record is not None:
-            record.queued_ms = (time.perf_counter() - waited) * 1000
+    waited = time.perf_counter()
+    await state.capacity.acquire()
+    release = state.capacity.release
     started = time.perf_counter()
+    if record is not None:
+        record.queued_ms = (started - waited) * 1000
     try:
-        return await _first_audio(upstream, body, target, key, deadline, release)
+        return await _first_audio(state, job, release)
     except BaseException:
-        if release is not None:
-            release()
+        release()
         raise
     finally:
         if record is not None:
             record.upstream_ms = (time.perf_counter() - started) * 1000
 
 
-async def _first_audio(
-    upstream: Upstream,
-    body: dict[str, Any],
-    target: str,
-    key: str,
-    deadline: float,
-    release: Callable[[], None] | None,
-) -> Speech:
-    stream: AudioStream | None = None
-    chunks: AsyncGenerator[bytes] | None = None
+def plan(state: State, text: str) -> list[str]:
+    """The pieces ``text`` is generated in: one, unless splitting is on and the text
+    is longer than ``--split-threshold`` characters (or than the upstream takes)."""
+    config = state.config
+    if not config.split or len(text) <= min(config.split_threshold, UPSTREAM_MAX_CHARS):
+        return [text]
+    return split_text(text, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+
+
+@dataclass
+class _Facts:
+    """What the response says about where its audio came from (filled in as the first
+    piece is made)."""
+
+    pieces: int
+    cache: str = "BYPASS"
+    request_id: str | None = None
+
+
+async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> Speech:
+    texts = plan(state, job.text)
+    facts = _Facts(len(texts))
+    record = logs.current()
+    if record is not None:
+        record.pieces = len(texts)
+    chunks = (
+        _one_piece(state, job, texts[0], facts)
+        if len(texts) == 1
+        else _stitched(state, job, texts, facts)
+    )
+    deadline = state.config.deadline
     try:
         with anyio.fail_after(deadline):
-            stream = await upstream.generate_audio(body, key)
-            chunks = audio.convert(stream, stream.format, target)
             try:
                 first = await chunks.__anext__()
             except StopAsyncIteration:
                 first = b""
     except BaseException as exc:
-        # Whatever stopped us (deadline, bad audio, cancellation), the download and
+        # Whatever stopped us (deadline, bad audio, cancellation), the downloads and
         # the transcoder must not outlive the request.
         with anyio.CancelScope(shield=True):
-            if chunks is not None:
-                await chunks.aclose()
-            if stream is not None:
-                await stream.aclose()
+            await chunks.aclose()
         if isinstance(exc, TimeoutError):
             # Final: the generation request was out, and may have been billed.
             raise APIError(
@@ -139,12 +209,138 @@ async def _first_audio(
                 f"The AI/ML API did not deliver audio within the shim's {deadline:g} s deadline.",
                 type="server_error",
                 code="timeout",
-                request_id=stream.request_id if stream is not None else None,
+                request_id=facts.request_id,
             ) from exc
         if isinstance(exc, audio.TranscodeError):
-            raise _transcode_failed(exc, stream.request_id if stream else None) from exc
+            raise _transcode_failed(exc, facts.request_id) from exc
         raise
-    return Speech(first, chunks, stream, release)
+    if record is not None:
+        record.cache = facts.cache
+    return Speech(first, chunks, facts, release)
+
+
+# -- one piece --------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """One piece made ready: its audio found in the cache, or generated (billed) and
+    waiting to be downloaded, with the cache entry it will fill."""
+
+    text: str
+    format: str
+    cache: str
+    hit: Hit | None = None
+    miss: Miss | None = None
+    ref: AudioRef | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.ref.request_id if self.ref is not None else None
+
+    async def audio(self, upstream: Upstream) -> AsyncGenerator[bytes]:
+        """The piece's audio in :attr:`format`; a generated one is teed into the cache,
+        and committed only when it arrived whole."""
+        try:
+            if self.hit is not None:
+                async for chunk in self.hit.audio.chunks:
+                    yield chunk
+                return
+            assert self.ref is not None
+            stream = await upstream.open(self.ref)
+            try:
+                async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
+                    async for chunk in out:
+                        yield chunk
+                        if self.miss is not None:
+                            await self.miss.write(chunk)
+                if self.miss is not None:
+                    await self.miss.commit()
+            finally:
+                await stream.aclose()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Let go of the cache entry (a miss not committed stores nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.hit is not None:
+            await self.hit.audio.aclose()
+        if self.miss is not None:
+            await self.miss.abort()
+
+
+async def _prepare(state: State, job: Job, text: str, fmt: str) -> _Prepared:
+    """Look the piece up in the cache; on a miss, generate it (the billed call)."""
+    miss: Miss | None = None
+    if state.cache is not None and (job.cache_read or job.cache_write):
+        key = job.cache_key(text, fmt)
+        found = await state.cache.lookup(key, read=job.cache_read, write=job.cache_write)
+        if isinstance(found, Hit):
+            return _Prepared(text, fmt, "HIT", hit=found)
+        miss = found
+    try:
+        ref = await state.upstream.generate(job.body(text, fmt), job.key)
+    except BaseException:
+        if miss is not None:
+            await miss.abort()  # lets a follower waiting on this key try
+        raise
+    return _Prepared(text, fmt, "BYPASS" if miss is None else "MISS", miss=miss, ref=ref)
+
+
+async def _one_piece(state: State, job: Job, text: str, facts: _Facts) -> AsyncGenerator[bytes]:
+    prepared = await _prepare(state, job, text, job.format)
+    facts.cache, facts.request_id = prepared.cache, prepared.request_id
+    async with aclosing(prepared.audio(state.upstream)) as chunks:
+        async for chunk in chunks:
+            yield chunk
+
+
+# -- several pieces ---------------------------------------------------------------------
+
+
+async def _stitched(
+    state: State, job: Job, texts: list[str], facts: _Facts
+) -> AsyncGenerator[bytes]:
+    """The pieces generated ahead (at most ``--split-parallel`` at a time, in order of
+    need), streamed strictly in order and stitched into one file."""
+    tasks: list[asyncio.Task[_Prepared]] = []
+
+    def start_next() -> None:
+        if len(tasks) < len(texts):
+            text = texts[len(tasks)]
+            tasks.append(asyncio.ensure_future(_prepare(state, job, text, PIECE_FORMAT)))
+
+    for _ in range(max(1, state.config.split_parallel)):
+        start_next()
+
+    async def pieces() -> AsyncGenerator[Piece]:
+        for index in range(len(texts)):
+            prepared = await tasks[index]
+            start_next()
+            if index == 0:
+                facts.cache, facts.request_id = prepared.cache, prepared.request_id
+            yield Piece(prepared.format, prepared.audio(state.upstream))
+
+    try:
+        async with aclosing(stitch(pieces(), job.format)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        # A piece that failed, or a client that left: what was not sent is not paid
+        # for where it had not started, and no cache entry is left half-made.
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, _Prepared):  # made, never sent
+                    await outcome.aclose()
+
+
+# -- helpers ----------------------------------------------------------------------------
 
 
 def _transcode_failed(exc: Exception, request_id: str | None) -> APIError:

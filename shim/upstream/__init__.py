@@ -3,6 +3,7 @@ download, the audio stream and the retry policy, one module each; :class:`Upstre
 puts them together."""
 
 from shim.upstream.api import Upstream
+from shim.upstream.replies import AudioRef
 from shim.upstream.stream import AudioStream, UpstreamStats
 
-__all__ = ["AudioStream", "Upstream", "UpstreamStats"]
+__all__ = ["AudioRef", "AudioStream", "Upstream", "UpstreamStats"]

@@ -1,7 +1,8 @@
 """The AI/ML API as the shim uses it: one generation, then its audio.
 
-:meth:`Upstream.generate_audio` reads top to bottom: post the billed generation
-request (:mod:`~shim.upstream.generation`, retried only where it cannot have been
+:meth:`Upstream.generate_audio` reads top to bottom (:meth:`~Upstream.generate`, then
+:meth:`~Upstream.open`, which long texts call apart to generate ahead): post the billed
+generation request (:mod:`~shim.upstream.generation`, retried only where it cannot have been
 billed), find the audio in the reply (:mod:`~shim.upstream.replies`), then open it
 (:mod:`~shim.upstream.download`, retried freely: downloads are not billed) and hand
 back an :class:`~shim.upstream.stream.AudioStream` whose first bytes have arrived.
@@ -53,10 +54,18 @@ class Upstream:
 
     async def generate_audio(self, body: dict[str, Any], key: str) -> AudioStream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
+        return await self.open(await self.generate(body, key))
+
+    async def generate(self, body: dict[str, Any], key: str) -> AudioRef:
+        """The billed call, retried only where it cannot have been billed: where the
+        audio of one generation is."""
         config = self.config
-        ref = await with_retries(
+        return await with_retries(
             config.tts_retries, config.max_retry_wait, self._generate, body, key
         )
+
+    async def open(self, ref: AudioRef) -> AudioStream:
+        """Open a generation's audio (downloading it, retried freely), first bytes in."""
         try:
             return await self._open(ref)
         except APIError as exc:

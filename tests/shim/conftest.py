@@ -71,6 +71,7 @@ async def shim(upstream: MockUpstream) -> AsyncIterator[ShimFactory]:
 
         def factory(**settings: Any) -> httpx.AsyncClient:
             settings.setdefault("max_retry_wait", 0.01)
+            settings.setdefault("cache", False)  # a test that wants one asks for it
             app = create_app(Config(**settings), transport=httpx.ASGITransport(upstream.app))
             client = httpx.AsyncClient(
                 transport=_RunningApp(app, stack),

@@ -360,12 +360,13 @@ def test_a_chat_request_in_the_shims_terms() -> None:
         True,
         True,
     )
-    assert chat.speech.upstream_body() == {
-        "model": "openai/tts-1",
-        "text": "Hello there.",
-        "voice": "sage",
-        "response_format": "pcm",
-    }
+    speech = chat.speech
+    assert (speech.model.upstream_id, speech.input, speech.voice, speech.response_format) == (
+        "openai/tts-1",
+        "Hello there.",
+        "sage",
+        "pcm",
+    )
     assert chat.speech.stream_format == "audio"
 
 

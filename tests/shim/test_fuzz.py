@@ -61,9 +61,11 @@ class Harness:
 def harness() -> Iterator[Harness]:
     mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL)))
     apps = [
-        create_app(Config(tts_retries=0), transport=mock),
+        create_app(Config(tts_retries=0, cache=False), transport=mock),
         create_app(
-            Config(tts_retries=0, client_keys=(CLIENT_KEY,), upstream_key="sk-server-fuzz"),
+            Config(
+                tts_retries=0, cache=False, client_keys=(CLIENT_KEY,), upstream_key="sk-server-fuzz"
+            ),
             transport=mock,
         ),
     ]

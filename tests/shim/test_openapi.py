@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
+from shim import Config
 from shim.app import routes
 from shim.catalog import FORMATS, UPSTREAM_VOICES
 from shim.contract import ChatRequest, SpeechRequest
@@ -64,6 +65,16 @@ async def test_the_document_is_served_without_a_key(shim: Any) -> None:
     response = await client.get("/openapi.json")
 
     assert response.status_code == 200
-    assert response.json() == document()
+    assert response.json() == document(Config().input_limit)
     assert "sk-server" not in response.text
     assert "sk-client" not in response.text
+
+
+@pytest.mark.parametrize(("settings", "limit"), [({}, 100_000), ({"split": False}, 4096)])
+async def test_the_document_states_the_apps_own_input_limit(
+    shim: Any, settings: dict[str, Any], limit: int
+) -> None:
+    served = (await shim(**settings).get("/openapi.json")).json()["components"]["schemas"]
+
+    assert served["SpeechRequest"]["properties"]["input"]["maxLength"] == limit
+    assert served["SpeechRequest"]["properties"]["instructions"]["anyOf"][0]["maxLength"] == 4096

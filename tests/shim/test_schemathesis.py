@@ -44,7 +44,7 @@ from tests.figures import record  # noqa: E402
 # Two-second clips at most: long generated texts would otherwise make minutes of audio.
 mock = create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=2.0))
 upstream = httpx.ASGITransport(mock)
-app = create_app(Config(tts_retries=0), transport=upstream)
+app = create_app(Config(tts_retries=0, cache=False), transport=upstream)
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 CHECKS = [
