@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shim.bodies import read_json
+from shim.browsers import BrowserGate
 from shim.catalog import FORMATS
 from shim.chat import create_chat_completion
 from shim.config import Config
@@ -149,7 +150,11 @@ def create_app(
 
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(AccessLogMiddleware), Middleware(GateMiddleware, keys=keys)],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(BrowserGate, config=config),
+            Middleware(GateMiddleware, keys=keys, send_timeout=config.send_timeout),
+        ],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
@@ -157,5 +162,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A slash redirect's Location would be built from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.shim = ShimState(config, keys, upstream, Capacity.from_config(config))
     return app

@@ -10,7 +10,10 @@ does not reach the log.
 The access log replaces uvicorn's: one ``tts_shim.access`` record per request,
 written when the response is finished (or cut), with the time spent waiting for a
 slot and upstream (request to first audio byte) when the request went upstream.
-Health probes are logged at ``debug``, so a prober does not flood the log.
+Health probes are logged at ``debug``, so a prober does not flood the log. A client
+that hangs up before its response is complete (while sending its body, or while
+the audio streams) is logged as such, in that one line: status 499 (nginx's "client
+closed request") and ``client_closed: true``; it is not an error of the shim.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shim.bodies import CLIENT_CLOSED
 from shim.config import Config
 
 __all__ = [
@@ -67,13 +71,20 @@ class RequestLog:
     queued_ms: float | None = None
     upstream_ms: float | None = None
     upstream_request_id: str | None = None
+    #: The client hung up before the response was complete.
+    client_closed: bool = False
+
+    @property
+    def shown_status(self) -> int | None:
+        """The status the log shows: nginx's 499 when the client hung up first."""
+        return CLIENT_CLOSED if self.client_closed else self.status
 
     def fields(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
-            "status": self.status,
+            "status": self.shown_status,
             "bytes": self.bytes,
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
         }
@@ -83,7 +94,9 @@ class RequestLog:
             data["upstream_ms"] = round(self.upstream_ms, 2)
         if self.upstream_request_id is not None:
             data["upstream_request_id"] = self.upstream_request_id
-        if not self.complete:
+        if self.client_closed:
+            data["client_closed"] = True
+        elif not self.complete:
             # The response was cut after it started, or never started.
             data["aborted"] = True
         return data
@@ -122,8 +135,14 @@ class AccessLogMiddleware:
                     record.complete = True
             await send(message)
 
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not record.complete:
+                record.client_closed = True
+            return message
+
         try:
-            await self.app(scope, receive, send_logged)
+            await self.app(scope, receive_logged, send_logged)
         except Exception:
             if record.status is None:
                 record.status = 500  # what the outermost error middleware answers
@@ -148,7 +167,7 @@ def _emit(record: RequestLog, scope: Scope) -> None:
         "%s %s %s",
         record.method,
         record.route,
-        record.status if record.status is not None else "-",
+        record.shown_status if record.shown_status is not None else "-",
         extra={"access": record.fields()},
     )
 
