@@ -203,7 +203,6 @@ class Config:
 
     def check_exposure(self) -> None:
         """Refuse to spend a server-side key for anyone who can reach the port."""
-        self.check_keys()
         exposed = self.upstream_key and not self.client_keys and not self.is_loopback
         if exposed and not self.allow_open:
             raise ConfigError(

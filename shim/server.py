@@ -118,7 +118,8 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         config = dataclasses.replace(
             config,
             upstream_url=mock_url,
-            upstream_key=config.upstream_key or MOCK_KEY,
+            # With --upstream-key-header each client sends its own key, even to the mock.
+            upstream_key=config.upstream_key or (None if config.upstream_key_header else MOCK_KEY),
             trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
         )
         mock_server = _QuietServer(
@@ -131,6 +132,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             )
         )
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
+    config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
     shim_socket = _bind(config.host, config.port)
     app = create_app(config)
     shim_server = _ShimServer(_uvicorn_config(app, config), app.state.shim)
