@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,14 +152,13 @@ def main() -> int:
         return 0
 
     rounds, duration = (1, 1.0) if args.quick else (3, 2.0)
-    logdir = Path(os.environ.get("TMPDIR", "/tmp")) / "tts-shim-parsers"
-    logdir.mkdir(exist_ok=True)
+    logdir = Path(tempfile.mkdtemp(prefix="tts-shim-parsers-"))
     procs: list[Proc] = []
     try:
         mock_port = free_port()
         mock = Proc(
             "mock",
-            [str(VENV_BIN / "tts-shim"), "mock", "--port", str(mock_port), "--log-level", "warning"],
+            [str(VENV_BIN / "tts-shim"), "mock", "--port", str(mock_port), "--log-level", "error"],
             mock_port,
             logdir,
         )

@@ -160,9 +160,7 @@ def test_a_trusted_origin_is_matched_exactly(
 # -- Host: DNS rebinding --------------------------------------------------------------
 
 
-def test_a_foreign_host_is_refused_on_loopback(
-    default: ShimServer, tts_mock: MockUpstream
-) -> None:
+def test_a_foreign_host_is_refused_on_loopback(default: ShimServer, tts_mock: MockUpstream) -> None:
     # Before: any Host was served, so a rebound name reached the shim as same-origin.
     port = _port(default)
     with httpx.Client(base_url=default.url) as client:
