@@ -102,34 +102,45 @@ def attack(port: int, pid: int, size: int) -> dict[str, Any]:
             probes.append(time.perf_counter() - started)
             stop.wait(0.02)
 
-    prober = threading.Thread(target=probe, daemon=True)
-    cpu_before, rss_before = cpu_seconds(pid), rss_kb(pid)
+    def send() -> tuple[int, bytes]:
+        sent = 0
+        chunk = b"a" * (1024 * 1024)
+        head = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: ".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            try:
+                sock.sendall(head)
+                while sent < size:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+                sock.sendall(b"\r\n\r\n")
+                return sent, sock.recv(200)
+            except OSError:
+                return sent, b""
+
+    def settle() -> float:
+        # The shim may still be chewing on what it took: wait until its CPU time stops.
+        previous = -1.0
+        while (now := cpu_seconds(pid)) != previous:
+            previous = now
+            time.sleep(0.3)
+        return now
+
+    # First alone, for the CPU it costs; then again while /healthz is probed.
+    cpu_before, rss_before = settle(), rss_kb(pid)
     started = time.perf_counter()
+    closed_after, reply = send()
+    cpu = settle() - cpu_before
+    wall = time.perf_counter() - started
+    prober = threading.Thread(target=probe, daemon=True)
     prober.start()
-    sent = 0
-    chunk = b"a" * (1024 * 1024)
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        try:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
-            while sent < size:
-                sock.sendall(chunk)
-                sent += len(chunk)
-            sock.sendall(b"\r\n\r\n")
-            reply = sock.recv(200)
-        except OSError:
-            reply = b""
-        closed_after = sent
-    # The shim may still be chewing on what it took: wait until its CPU time stops.
-    previous = -1.0
-    while (now := cpu_seconds(pid)) != previous:
-        previous = now
-        time.sleep(0.3)
+    send()
+    time.sleep(0.5)
     stop.set()
     prober.join(30)
     return {
         "header_bytes": size,
-        "shim_cpu_s": round(cpu_seconds(pid) - cpu_before, 3),
-        "wall_s": round(time.perf_counter() - started, 2),
+        "shim_cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 2),
         "healthz_max_ms": round(max(probes) * 1000, 1) if probes else None,
         "healthz_probes": len(probes),
         "client_sent_before_close": closed_after,
