@@ -37,25 +37,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import proc_cpu_seconds as cpu_seconds  # noqa: E402
 from bench.run import LOADGEN, SPEECH_BODY, VENV_BIN, Proc, free_port, rss_kb  # noqa: E402
 
 PARSERS = ("httptools", "h11")
 #: The header cap ``tts-shim serve`` sets (shim.server.MAX_HEADER_BYTES).
 CAP = 64 * 1024
 ATTACK_BYTES = 100 * 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _reexec_in_venv() -> None:
     python = VENV_BIN / "python"
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
         os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def serve(parser: str, port: int, upstream: str) -> None:

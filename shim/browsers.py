@@ -76,7 +76,7 @@ class BrowserGate:
                 "address or localhost, or start it with --allowed-host for this name.",
                 code="host_not_allowed",
             )
-            await error.response(request_id(scope))(scope, receive, send)
+            await _refuse(error, scope, receive, send)
             return
         if origin is None:
             await self.app(scope, receive, send)
@@ -88,7 +88,7 @@ class BrowserGate:
                 "tts-shim; its operator can allow an origin with --cors-origin.",
                 code="origin_not_allowed",
             )
-            await error.response(request_id(scope))(scope, receive, send)
+            await _refuse(error, scope, receive, send)
             return
         await self.cors(scope, receive, send)
 
@@ -109,6 +109,10 @@ class BrowserGate:
         if port is None:
             return bool(server_port == default_port)
         return port == str(server_port)
+
+
+async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    await error.response(request_id(scope))(scope, receive, send)
 
 
 def _split_host(host: str) -> tuple[str, str | None]:

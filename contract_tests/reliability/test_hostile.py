@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import time
@@ -15,30 +14,21 @@ from typing import Any
 
 import httpx
 
+from bench.loadgen import proc_cpu_seconds as cpu_seconds
+from bench.run import rss_kb
 from contract_tests.reliability.conftest import AUTH, MARGIN, SPEECH, ServeProcess, routes
 from shim.server import MAX_HEADER_BYTES
 from shim.testing import MockUpstream
 from tests.figures import record
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 #: ~270 s of speech: 13 MB of PCM, far more than the socket buffers between a
 #: stalled client and the shim can hold.
 LONG_PCM = {"model": "tts-1", "voice": "alloy", "input": "x" * 4000, "response_format": "pcm"}
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_kb(pid) / 1024
 
 
 def settled_cpu(pid: int) -> float:
