@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from contract_tests.reliability.conftest import ServeProcess, listening, routes
@@ -199,3 +200,21 @@ def test_the_key_header_and_a_server_key_are_one_too_many(
     assert served.proc.wait(20) == 2
     assert "not both" in served.log
     assert SERVER_KEY not in served.log
+
+
+def test_the_openai_sdk_sends_its_own_key_in_the_key_header(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream
+) -> None:
+    shim = tts_shim_factory(client_keys=(CLIENT_KEY,), upstream_key_header="X-AIMLAPI-Key")
+    client = openai.OpenAI(
+        base_url=shim.base_url,
+        api_key=CLIENT_KEY,
+        default_headers={"X-AIMLAPI-Key": OWN_KEY},
+        max_retries=0,
+    )
+
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Mine to pay.")
+
+    assert audio.content
+    (generation,) = routes(tts_mock, "tts")
+    assert generation["headers"]["authorization"] == f"Bearer ****{OWN_KEY[-4:]}"
