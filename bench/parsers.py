@@ -5,9 +5,10 @@ request, and what a 100 MB request header costs each (docs/reliability.md).
     python3 bench/parsers.py            # ~1 minute
     python3 bench/parsers.py --quick    # ~20 s
 
-For each parser (``httptools``, uvicorn's default when installed, and ``h11`` with
-``h11_max_incomplete_event_size``, the setting ``tts-shim serve`` uses) it starts the
-shim as its own process in front of the mock (``tts-shim mock``), then:
+For each parser (``httptools``, uvicorn's default when installed, ``h11`` with
+``h11_max_incomplete_event_size``, the setting ``tts-shim serve`` uses, and ``zttp``
+where installed) it starts the shim as its own process in front of the mock
+(``tts-shim mock``), then:
 
 * drives ``GET /healthz`` and ``POST /v1/audio/speech`` with ``bench/loadgen.py``
   (keep-alive, closed loop) and reads the shim's CPU time per request from /proc; the
@@ -23,6 +24,7 @@ Output: a table on stdout, and one JSON object with ``--json``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -40,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import proc_cpu_seconds as cpu_seconds  # noqa: E402
 from bench.run import LOADGEN, SPEECH_BODY, VENV_BIN, Proc, free_port, rss_kb  # noqa: E402
 
-PARSERS = ("httptools", "h11")
+#: uvicorn's newer ``zttp`` parser is measured too where the ``zttp`` package is installed
+#: (it is not a dependency of the shim).
+PARSERS = ("httptools", "h11", *(("zttp",) if importlib.util.find_spec("zttp") else ()))
 #: The header cap ``tts-shim serve`` sets (shim.server.MAX_HEADER_BYTES).
 CAP = 64 * 1024
 ATTACK_BYTES = 100 * 1024 * 1024

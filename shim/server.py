@@ -28,10 +28,10 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MOCK_KEY = "mock-key"
 
 #: Largest request head (request line and headers) uvicorn buffers before it answers
-#: 400 and closes; h11's default is 16 KiB. Only uvicorn's h11 parser has such a cap:
-#: under httptools a 100 MB header cost 8.5 s of CPU and stalled /healthz for 3.5 s,
-#: under h11 0.01 s and 6 ms, for ~50-80 us more CPU per request (bench/parsers.py,
-#: docs/reliability.md).
+#: 400 and closes; h11's default is 16 KiB. Of uvicorn's parsers only h11 has such a
+#: cap to set: under httptools a 100 MB header cost 9 s of CPU and stalled /healthz for
+#: 4.8 s, under h11 < 0.01 s and 6 ms, for ~55-70 us more CPU per request
+#: (bench/parsers.py, docs/reliability.md).
 MAX_HEADER_BYTES = 64 * 1024
 
 
