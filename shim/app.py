@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shim.browsers import BrowserGate
 from shim.cache import open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
@@ -113,9 +114,13 @@ def create_app(
             if cache is not None:
                 await cache.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=routes(),
-        middleware=[Middleware(AccessLogMiddleware), Middleware(GateMiddleware, keys=keys)],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(BrowserGate, config=config),
+            Middleware(GateMiddleware, keys=keys, send_timeout=config.send_timeout),
+        ],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
@@ -123,3 +128,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A slash redirect's Location would be built from the client's Host header.
+    app.router.redirect_slashes = False
+    return app

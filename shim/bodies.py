@@ -6,11 +6,15 @@ import json
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from shim.errors import APIError
 
-__all__ = ["read_json"]
+__all__ = ["CLIENT_CLOSED", "read_json"]
+
+#: nginx's status for "the client closed the connection before the answer": never
+#: sent to anyone, but it is what the access log shows.
+CLIENT_CLOSED = 499
 
 # A ``\uD800``-``\uDFFF`` escape: Python's parser turns an unpaired one into a lone
 # surrogate, which no UTF-8 encoder (upstream request, response, log) accepts.
@@ -24,11 +28,19 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise _too_large(max_bytes)
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            parts.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; the status is for the access log (one info line).
+        raise APIError(
+            CLIENT_CLOSED,
+            "The client closed the connection before sending the whole request body.",
+            code="client_closed_request",
+        ) from None
     raw = b"".join(parts)
     if not raw.strip():
         raise APIError(400, "The request body is empty; send a JSON object.")

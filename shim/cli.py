@@ -81,6 +81,43 @@ def main() -> None:
     help="Allow a non-loopback address with a server-side key and no client keys.",
 )
 @click.option(
+    "--upstream-key-header",
+    envvar="TTS_SHIM_UPSTREAM_KEY_HEADER",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="With client keys and no AIMLAPI_KEY: the request header in which each client "
+    "sends its own AI/ML key (e.g. X-AIMLAPI-Key), its shim key being the bearer token.",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    envvar="TTS_SHIM_CORS_ORIGINS",
+    show_envvar=True,
+    multiple=True,
+    help="Web page origin (scheme://host[:port], or *) allowed to call the shim from a "
+    "browser (repeatable; the variable is comma-separated). Unset: requests carrying any "
+    "Origin are refused with 403.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    envvar="TTS_SHIM_ALLOWED_HOSTS",
+    show_envvar=True,
+    multiple=True,
+    help="Extra Host name[:port] to answer to (repeatable; * for any). On loopback the "
+    "bound address and localhost are allowed, other Hosts get 421; on other addresses "
+    "the check is off unless this is set.",
+)
+@click.option(
+    "--send-timeout",
+    envvar="TTS_SHIM_SEND_TIMEOUT",
+    show_envvar=True,
+    default=30.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds a client may take no data before its response is cut and its slot freed.",
+)
+@click.option(
     "--mock",
     envvar="TTS_SHIM_MOCK",
     show_envvar=True,
@@ -265,7 +302,12 @@ def main() -> None:
     "Prefer the environment variable if it holds a password: flags show in ps.",
 )
 def serve(
-    mock: bool, client_keys: tuple[str, ...], audio_origins: tuple[str, ...], **options: object
+    mock: bool,
+    client_keys: tuple[str, ...],
+    audio_origins: tuple[str, ...],
+    cors_origins: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
+    **options: object,
 ) -> None:
     """Serve OpenAI's /v1/audio/speech, /v1/chat/completions and /v1/models."""
     from shim.server import run
@@ -274,6 +316,8 @@ def serve(
         config = Config(
             client_keys=_split(client_keys),
             audio_origins=_split(audio_origins),
+            cors_origins=_split(cors_origins),
+            allowed_hosts=_split(allowed_hosts),
             **options,  # type: ignore[arg-type]
         )
         if mock:

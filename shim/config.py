@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -31,6 +32,35 @@ def parse_origin(url: str) -> Origin:
     except ValueError as exc:
         raise ConfigError(f"bad port in {url!r}") from exc
     return scheme, parts.hostname.lower(), port
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_RESERVED_KEY_HEADERS = frozenset(
+    {"authorization", "host", "origin", "cookie", "content-type", "content-length"}
+)
+_HOST_NAME = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5})?")
+
+
+def _web_origin(value: str) -> str:
+    """An origin as browsers send it in ``Origin``: ``scheme://host[:port]``, lower
+    case, default port left out; or ``*``."""
+    text = value.strip()
+    if text == "*":
+        return text
+    parts = urlsplit(text)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"a CORS origin is scheme://host[:port] with no path: {value!r}")
+    scheme, host, port = parse_origin(text)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}" if port == _DEFAULT_PORTS[scheme] else f"{scheme}://{shown}:{port}"
+
+
+def _host_name(value: str) -> str:
+    """An ``--allowed-host`` value: a name or address, optionally with ``:port``; or ``*``."""
+    text = value.strip().lower().rstrip(".")
+    if text != "*" and not _HOST_NAME.fullmatch(text):
+        raise ConfigError(f"not a host name, optionally with :port: {value!r}")
+    return text
 
 
 def _is_loopback(host: str) -> bool:
@@ -111,6 +141,17 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
+    #: Request header that carries the client's own AI/ML key, when the bearer token is
+    #: a shim key (``client_keys``) and there is no server-side key. ``None``: not used.
+    upstream_key_header: str | None = None
+    #: Web page origins (``scheme://host[:port]``, or ``*``) allowed to call the shim;
+    #: a request with any other ``Origin`` is refused (403). Empty: none.
+    cors_origins: tuple[str, ...] = ()
+    #: Extra ``Host`` names the shim answers to, besides its loopback address and
+    #: ``localhost``; setting any turns the check on for a non-loopback bind. ``*``: any.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Seconds a response body may wait for a client that takes no data; then it is cut.
+    send_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         self.upstream_root = self._normalise_root(self.upstream_url)
@@ -133,6 +174,7 @@ class Config:
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
         self._check_cache()
+        self._check_trust_settings()
 
     def _check_cache(self) -> None:
         if self.cache_max_bytes <= 0 or self.cache_ttl <= 0:
@@ -142,6 +184,46 @@ class Config:
             if scheme not in ("redis", "rediss", "unix"):
                 # The URL itself is not repeated: it may hold a password.
                 raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+
+    def _check_trust_settings(self) -> None:
+        """Normalise and check the key-header, browser and send-timeout settings."""
+        if self.send_timeout <= 0:
+            raise ConfigError("send_timeout must be positive")
+        if self.upstream_key_header is not None:
+            name = self.upstream_key_header.strip().lower()
+            if not _HEADER_NAME.fullmatch(name) or name in _RESERVED_KEY_HEADERS:
+                raise ConfigError(
+                    f"upstream_key_header must be a header name of its own (not "
+                    f"Authorization, Host, Origin, Cookie...), not {self.upstream_key_header!r}"
+                )
+            if self.upstream_key:
+                raise ConfigError(
+                    "set either AIMLAPI_KEY (the server pays) or --upstream-key-header "
+                    "(each client sends its own AI/ML key), not both"
+                )
+            self.upstream_key_header = name
+        self.cors_origins = tuple(_web_origin(o) for o in self.cors_origins)
+        self.allowed_hosts = tuple(_host_name(h) for h in self.allowed_hosts)
+
+    @property
+    def host_check(self) -> bool:
+        """Whether ``Host`` is checked: on a loopback bind, or with ``allowed_hosts``
+        (unless they hold ``*``)."""
+        if "*" in self.allowed_hosts:
+            return False
+        return self.is_loopback or bool(self.allowed_hosts)
+
+    def check_keys(self) -> None:
+        """Refuse client keys without a way to pay: the bearer token is then a shim key,
+        and must never be sent to the AI/ML API as one."""
+        if self.client_keys and not self.upstream_key and not self.upstream_key_header:
+            raise ConfigError(
+                "TTS_SHIM_API_KEYS is set but AIMLAPI_KEY is not: clients' bearer tokens "
+                "are then shim keys, and the shim has no AI/ML key to pay with. Set "
+                "AIMLAPI_KEY (the server pays), or pass --upstream-key-header NAME "
+                "(TTS_SHIM_UPSTREAM_KEY_HEADER) so each client sends its own AI/ML key in "
+                "that header and its shim key as the bearer token."
+            )
 
     @staticmethod
     def _normalise_root(url: str) -> str:

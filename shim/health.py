@@ -4,7 +4,9 @@ Neither needs a client key, neither takes a speech slot, and neither calls
 upstream: a prober must get an answer however busy the shim is, and an AI/ML API
 outage should not make an orchestrator restart or unroute every shim (requests
 then get honest 502/504 envelopes instead). ``/readyz`` turns 503 once the shim
-is draining for shutdown.
+is draining for shutdown, and while every concurrency slot is taken (``"busy"``:
+a load balancer should send new work elsewhere; it turns 200 again as soon as a
+slot is free, which ``--send-timeout`` guarantees even for clients that stop reading).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready for traffic unless draining; with the load figures (no secrets)."""
+    """Ready for traffic unless draining or full; with the load figures (no secrets)."""
     state = state_of(request)
     capacity = state.capacity
+    status = "draining" if capacity.draining else "busy" if capacity.full else "ready"
     body = {
-        "status": "draining" if capacity.draining else "ready",
+        "status": status,
         **capacity.snapshot(),
         "open_streams": state.upstream.stats.open_streams,
     }
-    return JSONResponse(body, status_code=503 if capacity.draining else 200, headers=_NO_STORE)
+    code = 200 if status == "ready" else 503
+    return JSONResponse(body, status_code=code, headers=_NO_STORE)

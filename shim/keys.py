@@ -22,14 +22,18 @@ class Keys:
     """Client authentication and the choice of upstream key.
 
     With ``client_keys`` set, clients must present one of them (compared in constant
-    time). The upstream key is the server-side ``AIMLAPI_KEY`` when set; otherwise the
-    client's own bearer token is passed through, so ``OPENAI_API_KEY=<AI/ML key>``
-    works with no shim configuration at all.
+    time). The upstream key is the server-side ``AIMLAPI_KEY`` when set; else, with
+    ``upstream_key_header``, the value of that header (the client's own AI/ML key, its
+    bearer token being a shim key); otherwise the client's own bearer token is passed
+    through, so ``OPENAI_API_KEY=<AI/ML key>`` works with no shim configuration at all.
+    A shim key is never passed through: with client keys and neither of the first two,
+    every paid call is refused (``Config.check_keys`` refuses that set-up at start-up).
     """
 
     def __init__(self, config: Config) -> None:
         self._client_keys = tuple(k.encode() for k in config.client_keys)
         self._server_key = config.upstream_key
+        self._key_header = config.upstream_key_header
 
     @property
     def required(self) -> bool:
@@ -52,7 +56,18 @@ class Keys:
             )
 
     def upstream_key(self, headers: Headers) -> str:
-        key = self._server_key or bearer_token(headers)
+        if self._server_key:
+            return self._server_key
+        if self._key_header is not None:
+            return self._from_key_header(headers, self._key_header)
+        if self._client_keys:
+            raise APIError(
+                500,
+                "This tts-shim has client keys but no AI/ML key to pay with; its operator "
+                "must set AIMLAPI_KEY or --upstream-key-header.",
+                type="server_error",
+            )
+        key = bearer_token(headers)
         if not key:
             raise APIError(
                 401,
@@ -61,3 +76,18 @@ class Keys:
                 code="invalid_api_key",
             )
         return key
+
+    @staticmethod
+    def _from_key_header(headers: Headers, name: str) -> str:
+        value = headers.get(name, "").strip()
+        scheme, _, rest = value.partition(" ")
+        if scheme.lower() == "bearer":  # tolerated: some clients add it out of habit
+            value = rest.strip()
+        if not value:
+            raise APIError(
+                401,
+                f"You didn't provide an AI/ML API key. This shim takes it in the {name} "
+                "header (your shim key goes in Authorization as the bearer token).",
+                code="invalid_api_key",
+            )
+        return value

@@ -54,6 +54,11 @@ class Capacity:
     def queued(self) -> int:
         return len(self._waiters)
 
+    @property
+    def full(self) -> bool:
+        """Every slot is taken (never, with no cap): new work would wait or get a 429."""
+        return 0 < self.limit <= self.in_flight
+
     def start_draining(self) -> None:
         """Refuse new speech work from now on (the server calls this on SIGTERM)."""
         self.draining = True

@@ -10,7 +10,10 @@ does not reach the log.
 The access log replaces uvicorn's: one ``tts_shim.access`` record per request,
 written when the response is finished (or cut), with the time spent waiting for a
 slot and upstream (request to first audio byte) when the request went upstream.
-Health probes are logged at ``debug``, so a prober does not flood the log.
+Health probes are logged at ``debug``, so a prober does not flood the log. A client
+that hangs up before its response is complete (while sending its body, or while
+the audio streams) is logged as such, in that one line: status 499 (nginx's "client
+closed request") and ``client_closed: true``; it is not an error of the shim.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shim.bodies import CLIENT_CLOSED
 from shim.config import Config
 
 __all__ = [
@@ -71,13 +75,20 @@ class RequestLog:
     cache: str | None = None
     #: How many pieces the text was generated in (above 1: split).
     pieces: int | None = None
+    #: The client hung up before the response was complete.
+    client_closed: bool = False
+
+    @property
+    def shown_status(self) -> int | None:
+        """The status the log shows: nginx's 499 when the client hung up first."""
+        return CLIENT_CLOSED if self.client_closed else self.status
 
     def fields(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
-            "status": self.status,
+            "status": self.shown_status,
             "bytes": self.bytes,
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
         }
@@ -91,7 +102,9 @@ class RequestLog:
             data["cache"] = self.cache
         if self.pieces is not None:
             data["pieces"] = self.pieces
-        if not self.complete:
+        if self.client_closed:
+            data["client_closed"] = True
+        elif not self.complete:
             # The response was cut after it started, or never started.
             data["aborted"] = True
         return data
@@ -130,8 +143,14 @@ class AccessLogMiddleware:
                     record.complete = True
             await send(message)
 
+        async def receive_logged() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not record.complete:
+                record.client_closed = True
+            return message
+
         try:
-            await self.app(scope, receive, send_logged)
+            await self.app(scope, receive_logged, send_logged)
         except Exception:
             if record.status is None:
                 record.status = 500  # what the outermost error middleware answers
@@ -156,7 +175,7 @@ def _emit(record: RequestLog, scope: Scope) -> None:
         "%s %s %s",
         record.method,
         record.route,
-        record.status if record.status is not None else "-",
+        record.shown_status if record.shown_status is not None else "-",
         extra={"access": record.fields()},
     )
 

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, client keys on ``/v1``, body-size guard."""
+"""Pure ASGI middleware: request ids, client keys on ``/v1``, the send timeout."""
 
 from __future__ import annotations
 
@@ -9,42 +9,61 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shim.errors import APIError
 from shim.keys import Keys
+from shim.responses import SendTimeout
 
-__all__ = ["GateMiddleware", "new_request_id"]
+__all__ = ["GateMiddleware", "new_request_id", "request_id"]
 
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+def request_id(scope: Scope) -> str:
+    """The request's id (``scope["state"]["request_id"]``), made on first use, so
+    every middleware that answers early sends the same one."""
+    state = scope.setdefault("state", {})
+    rid: str | None = state.get("request_id")
+    if rid is None:
+        rid = state["request_id"] = new_request_id()
+    return rid
+
+
 class GateMiddleware:
     """Give every request an id (``scope["state"]["request_id"]``) echoed as
-    ``x-request-id`` unless a handler set the upstream's, and refuse ``/v1`` calls
-    without a valid client key before any handler runs."""
+    ``x-request-id`` unless a handler set the upstream's, refuse ``/v1`` calls
+    without a valid client key before any handler runs, and, with ``send_timeout``,
+    cut a response whose client takes no data for that many seconds
+    (:class:`shim.responses.SendTimeout`)."""
 
-    def __init__(self, app: ASGIApp, keys: Keys) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, send_timeout: float | None = None) -> None:
         self.app = app
         self.keys = keys
+        self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        rid = request_id(scope)
 
         if self.keys.required and scope["path"].startswith("/v1/"):
             try:
                 self.keys.check_client(Headers(scope=scope))
             except APIError as exc:
-                await exc.response(request_id)(scope, receive, send)
+                await exc.response(rid)(scope, receive, send)
                 return
+
+        timed = send if self.send_timeout is None else SendTimeout(send, self.send_timeout)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
-                    headers["x-request-id"] = request_id
-            await send(message)
+                    headers["x-request-id"] = rid
+            await timed(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if isinstance(timed, SendTimeout):
+                timed.close()

@@ -28,6 +28,13 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
 
+#: Largest request head (request line and headers) uvicorn buffers before it answers
+#: 400 and closes; h11's default is 16 KiB. Of uvicorn's parsers only h11 has such a
+#: cap to set: under httptools a 100 MB header cost 9 s of CPU and stalled /healthz for
+#: 4.8 s, under h11 < 0.01 s and 6 ms, for ~55-70 us more CPU per request
+#: (bench/parsers.py, docs/reliability.md).
+MAX_HEADER_BYTES = 64 * 1024
+
 
 class _QuietServer(uvicorn.Server):
     """A uvicorn server that leaves signals to the server it runs beside."""
@@ -90,6 +97,8 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
         "access_log": False,  # shim.logs writes the access log, without query strings
         "timeout_graceful_shutdown": config.graceful_timeout,
         "server_header": False,
+        "http": "h11",
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
@@ -110,7 +119,8 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         config = dataclasses.replace(
             config,
             upstream_url=mock_url,
-            upstream_key=config.upstream_key or MOCK_KEY,
+            # With --upstream-key-header each client sends its own key, even to the mock.
+            upstream_key=config.upstream_key or (None if config.upstream_key_header else MOCK_KEY),
             trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
         )
         mock_server = _QuietServer(
@@ -123,6 +133,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
             )
         )
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
+    config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
     shim_socket = _bind(config.host, config.port)
     app = create_app(config)
     shim_server = _ShimServer(_uvicorn_config(app, config), app)

@@ -26,9 +26,10 @@ def _connect(shim: ShimServer) -> socket.socket:
     return sock
 
 
-def _head(framing: str) -> bytes:
+def _head(shim: ShimServer, framing: str) -> bytes:
+    host = shim.url.split("://", 1)[1]  # the shim answers to its own address only
     return (
-        "POST /v1/audio/speech HTTP/1.1\r\nhost: shim\r\n"
+        f"POST /v1/audio/speech HTTP/1.1\r\nhost: {host}\r\n"
         f"authorization: Bearer {CLIENT_TOKEN}\r\ncontent-type: application/json\r\n"
         f"{framing}\r\n\r\n"
     ).encode()
@@ -61,10 +62,10 @@ def test_an_endless_body_gets_a_413_without_being_read(
     piece = b"x" * 16384
     with _connect(shim) as sock:
         if framing == "content-length":
-            sock.sendall(_head(f"content-length: {PROMISED}") + b"{")
+            sock.sendall(_head(shim, f"content-length: {PROMISED}") + b"{")
             sent = _send_until_answered(sock, piece, PROMISED)
         else:
-            sock.sendall(_head("transfer-encoding: chunked"))
+            sock.sendall(_head(shim, "transfer-encoding: chunked"))
             chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
             sent = _send_until_answered(sock, chunk, PROMISED)
         status = _status(sock)

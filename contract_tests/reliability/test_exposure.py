@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from contract_tests.reliability.conftest import ServeProcess, listening, routes
@@ -139,3 +140,81 @@ def test_a_port_in_use_is_a_clear_failure(serve_process: Callable[..., ServeProc
     assert clash.proc.wait(20) != 0
     assert "address already in use" in clash.log.lower()
     assert httpx.get(first.url + "/healthz").status_code == 200
+
+
+# -- client keys without a server key ---------------------------------------------------
+
+OWN_KEY = "sk-own-aiml-key-7f3e"  # a client's own AI/ML key, sent in the key header
+
+
+def test_client_keys_without_a_server_key_refuse_to_start(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # Before: it started, and sent each client's *shim* key to the AI/ML API as the key.
+    served = serve_process(env={"TTS_SHIM_API_KEYS": CLIENT_KEY}, wait=False)
+
+    assert served.proc.wait(20) == 2
+    assert "AIMLAPI_KEY" in served.log
+    assert "--upstream-key-header" in served.log
+    assert CLIENT_KEY not in served.log
+    assert not listening(served.port)
+
+
+def test_the_key_header_carries_each_clients_own_key(
+    serve_process: Callable[..., ServeProcess], tts_mock: MockUpstream
+) -> None:
+    served = serve_process(
+        "--upstream-url",
+        tts_mock.url,
+        "--upstream-key-header",
+        "X-AIMLAPI-Key",
+        env={"TTS_SHIM_API_KEYS": CLIENT_KEY},
+    )
+    url = served.url + "/v1/audio/speech"
+    shim_key = {"authorization": f"Bearer {CLIENT_KEY}"}
+
+    paid = httpx.post(url, json=SPEECH, headers={**shim_key, "x-aimlapi-key": OWN_KEY})
+    no_own_key = httpx.post(url, json=SPEECH, headers=shim_key)
+    no_shim_key = httpx.post(url, json=SPEECH, headers={"x-aimlapi-key": OWN_KEY})
+
+    assert paid.status_code == 200
+    assert no_own_key.status_code == 401
+    assert "X-AIMLAPI-Key".lower() in no_own_key.json()["error"]["message"].lower()
+    assert no_shim_key.status_code == 401
+    (generation,) = routes(tts_mock, "tts")  # only the call with both keys was paid
+    assert generation["headers"]["authorization"] == f"Bearer ****{OWN_KEY[-4:]}"
+    assert generation["headers"].get("x-aimlapi-key") is None  # not relayed as a header
+    served.terminate()
+    assert served.proc.wait(20) == 0
+    assert OWN_KEY not in served.log
+    assert CLIENT_KEY not in served.log
+
+
+def test_the_key_header_and_a_server_key_are_one_too_many(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    served = serve_process(
+        "--upstream-key-header", "X-AIMLAPI-Key", env={"AIMLAPI_KEY": SERVER_KEY}, wait=False
+    )
+
+    assert served.proc.wait(20) == 2
+    assert "not both" in served.log
+    assert SERVER_KEY not in served.log
+
+
+def test_the_openai_sdk_sends_its_own_key_in_the_key_header(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream
+) -> None:
+    shim = tts_shim_factory(client_keys=(CLIENT_KEY,), upstream_key_header="X-AIMLAPI-Key")
+    client = openai.OpenAI(
+        base_url=shim.base_url,
+        api_key=CLIENT_KEY,
+        default_headers={"X-AIMLAPI-Key": OWN_KEY},
+        max_retries=0,
+    )
+
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Mine to pay.")
+
+    assert audio.content
+    (generation,) = routes(tts_mock, "tts")
+    assert generation["headers"]["authorization"] == f"Bearer ****{OWN_KEY[-4:]}"

@@ -109,3 +109,92 @@ def test_redis_url_must_be_redis_and_is_never_repeated() -> None:
         Config(redis_url="http://user:hunter2@example.invalid")
     assert "hunter2" not in str(raised.value)
     assert "hunter2" not in repr(Config(redis_url="redis://:hunter2@127.0.0.1:6379/0"))
+
+
+# -- keys, browsers, send timeout ---------------------------------------------------
+
+
+def test_client_keys_without_a_way_to_pay_are_refused() -> None:
+    config = Config(client_keys=("ck-1",))
+
+    with pytest.raises(ConfigError, match="--upstream-key-header") as caught:
+        config.check_keys()
+
+    assert "AIMLAPI_KEY" in str(caught.value)
+    assert "ck-1" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"client_keys": ("ck-1",), "upstream_key": "sk-server"},
+        {"client_keys": ("ck-1",), "upstream_key_header": "X-AIMLAPI-Key"},
+        {},
+    ],
+)
+def test_keys_that_can_pay_are_accepted(settings: dict[str, object]) -> None:
+    Config(**settings).check_keys()  # type: ignore[arg-type]
+
+
+def test_the_key_header_is_stored_in_lower_case() -> None:
+    assert Config(upstream_key_header=" X-AIMLAPI-Key ").upstream_key_header == "x-aimlapi-key"
+
+
+@pytest.mark.parametrize("name", ["Authorization", "host", "x key", "", "x:y", "Origin"])
+def test_the_key_header_must_be_a_header_of_its_own(name: str) -> None:
+    with pytest.raises(ConfigError, match="upstream_key_header"):
+        Config(upstream_key_header=name)
+
+
+def test_the_key_header_and_a_server_key_are_one_too_many() -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        Config(upstream_key="sk-server", upstream_key_header="X-AIMLAPI-Key")
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("https://App.Example", "https://app.example"),
+        ("https://app.example:443/", "https://app.example"),
+        ("http://localhost:3000", "http://localhost:3000"),
+        ("http://[::1]:3000", "http://[::1]:3000"),
+        (" * ", "*"),
+    ],
+)
+def test_cors_origins_are_stored_as_browsers_send_them(given: str, stored: str) -> None:
+    assert Config(cors_origins=(given,)).cors_origins == (stored,)
+
+
+@pytest.mark.parametrize(
+    "origin", ["app.example", "https://app.example/path", "ftp://x", "https://u@app.example"]
+)
+def test_bad_cors_origins_are_refused(origin: str) -> None:
+    with pytest.raises(ConfigError):
+        Config(cors_origins=(origin,))
+
+
+@pytest.mark.parametrize(
+    ("settings", "checked"),
+    [
+        ({}, True),
+        ({"host": "::1"}, True),
+        ({"host": "0.0.0.0"}, False),
+        ({"host": "0.0.0.0", "allowed_hosts": ("tts.internal",)}, True),
+        ({"allowed_hosts": ("*",)}, False),
+    ],
+)
+def test_the_host_check_is_on_for_loopback_or_when_asked(
+    settings: dict[str, object], checked: bool
+) -> None:
+    assert Config(**settings).host_check is checked  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["a b", "http://x", "x/y", ""])
+def test_bad_allowed_hosts_are_refused(host: str) -> None:
+    with pytest.raises(ConfigError):
+        Config(allowed_hosts=(host,))
+
+
+def test_the_send_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="send_timeout"):
+        Config(send_timeout=0)

@@ -163,6 +163,19 @@ async def test_limit_zero_means_no_cap_but_still_counts() -> None:
 
     assert capacity.in_flight == 500
     assert capacity.snapshot()["max_concurrency"] is None
+    assert not capacity.full  # so /readyz never says busy without a cap
+
+
+async def test_full_when_every_slot_is_taken() -> None:
+    capacity = Capacity(2, 0, 0.0)
+
+    await capacity.acquire()
+    one_taken = capacity.full
+    await capacity.acquire()
+    both_taken = capacity.full
+    capacity.release()
+
+    assert (one_taken, both_taken, capacity.full) == (False, True, False)
 
 
 # -- through the app --------------------------------------------------------------
@@ -197,6 +210,7 @@ async def test_a_full_shim_answers_429_while_health_stays_up(
     ready = await client.get("/readyz")
     models = await client.get("/v1/models")
     done = await first
+    ready_again = await client.get("/readyz")
 
     assert busy.status_code == 429
     assert busy.headers["retry-after"] == "1"
@@ -204,8 +218,11 @@ async def test_a_full_shim_answers_429_while_health_stays_up(
     assert chat.status_code == 429  # chat shares the cap
     assert bad.status_code == 400  # invalid requests never wait for a slot
     assert health.status_code == 200
-    assert ready.status_code == 200
+    assert ready.status_code == 503  # every slot taken: send new work elsewhere
+    assert ready.json()["status"] == "busy"
     assert ready.json()["in_flight"] == 1
+    assert ready_again.status_code == 200
+    assert ready_again.json()["status"] == "ready"
     assert ready.json()["rejected"] == 2
     assert models.status_code == 200
     assert done.status_code == 200

@@ -220,6 +220,54 @@ def _settled(access: Any) -> list[tuple[int, dict[str, Any]]]:
     return []
 
 
+async def _call(app: Any, body_parts: list[bytes], then_disconnect: bool) -> list[Any]:
+    """One request straight into ``app``: the body in parts, then the client gone."""
+    parts = [{"type": "http.request", "body": p, "more_body": True} for p in body_parts]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        if parts:
+            return parts.pop(0)
+        if then_disconnect:
+            return {"type": "http.disconnect"}
+        await asyncio.Event().wait()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/audio/speech",
+        "raw_path": b"/v1/audio/speech",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"shim"), (b"authorization", b"Bearer sk-own-1234")],
+        "server": ("shim", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_client_gone_while_sending_its_body_is_a_499_not_an_error(
+    access: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shim.app import create_app
+
+    await _call(create_app(Config()), [b'{"model": "tts-1", "inp'], then_disconnect=True)
+
+    ((level, fields),) = access()
+    assert level == logging.INFO
+    assert fields["status"] == 499
+    assert fields["client_closed"] is True
+    assert "aborted" not in fields
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_response_cut_at_shutdown_is_one_warning_not_a_traceback() -> None:
     from shim.logs import _Tidy
 

@@ -1,0 +1,282 @@
+"""Hostile clients against a real ``tts-shim serve`` process: huge request headers,
+clients that stop reading, clients that hang up. No key is needed for any of these,
+so each must cost the shim next to nothing and leave other clients served."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from bench.loadgen import proc_cpu_seconds as cpu_seconds
+from bench.run import rss_kb
+from contract_tests.reliability.conftest import AUTH, MARGIN, SPEECH, ServeProcess, routes
+from shim.server import MAX_HEADER_BYTES
+from shim.testing import MockUpstream
+from tests.figures import record
+
+MB = 1024 * 1024
+#: ~270 s of speech: 13 MB of PCM, far more than the socket buffers between a
+#: stalled client and the shim can hold.
+LONG_PCM = {"model": "tts-1", "voice": "alloy", "input": "x" * 4000, "response_format": "pcm"}
+
+
+def rss_mb(pid: int) -> float:
+    return rss_kb(pid) / 1024
+
+
+def settled_cpu(pid: int) -> float:
+    """The process's CPU time once it has stopped using any (it may still be chewing)."""
+    previous = -1.0
+    for _ in range(100):
+        now = cpu_seconds(pid)
+        if now == previous:
+            return now
+        previous = now
+        time.sleep(0.3)
+    return now
+
+
+def raw_request(served: ServeProcess, body: Any, *, rcvbuf: int | None = None) -> socket.socket:
+    """Send a speech request on a fresh socket and return it, unread."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect, so the advertised window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", served.port))
+    data = json.dumps(body).encode()
+    sock.sendall(
+        f"POST /v1/audio/speech HTTP/1.1\r\nhost: 127.0.0.1:{served.port}\r\n"
+        f"authorization: {AUTH['authorization']}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    return sock
+
+
+def access_lines(served: ServeProcess, route: str, count: int = 1) -> list[dict[str, Any]]:
+    """The access-log lines for ``route``, once ``count`` of them were written (5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            line
+            for line in served.log_lines()
+            if line.get("logger") == "tts_shim.access" and line.get("route") == route
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def errors_in(served: ServeProcess) -> list[dict[str, Any]]:
+    return [line for line in served.log_lines() if line["level"] in ("error", "critical")]
+
+
+@contextlib.contextmanager
+def probing(served: ServeProcess, every: float = 0.02) -> Iterator[list[float]]:
+    """Probe ``/healthz`` on fresh connections meanwhile; yields the latencies."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            assert httpx.get(served.url + "/healthz", timeout=30).status_code == 200
+            latencies.append(time.perf_counter() - started)
+            stop.wait(every)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def send_header(port: int, size: int) -> int:
+    """Send a request whose one header is ``size`` bytes; return how much the server
+    took before it closed the connection."""
+    sent = 0
+    chunk = b"a" * MB
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-pad: ".encode())
+            while sent < size:
+                sock.sendall(chunk)
+                sent += len(chunk)
+            sock.sendall(b"\r\n\r\n")
+            sock.recv(100)
+        except OSError:
+            pass
+    return sent
+
+
+# -- request headers ----------------------------------------------------------------
+
+
+def test_a_100_mb_header_costs_the_shim_almost_nothing(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # Before (httptools, no cap): 8-13 s of the shim's CPU, /healthz stalled 3.5-5 s.
+    served = serve_process()
+    pid = served.proc.pid
+    cpu_before = settled_cpu(pid)
+
+    sent = send_header(served.port, 100 * MB)
+    cpu = settled_cpu(pid) - cpu_before
+    with probing(served) as latencies:  # the same again, while others are served
+        send_header(served.port, 100 * MB)
+        time.sleep(0.5)
+
+    assert sent < 32 * MB  # cut after the cap, plus what the socket buffers took
+    assert cpu < 1.0
+    assert latencies
+    assert max(latencies) < 0.1 + MARGIN
+    assert httpx.get(served.url + "/healthz").status_code == 200
+    record(
+        "header_attack",
+        header_bytes=100 * MB,
+        cap=MAX_HEADER_BYTES,
+        client_sent_before_close=sent,
+        shim_cpu_s=round(cpu, 3),
+        healthz_max_ms=round(max(latencies) * 1000, 1),
+        healthz_probes=len(latencies),
+    )
+
+
+def test_unterminated_headers_do_not_grow_memory(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # Before: 8 connections with 32 MB of unterminated headers took RSS 131 -> 488 MB.
+    served = serve_process()
+    pid = served.proc.pid
+    before = rss_mb(pid)
+    sent: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: sent.append(send_header(served.port, 32 * MB)))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    growth = rss_mb(pid) - before
+
+    assert len(sent) == 8
+    assert max(sent) < 32 * MB  # every one was cut before it finished
+    assert growth < 32  # it was 357 MB: a cap of 64 KiB per connection, plus read buffers
+    assert httpx.get(served.url + "/healthz").status_code == 200
+    record("header_memory", connections=8, header_bytes=32 * MB, rss_growth_mb=round(growth, 1))
+
+
+def test_a_header_under_the_cap_is_served(serve_process: Callable[..., ServeProcess]) -> None:
+    served = serve_process()
+
+    response = httpx.get(served.url + "/healthz", headers={"x-pad": "a" * (48 * 1024)})
+
+    assert response.status_code == 200
+
+
+# -- clients that stop reading ------------------------------------------------------
+
+
+def test_clients_that_stop_reading_lose_their_slots(
+    serve_process: Callable[..., ServeProcess], tts_mock: MockUpstream
+) -> None:
+    # Before: the slots stayed taken for as long as the clients kept their sockets
+    # open, everyone else got 429, and /readyz said "ready" all along.
+    send_timeout = 1.0
+    served = serve_process(
+        "--upstream-url", tts_mock.url,
+        "--max-concurrency", "2", "--max-queue", "0",
+        "--send-timeout", str(send_timeout),
+    )  # fmt: skip
+    stalled = [raw_request(served, LONG_PCM, rcvbuf=4096) for _ in range(2)]
+    for sock in stalled:
+        sock.settimeout(10)
+        assert sock.recv(200).startswith(b"HTTP/1.1 200")  # then the client reads no more
+    stopped = time.monotonic()
+
+    ready = httpx.get(served.url + "/readyz")
+    refused = httpx.post(served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
+    while (again := httpx.get(served.url + "/readyz")).status_code != 200:
+        assert time.monotonic() - stopped < 30, again.json()
+        time.sleep(0.02)
+    recovered = time.monotonic() - stopped
+    served_after = httpx.post(served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
+    for sock in stalled:
+        sock.close()
+
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "busy"
+    assert ready.json()["in_flight"] == 2
+    assert refused.status_code == 429
+    assert again.json()["in_flight"] == 0
+    assert recovered < send_timeout + 2 * MARGIN
+    assert served_after.status_code == 200
+    assert served_after.content
+    assert len(routes(tts_mock, "tts")) == 3
+    cut = [line for line in served.log_lines() if "took no data" in line["message"]]
+    assert len(cut) == 2
+    assert errors_in(served) == []
+    assert "Traceback" not in served.log
+    record(
+        "stalled_readers",
+        slots=2,
+        send_timeout_s=send_timeout,
+        slots_free_after_s=round(recovered, 2),
+        readyz_while_stalled=ready.status_code,
+    )
+
+
+# -- clients that hang up ---------------------------------------------------------
+
+
+def test_a_client_that_hangs_up_while_sending_its_body_is_a_499(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # Before: an unhandled 500 in the access log and two tracebacks.
+    served = serve_process()
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(
+            f"POST /v1/audio/speech HTTP/1.1\r\nhost: 127.0.0.1:{served.port}\r\n"
+            f"authorization: {AUTH['authorization']}\r\ncontent-type: application/json\r\n"
+            'content-length: 100000\r\n\r\n{"model": "tts-1", "input": "'.encode()
+        )
+        time.sleep(0.2)  # the shim is reading the body now
+
+    (line,) = access_lines(served, "/v1/audio/speech")
+
+    assert line["status"] == 499
+    assert line["client_closed"] is True
+    assert line["level"] == "info"
+    assert errors_in(served) == []
+    assert "Traceback" not in served.log
+    assert httpx.get(served.url + "/healthz").status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_stream_is_a_499(
+    serve_process: Callable[..., ServeProcess], tts_mock: MockUpstream
+) -> None:
+    served = serve_process("--upstream-url", tts_mock.url)
+    with raw_request(served, LONG_PCM) as sock:
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+    (line,) = access_lines(served, "/v1/audio/speech")
+    while (ready := httpx.get(served.url + "/readyz").json())["in_flight"]:
+        time.sleep(0.02)
+
+    assert line["status"] == 499
+    assert line["client_closed"] is True
+    assert line["level"] == "info"
+    assert "aborted" not in line
+    assert ready["open_streams"] == 0
+    assert errors_in(served) == []
+    assert [line for line in served.log_lines() if line["level"] == "warning"] == []

@@ -1,0 +1,133 @@
+"""Streaming responses: always closed, and cut when the client takes no data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shim.errors import APIError
+from shim.responses import AudioResponse, SendTimeout, StalledClient, StreamAborted
+
+
+class Client:
+    """ASGI receive/send for one response; ``stall`` makes every body send hang."""
+
+    def __init__(self, *, stall_after: int | None = None, disconnect: bool = False) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.stall_after = stall_after
+        self.disconnect = disconnect
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if self.disconnect:
+            return {"type": "http.disconnect"}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        bodies = sum(m["type"] == "http.response.body" for m in self.messages)
+        if self.stall_after is not None and bodies >= self.stall_after:
+            await asyncio.Event().wait()  # a full socket buffer that never drains
+        self.messages.append(message)
+
+
+SCOPE = {"type": "http", "asgi": {"spec_version": "2.3"}}
+
+
+async def chunks(count: int, closed: list[str]) -> AsyncIterator[bytes]:
+    try:
+        for _ in range(count):
+            yield b"x" * 10
+            await asyncio.sleep(0)
+    finally:
+        closed.append("iterator")
+
+
+def response(count: int, closed: list[str]) -> AudioResponse:
+    async def on_close() -> None:
+        closed.append("on_close")
+
+    return AudioResponse(chunks(count, closed), "audio/mpeg", on_close=on_close)
+
+
+async def test_a_whole_stream_is_sent_and_closed() -> None:
+    closed: list[str] = []
+    client = Client()
+
+    await response(3, closed)(SCOPE, client.receive, client.send)
+
+    bodies = [m for m in client.messages if m["type"] == "http.response.body"]
+    assert b"".join(m["body"] for m in bodies) == b"x" * 30
+    assert bodies[-1]["more_body"] is False
+    assert closed == ["iterator", "on_close"]
+
+
+async def test_a_client_that_left_closes_the_stream_quietly() -> None:
+    closed: list[str] = []
+    client = Client(disconnect=True)
+
+    await response(10_000, closed)(SCOPE, client.receive, client.send)
+
+    assert closed == ["iterator", "on_close"]
+    assert client.messages[-1].get("more_body", True) is True  # never finished
+
+
+async def test_an_error_after_the_start_aborts_the_transfer() -> None:
+    closed: list[str] = []
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"x"
+        raise APIError(502, "the CDN broke off")
+
+    client = Client()
+    audio = AudioResponse(failing(), "audio/mpeg", on_close=lambda: _note(closed))
+
+    with pytest.raises(StreamAborted):
+        await audio(SCOPE, client.receive, client.send)
+    assert closed == ["on_close"]
+
+
+async def _note(closed: list[str]) -> None:
+    closed.append("on_close")
+
+
+async def test_a_client_that_takes_no_data_is_cut_and_the_stream_closed() -> None:
+    closed: list[str] = []
+    client = Client(stall_after=2)
+    timed = SendTimeout(client.send, 0.05)
+
+    with pytest.raises(StalledClient):
+        await response(100, closed)(SCOPE, client.receive, timed)
+    timed.close()
+
+    assert closed == ["iterator", "on_close"]
+    assert sum(m["type"] == "http.response.body" for m in client.messages) == 2
+
+
+async def test_a_slow_stream_is_not_cut_while_each_send_is_quick() -> None:
+    client = Client()
+    timed = SendTimeout(client.send, 0.05)
+
+    for _ in range(3):
+        await timed({"type": "http.response.body", "body": b"x", "more_body": True})
+        await asyncio.sleep(0.06)  # the upstream is slow, not the client
+    await timed({"type": "http.response.body", "body": b"", "more_body": False})
+    timed.close()
+
+    assert len(client.messages) == 4
+
+
+async def test_other_cancellations_pass_through() -> None:
+    client = Client(stall_after=0)
+    timed = SendTimeout(client.send, 10)
+    task = asyncio.ensure_future(timed({"type": "http.response.body", "body": b"x"}))
+    await asyncio.sleep(0.01)
+
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    timed.close()
