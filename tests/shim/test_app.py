@@ -56,7 +56,7 @@ async def test_request_ids_are_unique(shim: Any) -> None:
 
 
 async def test_unexpected_errors_are_a_500_envelope_without_details() -> None:
-    app = create_app(Config())
+    app = create_app(Config(cache=False))
 
     async def broken(request: Request) -> Any:
         raise RuntimeError("secret internal detail")

@@ -258,7 +258,9 @@ async def test_a_client_gone_while_sending_its_body_is_a_499_not_an_error(
 ) -> None:
     from shim.app import create_app
 
-    await _call(create_app(Config()), [b'{"model": "tts-1", "inp'], then_disconnect=True)
+    app = create_app(Config(cache=False))
+    async with app.router.lifespan_context(app):
+        await _call(app, [b'{"model": "tts-1", "inp'], then_disconnect=True)
 
     ((level, fields),) = access()
     assert level == logging.INFO

@@ -121,7 +121,7 @@ def _refuse(request: httpx.Request) -> httpx.Response:
 @pytest.fixture(params=["h11", "httptools"])
 def served(request: pytest.FixtureRequest) -> Iterator[str]:
     """The shim under uvicorn on a loopback port; yields its root URL."""
-    app = create_app(Config(), transport=httpx.MockTransport(_refuse))
+    app = create_app(Config(cache=False), transport=httpx.MockTransport(_refuse))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # connections wait in the backlog until uvicorn accepts them
