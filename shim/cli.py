@@ -81,11 +81,27 @@ def main() -> None:
     help="Allow a non-loopback address with a server-side key and no client keys.",
 )
 @click.option(
-    "--mock",
+    "--mock/--no-mock",
     envvar="TTS_SHIM_MOCK",
     show_envvar=True,
-    is_flag=True,
+    default=False,
     help="Run the bundled mock upstream in this process and use it: no key, no network.",
+)
+@click.option(
+    "--mock-port",
+    envvar="TTS_SHIM_MOCK_PORT",
+    show_envvar=True,
+    default=0,
+    type=click.IntRange(0, 65535),
+    help="With --mock: the loopback port of the embedded mock upstream (0: a free one).",
+)
+@click.option(
+    "--private-catalog",
+    envvar="TTS_SHIM_PRIVATE_CATALOG",
+    show_envvar=True,
+    is_flag=True,
+    help="With client keys, require one for /v1/models and /v1/audio/voices|models too. "
+    "Off: these static lists answer without a key (Open WebUI reads them without one).",
 )
 @click.option(
     "--tts-retries",
@@ -265,7 +281,11 @@ def main() -> None:
     "Prefer the environment variable if it holds a password: flags show in ps.",
 )
 def serve(
-    mock: bool, client_keys: tuple[str, ...], audio_origins: tuple[str, ...], **options: object
+    mock: bool,
+    mock_port: int,
+    client_keys: tuple[str, ...],
+    audio_origins: tuple[str, ...],
+    **options: object,
 ) -> None:
     """Serve OpenAI's /v1/audio/speech, /v1/chat/completions and /v1/models."""
     from shim.server import run
@@ -278,7 +298,7 @@ def serve(
         )
         if mock:
             _mock_command()  # a clear message now, if the mock extra is missing
-        run(config, mock=mock)
+        run(config, mock=mock, mock_port=mock_port)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 

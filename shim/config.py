@@ -102,6 +102,11 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
+    #: With client keys, also require one for the catalogue GETs (``/v1/models``,
+    #: ``/v1/models/{id}``, ``/v1/audio/voices``, ``/v1/audio/models``). Off: they answer
+    #: anyone, as they reveal only static lists and front ends such as Open WebUI read
+    #: them without a key.
+    private_catalog: bool = False
 
     def __post_init__(self) -> None:
         self.upstream_root = self._normalise_root(self.upstream_url)

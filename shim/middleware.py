@@ -33,7 +33,7 @@ class GateMiddleware:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
-        if self.keys.required and scope["path"].startswith("/v1/"):
+        if self.keys.required_for(scope["method"], scope["path"]):
             try:
                 self.keys.check_client(Headers(scope=scope))
             except APIError as exc:
