@@ -43,6 +43,7 @@ from shim.errors import APIError
 from shim.responses import AudioResponse, sse_event
 from shim.state import state_of
 from shim.synthesis import synthesize
+from shim.wholefile import whole_file
 
 __all__ = [
     "AUDIO_LIFETIME",
@@ -197,4 +198,6 @@ async def create_chat_completion(request: Request) -> Response:
         audio = b"".join([chunk async for chunk in speech])
     finally:
         await speech.aclose()
+    # All of it is known before sending: WAV and FLAC get their real sizes.
+    audio = await whole_file(audio, chat.speech.response_format, speech.request_id)
     return JSONResponse(answer.completion(audio), headers=headers)
