@@ -87,9 +87,10 @@ def test_oldest_sdk() -> int:
     """The contract suite against the oldest supported ``openai`` release."""
     env = _sibling("oldest-sdk")
     _ensure_other_env(env, "-e", ".[test]", f"openai=={oldest_sdk()}")
-    # The OpenAI and AI/ML contracts; contract_tests/reliability (faults, floods,
-    # shutdown) exercises the shim, not the SDK, and runs once, in the main suite.
-    suites = ["contract_tests/sdk", "contract_tests/upstream"]
+    # The OpenAI and AI/ML contracts, and the README's examples (they must run on every
+    # SDK the README claims); contract_tests/reliability (faults, floods, shutdown)
+    # exercises the shim, not the SDK, and runs once, in the main suite.
+    suites = ["contract_tests/sdk", "contract_tests/upstream", "contract_tests/readme"]
     command = [_bin(env) / "python", "-m", "pytest", *suites, "-x", "-q"]
     print("+", " ".join(map(str, command)), flush=True)
     return subprocess.run([*map(str, command), "-p", "no:cacheprovider"], cwd=ROOT).returncode
@@ -121,9 +122,10 @@ def test_wheel() -> int:
 
 
 #: Programs some tests run, by the Debian package that has them: a real forward proxy
-#: (contract_tests/reliability/test_network.py) and a real browser
-#: (contract_tests/clients/test_browser.py).
-SYSTEM_PACKAGES = {"tinyproxy": "tinyproxy", "chromium": "chromium"}
+#: (contract_tests/reliability/test_network.py), a real browser
+#: (contract_tests/clients/test_browser.py), and curl for the README's shell examples
+#: (contract_tests/readme).
+SYSTEM_PACKAGES = {"tinyproxy": "tinyproxy", "chromium": "chromium", "curl": "curl"}
 
 
 def ensure_system_packages() -> None:
