@@ -125,7 +125,12 @@ def test_wheel() -> int:
 #: (contract_tests/reliability/test_network.py), a real browser
 #: (contract_tests/clients/test_browser.py), and curl for the README's shell examples
 #: (contract_tests/readme).
-SYSTEM_PACKAGES = {"tinyproxy": "tinyproxy", "chromium": "chromium", "curl": "curl"}
+SYSTEM_PACKAGES = {
+    "tinyproxy": "tinyproxy",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+    "curl": "curl",
+}
 
 
 def ensure_system_packages() -> None:
