@@ -96,9 +96,7 @@ def test_by_default_only_the_catalogue_answers_without_a_key(
 
     response = httpx.request(method, shim.url + path, json=body)
 
-    catalogue = method == "GET" and path.startswith(
-        ("/v1/models", "/v1/audio/voices", "/v1/audio/models")
-    )
+    catalogue = method == "GET" and path.startswith(CATALOG_PATHS)
     assert response.status_code == (200 if catalogue else 401), response.text
     assert SERVER_KEY not in response.text
     assert routes(tts_mock, "tts") == []
