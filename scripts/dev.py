@@ -4,6 +4,7 @@
 The README's two quick-start commands are::
 
     python3 scripts/dev.py serve   # the shim on its embedded mock upstream, no key needed
+                                   # (.venv-serve: runtime only; ARGS go to tts-shim serve)
     python3 scripts/dev.py test    # lint, type-check and every test
 
 ``test`` with no arguments also runs the contract suite against the oldest ``openai``
@@ -86,9 +87,10 @@ def test_oldest_sdk() -> int:
     """The contract suite against the oldest supported ``openai`` release."""
     env = _sibling("oldest-sdk")
     _ensure_other_env(env, "-e", ".[test]", f"openai=={oldest_sdk()}")
-    # The OpenAI and AI/ML contracts; contract_tests/reliability (faults, floods,
-    # shutdown) exercises the shim, not the SDK, and runs once, in the main suite.
-    suites = ["contract_tests/sdk", "contract_tests/upstream"]
+    # The OpenAI and AI/ML contracts, and the README's examples (they must run on every
+    # SDK the README claims); contract_tests/reliability (faults, floods, shutdown)
+    # exercises the shim, not the SDK, and runs once, in the main suite.
+    suites = ["contract_tests/sdk", "contract_tests/upstream", "contract_tests/readme"]
     command = [_bin(env) / "python", "-m", "pytest", *suites, "-x", "-q"]
     print("+", " ".join(map(str, command)), flush=True)
     return subprocess.run([*map(str, command), "-p", "no:cacheprovider"], cwd=ROOT).returncode
@@ -120,8 +122,15 @@ def test_wheel() -> int:
 
 
 #: Programs some tests run, by the Debian package that has them: a real forward proxy
-#: (contract_tests/reliability/test_network.py).
-SYSTEM_PACKAGES = {"tinyproxy": "tinyproxy"}
+#: (contract_tests/reliability/test_network.py), a real browser
+#: (contract_tests/clients/test_browser.py), and curl for the README's shell examples
+#: (contract_tests/readme).
+SYSTEM_PACKAGES = {
+    "tinyproxy": "tinyproxy",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+    "curl": "curl",
+}
 
 
 def ensure_system_packages() -> None:
@@ -179,9 +188,16 @@ def ensure_env(extras: str = "dev") -> None:
 
 
 def serve(argv: list[str]) -> int:
-    ensure_env("dev")
-    args = argv or ["serve", "--mock"]
-    os.execv(str(BIN / "tts-shim"), [str(BIN / "tts-shim"), *args])  # noqa: S606
+    """``tts-shim serve --mock ARGS`` from ``.venv-serve``, which holds only what serving
+    needs (the package and its ``mock`` extra: no test or lint tools). Every argument
+    goes through, so ``serve --port 9000`` works, and ``serve --no-mock`` (with
+    ``AIMLAPI_KEY`` set) serves the real API."""
+    env = _sibling("serve")
+    _ensure_other_env(env, "-e", ".[mock]")
+    if argv[:1] == ["serve"]:  # the older spelling: dev.py serve serve --mock ...
+        argv = argv[1:]
+    program = _bin(env) / "tts-shim"
+    os.execv(str(program), [str(program), "serve", "--mock", *argv])  # noqa: S606
     return 0  # not reached
 
 

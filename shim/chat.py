@@ -44,6 +44,7 @@ from shim.responses import AudioResponse, sse_event
 from shim.speech import audio_headers, job_for
 from shim.state import state_of
 from shim.synthesis import synthesize
+from shim.wholefile import whole_file
 
 __all__ = [
     "AUDIO_LIFETIME",
@@ -191,4 +192,6 @@ async def create_chat_completion(request: Request) -> Response:
         audio = b"".join([chunk async for chunk in speech])
     finally:
         await speech.aclose()
+    # All of it is known before sending: WAV and FLAC get their real sizes.
+    audio = await whole_file(audio, chat.speech.response_format, speech.request_id)
     return JSONResponse(answer.completion(audio), headers=headers)

@@ -119,10 +119,27 @@ def main() -> None:
 )
 @click.option(
     "--mock",
+    "--mock/--no-mock",
     envvar="TTS_SHIM_MOCK",
     show_envvar=True,
-    is_flag=True,
+    default=False,
     help="Run the bundled mock upstream in this process and use it: no key, no network.",
+)
+@click.option(
+    "--mock-port",
+    envvar="TTS_SHIM_MOCK_PORT",
+    show_envvar=True,
+    default=0,
+    type=click.IntRange(0, 65535),
+    help="With --mock: the loopback port of the embedded mock upstream (0: a free one).",
+)
+@click.option(
+    "--private-catalog",
+    envvar="TTS_SHIM_PRIVATE_CATALOG",
+    show_envvar=True,
+    is_flag=True,
+    help="With client keys, require one for /v1/models and /v1/audio/voices|models too. "
+    "Off: these static lists answer without a key (Open WebUI reads them without one).",
 )
 @click.option(
     "--tts-retries",
@@ -303,6 +320,7 @@ def main() -> None:
 )
 def serve(
     mock: bool,
+    mock_port: int,
     client_keys: tuple[str, ...],
     audio_origins: tuple[str, ...],
     cors_origins: tuple[str, ...],
@@ -322,7 +340,7 @@ def serve(
         )
         if mock:
             _mock_command()  # a clear message now, if the mock extra is missing
-        run(config, mock=mock)
+        run(config, mock=mock, mock_port=mock_port)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 

@@ -152,6 +152,11 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     #: Seconds a response body may wait for a client that takes no data; then it is cut.
     send_timeout: float = 30.0
+    #: With client keys, also require one for the catalogue GETs (``/v1/models``,
+    #: ``/v1/models/{id}``, ``/v1/audio/voices``, ``/v1/audio/models``). Off: they answer
+    #: anyone, as they reveal only static lists and front ends such as Open WebUI read
+    #: them without a key.
+    private_catalog: bool = False
 
     def __post_init__(self) -> None:
         self.upstream_root = self._normalise_root(self.upstream_url)

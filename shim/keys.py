@@ -9,7 +9,12 @@ from starlette.datastructures import Headers
 from shim.config import Config
 from shim.errors import APIError
 
-__all__ = ["Keys", "bearer_token"]
+__all__ = ["CATALOG_PATHS", "Keys", "bearer_token"]
+
+#: The catalogue GETs: static lists of models and voices. Unless ``private_catalog``,
+#: they answer without a client key: they reveal nothing, and front ends such as Open
+#: WebUI read ``/v1/audio/voices`` and ``/v1/audio/models`` without one.
+CATALOG_PATHS = ("/v1/models", "/v1/audio/voices", "/v1/audio/models")
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -34,10 +39,20 @@ class Keys:
         self._client_keys = tuple(k.encode() for k in config.client_keys)
         self._server_key = config.upstream_key
         self._key_header = config.upstream_key_header
+        self._private_catalog = config.private_catalog
 
     @property
     def required(self) -> bool:
         return bool(self._client_keys)
+
+    def required_for(self, method: str, path: str) -> bool:
+        """Whether a request to ``path`` must carry a client key: every ``/v1`` route
+        when client keys are set, but the catalogue GETs only with ``private_catalog``."""
+        if not self._client_keys or not path.startswith("/v1/"):
+            return False
+        if self._private_catalog or method not in ("GET", "HEAD"):
+            return True
+        return not (path in CATALOG_PATHS or path.startswith("/v1/models/"))
 
     def check_client(self, headers: Headers) -> None:
         if not self._client_keys:

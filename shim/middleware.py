@@ -46,7 +46,7 @@ class GateMiddleware:
             return
         rid = request_id(scope)
 
-        if self.keys.required and scope["path"].startswith("/v1/"):
+        if self.keys.required_for(scope["method"], scope["path"]):
             try:
                 self.keys.check_client(Headers(scope=scope))
             except APIError as exc:

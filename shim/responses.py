@@ -58,6 +58,9 @@ class AudioResponse(StreamingResponse):
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
+        if media_type == "text/event-stream":
+            # Events are news: no cache or proxy may keep them and replay them later.
+            self.headers.setdefault("cache-control", "no-cache")
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

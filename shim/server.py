@@ -19,7 +19,7 @@ from shim.config import Config, parse_origin
 from shim.logs import QUIET
 from shim.logs import configure as configure_logging
 
-__all__ = ["run", "serve"]
+__all__ = ["listening_line", "run", "serve"]
 
 logger = logging.getLogger("tts_shim")
 
@@ -90,6 +90,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def listening_line(config: Config, port: int, *, mock: bool = False) -> str:
+    """The start-up line that names the shim's own address (the SDK's ``base_url`` is
+    this plus ``/v1``), so the embedded mock's address is not taken for it."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    upstream = config.upstream_root + (", the embedded mock" if mock else "")
+    return f"tts-shim listening on http://{host}:{port} (upstream: {upstream})"
+
+
 def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn.Config:
     options: dict[str, object] = {
         "log_level": config.log_level,
@@ -104,9 +112,13 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 
 
-async def serve(config: Config, *, mock: bool = False) -> None:
+async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> None:
     """Serve the shim until told to stop; with ``mock``, also serve the bundled
-    mock upstream on a free loopback port and point the shim at it."""
+    mock upstream on loopback (``mock_port``; 0: a free port) and point the shim at it.
+
+    Once bound, it logs one line with the address clients should use:
+    ``tts-shim listening on http://HOST:PORT (upstream: ...)``.
+    """
     config.check_exposure()  # before --mock swaps in its stand-in key
     configure_logging(config)
     mock_server: uvicorn.Server | None = None
@@ -114,7 +126,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
     if mock:
         from mockserver import create_app as create_mock_app
 
-        mock_socket = _bind("127.0.0.1", 0)
+        mock_socket = _bind("127.0.0.1", mock_port)
         mock_url = f"http://127.0.0.1:{mock_socket.getsockname()[1]}"
         config = dataclasses.replace(
             config,
@@ -135,6 +147,7 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
     config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
     shim_socket = _bind(config.host, config.port)
+    logger.info(listening_line(config, shim_socket.getsockname()[1], mock=mock))
     app = create_app(config)
     shim_server = _ShimServer(_uvicorn_config(app, config), app)
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
@@ -152,11 +165,11 @@ async def serve(config: Config, *, mock: bool = False) -> None:
         await asyncio.gather(*tasks[1:], return_exceptions=True)
 
 
-def run(config: Config, *, mock: bool = False) -> None:
+def run(config: Config, *, mock: bool = False, mock_port: int = 0) -> None:
     """Blocking entry point, like ``uvicorn.run``; uses uvloop where installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config, mock=mock))
+        asyncio.run(serve(config, mock=mock, mock_port=mock_port))
     else:
-        uvloop.run(serve(config, mock=mock))
+        uvloop.run(serve(config, mock=mock, mock_port=mock_port))

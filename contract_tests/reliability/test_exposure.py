@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from contract_tests.reliability.conftest import ServeProcess, listening, routes
+from shim.keys import CATALOG_PATHS
 from shim.testing import MockUpstream, ShimServer
 
 SERVER_KEY = "sk-exposure-server-9a1f"
@@ -44,7 +45,12 @@ BAD_CREDENTIALS: list[dict[str, str]] = [
 
 @pytest.fixture
 def guarded(tts_shim_factory: Callable[..., ShimServer]) -> ShimServer:
-    return tts_shim_factory(upstream_key=SERVER_KEY, client_keys=(CLIENT_KEY, "ck-second-0002"))
+    # private_catalog: the model and voice lists need a key too (by default they do not).
+    return tts_shim_factory(
+        upstream_key=SERVER_KEY,
+        client_keys=(CLIENT_KEY, "ck-second-0002"),
+        private_catalog=True,
+    )
 
 
 @pytest.mark.parametrize(("method", "path", "body"), V1_ROUTES)
@@ -77,6 +83,24 @@ def test_every_v1_route_admits_a_client_key(
     # The server key pays; the client's key never goes upstream.
     assert all(e["headers"]["authorization"].endswith(SERVER_KEY[-4:]) for e in spoken)
     assert all(CLIENT_KEY[-4:] not in e["headers"]["authorization"] for e in spoken)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), V1_ROUTES)
+def test_by_default_only_the_catalogue_answers_without_a_key(
+    tts_shim_factory: Callable[..., ShimServer],
+    tts_mock: MockUpstream,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    shim = tts_shim_factory(upstream_key=SERVER_KEY, client_keys=(CLIENT_KEY,))
+
+    response = httpx.request(method, shim.url + path, json=body)
+
+    catalogue = method == "GET" and path.startswith(CATALOG_PATHS)
+    assert response.status_code == (200 if catalogue else 401), response.text
+    assert SERVER_KEY not in response.text
+    assert routes(tts_mock, "tts") == []
 
 
 @pytest.mark.parametrize("path", OPEN_ROUTES)

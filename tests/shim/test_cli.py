@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from shim.cache import AudioStore, DiskAudioStore, RedisAudioStore, connect
@@ -108,3 +110,31 @@ async def _fill(store: AudioStore) -> None:
             await writer.write(b"x" * size)
             assert await writer.commit()
     await store.aclose()
+
+
+def _serve_arguments(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
+    """What ``tts-shim serve ARGS`` would run the server with (the server is not run)."""
+    import shim.server
+
+    seen: dict[str, Any] = {}
+
+    def run(config: Any, *, mock: bool = False, mock_port: int = 0) -> None:
+        seen.update(config=config, mock=mock, mock_port=mock_port)
+
+    monkeypatch.setattr(shim.server, "run", run)
+    for name in ("TTS_SHIM_MOCK", "TTS_SHIM_MOCK_PORT", "TTS_SHIM_PRIVATE_CATALOG"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_the_last_mock_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # dev.py serve runs `tts-shim serve --mock ARGS`, so ARGS can turn the mock off.
+    assert _serve_arguments(monkeypatch, "--mock", "--no-mock")["mock"] is False
+    assert _serve_arguments(monkeypatch, "--mock", "--mock-port", "8100")["mock_port"] == 8100
+
+
+def test_private_catalog_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_arguments(monkeypatch)["config"].private_catalog is False
+    assert _serve_arguments(monkeypatch, "--private-catalog")["config"].private_catalog is True

@@ -62,9 +62,15 @@ def harness() -> Iterator[Harness]:
     mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL)))
     apps = [
         create_app(Config(tts_retries=0, cache=False), transport=mock),
+        # private_catalog: every /v1 route, the model and voice lists included, needs the
+        # key (by default the lists are open).
         create_app(
             Config(
-                tts_retries=0, cache=False, client_keys=(CLIENT_KEY,), upstream_key="sk-server-fuzz"
+                tts_retries=0,
+                cache=False,
+                client_keys=(CLIENT_KEY,),
+                upstream_key="sk-server-fuzz",
+                private_catalog=True,
             ),
             transport=mock,
         ),

@@ -157,7 +157,7 @@ async def test_a_speech_request_is_logged_with_timings_and_sizes(shim: Any, acce
 
 
 async def test_routes_are_logged_as_templates_and_refusals_too(shim: Any, access: Any) -> None:
-    client = shim(client_keys=("sk-client-0001",), upstream_key="sk-server")
+    client = shim(client_keys=("sk-client-0001",), upstream_key="sk-server", private_catalog=True)
     await client.get("/v1/models/tts-1")  # wrong key: 401 before routing
     client.headers["authorization"] = "Bearer sk-client-0001"
     await client.get("/v1/models/openai/tts-1-hd")

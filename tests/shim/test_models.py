@@ -95,9 +95,25 @@ async def test_speech_models_are_listed_for_front_ends(shim: Any) -> None:
     assert body["data"] == body["models"]
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/tts-1", "/v1/audio/voices"])
-async def test_the_catalogue_needs_a_client_key_when_keys_are_set(shim: Any, path: str) -> None:
-    client = shim(client_keys=("sk-other",))
+CATALOGUE = ["/v1/models", "/v1/models/tts-1", "/v1/audio/voices", "/v1/audio/models"]
+
+
+@pytest.mark.parametrize("path", CATALOGUE)
+async def test_the_catalogue_answers_without_a_client_key_by_default(shim: Any, path: str) -> None:
+    client = shim(client_keys=("sk-other",), upstream_key="sk-server")
+    client.headers.pop("authorization")
+
+    assert (await client.get(path)).status_code == 200
+    assert (await client.head(path)).status_code == 200
+    # Only reading the lists is open: anything else on /v1 still needs a key.
+    assert (await client.post(path, json={})).status_code == 401
+    assert (await client.get("/v1/modelsx")).status_code == 401
+
+
+@pytest.mark.parametrize("path", CATALOGUE)
+async def test_a_private_catalogue_needs_a_client_key(shim: Any, path: str) -> None:
+    client = shim(client_keys=("sk-other",), upstream_key="sk-server", private_catalog=True)
+    client.headers.pop("authorization")
 
     assert (await client.get(path)).status_code == 401
     assert (await client.get(path, headers={"authorization": "Bearer sk-other"})).status_code == 200
