@@ -401,12 +401,19 @@ def _share(prof: dict[str, Any], *prefixes: str) -> float:
     return sum(share for label, share in prof.get("layers", []) if label.startswith(prefixes))
 
 
+def _inclusive(prof: dict[str, Any], function: str) -> float | None:
+    for name, share in prof.get("inclusive", []):
+        if name.startswith(function + " "):
+            return float(share)
+    return None
+
+
 def analysis(prof: dict[str, Any], cpu: float, concurrency: int) -> str:
     """What the profile says, in µs of the shim's CPU per request, and what would move it."""
     shares = {
         "client": _share(prof, "httpx", "aiohttp"),
         "httpx": _share(prof, "httpx: requests", "httpx-aiohttp"),
-        "cookies": _share(prof, "httpx: cookie"),
+        "cookies": _inclusive(prof, "Cookies.extract_cookies") or _share(prof, "httpx: cookie"),
         "writer": _share(prof, "aiohttp: writing"),
         "server": _share(prof, "uvicorn", "event loop"),
         "starlette": _share(prof, "Starlette", "anyio"),
@@ -424,30 +431,33 @@ Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
 
 - **The upstream client** ({part("client")}): two calls per request through httpx's API
   over aiohttp. Within it, httpx's own objects (request, URL, headers, response, the
-  adapter: {part("httpx")}) and the cookie extraction httpx runs on every reply through the
-  stdlib cookiejar ({part("cookies")}; the shim sends no cookies and needs none), and
-  aiohttp writing the requests, socket writes included ({part("writer")}).
+  adapter: {part("httpx")}), the cookie extraction httpx runs on every reply
+  (`Cookies.extract_cookies`, inclusive: {part("cookies")}; the shim sends no cookies and
+  needs none), and aiohttp writing the requests, socket writes included ({part("writer")}).
 - **The server side** ({part("server")}): uvicorn's parsing and the shim's own response
   written as three socket writes (head, one chunk, the terminating chunk), and the event
   loop's reads and wake-ups for all three exchanges.
-- **Starlette's routing and middleware, anyio** ({part("starlette")}); **the access log
-  line** ({part("log")}; httpx's own "HTTP Request" INFO lines are no longer written:
-  the `httpx` and `httpcore` loggers are at WARNING in `shim.logs.log_config`);
-  **tenacity** around each upstream call ({part("tenacity")}).
+- **tenacity** around each upstream call, which succeeds the first time
+  ({part("tenacity")}); **Starlette's routing and middleware, anyio** ({part("starlette")});
+  **the access log line** ({part("log")}). httpx's own "HTTP Request" INFO lines are no
+  longer written (the `httpx` and `httpcore` loggers are at WARNING in
+  `shim.logs.log_config`: they also carried the CDN's signed query strings).
 
-What would move it (proposals; none is made in this run):
+What would move it (proposals, not made here; `bench/README.md` has what each saved when
+patched into a running shim):
 
-1. Skip httpx's cookie handling on the upstream clients (an empty `CookieJar` subclass
-   whose `extract_cookies` does nothing, passed as `cookies=`, saves the cookiejar part;
-   httpx still builds its compat request). Small and local to `shim/upstream/clients.py`.
-2. Call tenacity only after a first attempt fails (the first attempt as a plain `await`):
-   the retry loop's cost on the happy path, twice per request.
-3. Send the shim's response with a `content-length` when the CDN gives one: uvicorn then
-   writes head and body without chunk framing, one socket write fewer per request.
-4. The large one, a design decision: the two upstream calls on aiohttp's `ClientSession`
-   directly instead of through httpx's API, which removes the httpx and adapter layers
-   and the cookie handling (the sum of the first two shares above) at the price of respx
-   and `httpx.ASGITransport` for in-process tests.
+1. The first attempt of each upstream call as a plain `await`, tenacity only after a
+   retryable failure (`shim/upstream/retry.py`).
+2. No cookie handling on the upstream clients. httpx has no public switch: a `CookieJar`
+   whose `extract_cookies` does nothing, passed as `cookies=`, saves the jar's part only;
+   skipping httpx's compat objects as well takes a `httpx.Cookies` subclass on the client.
+3. A cheaper access-log line: the fixed keys rendered once, the scrubbing pass only over the
+   fields that can carry a key.
+4. A `content-length` on the shim's response when the CDN gives one: uvicorn then writes
+   head and body without chunk framing, one socket write fewer.
+5. The large one, a design decision: the two upstream calls on aiohttp's `ClientSession`
+   directly, which removes httpx's layer, the adapter and the cookie handling, at the price
+   of respx and `httpx.ASGITransport` for in-process tests.
 """
 
 
@@ -481,6 +491,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
         colours.append("#c44e52")
     bars = ax.bar(names, values, color=colours)
     ax.bar_label(bars, labels=[f"{v:,.0f} µs\n{v / shim:.2f}x shim" for v in values], fontsize=8)
+    if pkey:
+        ax.axhline(
+            values[-1] / PEER_TARGET, color="#c44e52", linestyle="--",
+            label=f"target: {PEER_TARGET:g}x below the peer",
+        )  # fmt: skip
+        ax.legend(fontsize=8)
     ax.set_yscale("log")
     ax.set_ylim(top=max(values) * 4)
     ax.set_ylabel("server CPU per speech request (µs, log)")
@@ -516,7 +532,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylim(top=max(values) * 1.3)
     ax.set_ylabel("requests per second")
-    ax.set_title("Throughput and p99: no collapse at c=64")
+    ax.set_title(f"Throughput and p99, shim at c={pc} and c=64")
 
     # 4. streaming: RSS growth and first-byte delta
     ax = axes[1][1]

@@ -163,7 +163,10 @@ def test_profile_reading_turns_shares_into_microseconds() -> None:
     text = report.markdown(results())
     # 140 µs a request: the httpx/aiohttp layers hold 35% of it.
     assert "**The upstream client** (35%, ~49 µs)" in text
-    assert "stdlib cookiejar (5%, ~7 µs;" in text
+    assert "(`Cookies.extract_cookies`, inclusive: 5%, ~7 µs;" in text  # no such row: its layer
+    profiled = results()
+    profiled["profile"]["inclusive"].append(("Cookies.extract_cookies (_models.py)", 0.1))
+    assert "(`Cookies.extract_cookies`, inclusive: 10%, ~14 µs;" in report.markdown(profiled)
 
 
 def test_peer_config_routes_the_speech_model_to_the_given_endpoint(tmp_path: Path) -> None:
