@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Targets from the performance issue; every one is a ratio or a difference measured in
+# Targets from the performance issues; every one is a ratio or a difference measured in
 # one run, so the machine's speed cancels out.
+PEER_TARGET = 8.0  # peer CPU per speech request / shim CPU per speech request
 CPU_TARGET = 6.0  # shim CPU per request / trivial floor
 LATENCY_TARGET = 1.5  # shim p50 / two-step p50 at c=1
 RSS_TARGET_MIB = 8.0  # peak RSS growth streaming 128 MB
 TTFB_TARGET_MS = 5.0  # first byte through the shim minus first byte by hand
+#: Not collapsing at c=64: a closed loop at 4x the connections of c=16 keeps at least this
+#: share of c=16's req/s (the old httpx transport fell to a tenth).
+COLLAPSE_SHARE = 0.8
+
+PEER_NAMES = {"litellm": "LiteLLM proxy"}
 
 
 def _ms(us: float) -> str:
@@ -21,22 +27,48 @@ def _x(value: float) -> str:
     return f"{value:.2f}x"
 
 
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def write(results: dict[str, Any], out: Path) -> None:
     (out / "benchmarks.md").write_text(markdown(results))
     chart(results, out / "benchmarks.png")
 
 
-def _shims(results: dict[str, Any]) -> list[str]:
-    transports: list[str] = results["settings"]["transports"]
-    return transports
+def _cpu(run: dict[str, Any], name: str = "server") -> float:
+    value: float = run["cpu_us_per_request"][name]
+    return value
+
+
+def peer_key(results: dict[str, Any]) -> str | None:
+    """The runs' key of the peer's row, if a peer was measured."""
+    s = results["settings"]
+    key = f"{s['peer']} c={s['peer_concurrency']}" if s.get("peer") else None
+    return key if key in results["runs"] else None
+
+
+def load_summary(results: dict[str, Any]) -> str:
+    """The machine's 1-minute load average before, during (each round) and after."""
+    s = results["settings"]
+    during = sorted(results.get("load") or [s["load_before"][0]])
+    median = during[len(during) // 2]
+    return (
+        f"1-minute load average {s['load_before'][0]:.2f} before the run, "
+        f"{during[0]:.2f}-{during[-1]:.2f} during it (median {median:.2f}), "
+        f"{s['load_after'][0]:.2f} after (5-minute: {s['load_after'][1]:.2f}); the machine "
+        "is shared with other work, which is part of these figures"
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
     runs = results["runs"]
     m = results["machine"]
     s = results["settings"]
-    shims = _shims(results)
-    first = shims[0]
+    pc = s["peer_concurrency"]
+    pkey = peer_key(results)
+    peer = results.get("peer") or {}
+    peer_name = PEER_NAMES.get(str(s.get("peer")), str(s.get("peer")))
     lines: list[str] = []
     add = lines.append
     add("# Benchmarks")
@@ -47,25 +79,35 @@ def markdown(results: dict[str, Any]) -> str:
     )
     add("")
     add(f"- **Machine**: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}")
+    add(f"- **Load**: {load_summary(results)}.")
     add(f"- **Python** {m['python']}; {m['packages']}")
+    if pkey:
+        install = " ".join(f"'{p}'" for p in peer.get("packages", []))
+        add(
+            f"- **Peer**: {peer_name} {peer.get('version', '?')} (`pip install {install}` "
+            f"into `.venv-{s['peer']}`)"
+        )
     add(f"- **Date**: {m['date']}; the run took {s['wall_s']} s")
     add(
-        f"- **Method**: each configuration runs {s['rounds']} rounds of {s['duration_s']} s "
-        f"(after {s['warmup_s']} s of warm-up each), the rounds of all configurations "
+        f"- **Method**: each server first takes {s.get('first_pass_s', 0)} s of load at "
+        f"c={pc}, not recorded; then each configuration runs {s['rounds']} round(s) of "
+        f"{s['duration_s']} s (after {s['warmup_s']} s of warm-up each), the rounds of all "
+        "configurations "
         "interleaved so outside load on this shared machine spreads over all of them; "
         "CPU per request is the rounds' CPU over their requests, percentiles the median "
         "of the rounds'. Closed loop (each connection sends its next request when the "
         "previous reply is complete), keep-alive. Load generator: `bench/loadgen.py`, "
         "an asyncio + httptools client on uvloop in its own process (a general-purpose "
         "Python client would cost more CPU per request than the servers it measures). "
-        "CPU time is utime + stime from `/proc/<pid>/stat` over the measured window."
+        "CPU time is utime + stime from `/proc/<pid>/stat` over the measured window, "
+        "per process."
     )
     add(
-        "- **Processes**, all on 127.0.0.1: the mock AI/ML API (`tts-shim mock`), one shim "
-        "per upstream transport (`tts-shim serve --upstream-url <mock> "
-        "--upstream-transport T`, default settings otherwise), and the floor: a trivial "
-        "Starlette endpoint on uvicorn with uvloop and httptools, like the shim "
-        "(`bench/trivial.py`)."
+        "- **Processes**, all on 127.0.0.1: the mock AI/ML API (`tts-shim mock`), the shim "
+        "(`tts-shim serve --upstream-url <mock>`, default settings: its one upstream client, "
+        "httpx's API over aiohttp), and the floor: a trivial Starlette endpoint on uvicorn "
+        "with uvloop and httptools, like the shim (`bench/trivial.py`)"
+        + (f"; the {peer_name} (see [the peer](#the-peer-{s['peer']}))." if pkey else ".")
     )
     add(
         '- **Audio**: `tts-1`, 33 characters, MP3: the mock answers `{"audio": {"url"}}` '
@@ -77,28 +119,49 @@ def markdown(results: dict[str, Any]) -> str:
     add("")
 
     # -- targets
-    floor32 = runs["trivial c=32"]["cpu_us_per_request"]["server"]
-    floor1 = runs["trivial c=1"]["cpu_us_per_request"]["server"]
-    cpu32 = runs[f"shim-{first} c=32"]["cpu_us_per_request"]["server"]
-    cpu1 = runs[f"shim-{first} c=1"]["cpu_us_per_request"]["server"]
-    lat = runs[f"shim-{first} c=1"]["p50_us"] / runs["two-step c=1"]["p50_us"]
-    errors64 = runs[f"shim-{first} c=64"]["errors"]
+    floor = _cpu(runs[f"trivial c={pc}"])
+    floor1 = _cpu(runs["trivial c=1"])
+    cpu = _cpu(runs[f"shim c={pc}"])
+    cpu1 = _cpu(runs["shim c=1"])
+    lat = runs["shim c=1"]["p50_us"] / runs["two-step c=1"]["p50_us"]
+    r64, rpc = runs["shim c=64"], runs[f"shim c={pc}"]
     streams = results["streams"]
     big = max(streams, key=lambda st: st["mb"]) if streams else None
-    add(f"## Targets (shim with the default `{first}` upstream transport)")
+    add("## Targets")
     add("")
     add("| target | measured | met |")
     add("|---|---|---|")
-    ratio32, ratio1 = cpu32 / floor32, cpu1 / floor1
+    if pkey:
+        pcpu = _cpu(runs[pkey])
+        add(
+            f"| at least {PEER_TARGET:g}x less CPU per speech request than the {peer_name}, "
+            f"c={pc}, same run | {_x(pcpu / cpu)} ({peer_name} {pcpu:,.0f} µs, shim "
+            f"{cpu:,.0f} µs) | {_yes(pcpu / cpu >= PEER_TARGET)} |"
+        )
+    else:
+        add(
+            f"| at least {PEER_TARGET:g}x less CPU per speech request than a peer proxy | "
+            "not measured in this run (`--peer litellm`) | - |"
+        )
+    keeps = r64["rps"] / rpc["rps"]
+    add(
+        f"| p99 at c=64 does not collapse (req/s at c=64 ≥ {COLLAPSE_SHARE:.0%} of c={pc}'s) "
+        f"| p99 {_ms(r64['p99_us'])} ms (p50 {_ms(r64['p50_us'])} ms); {r64['rps']:.0f} req/s, "
+        f"{keeps:.0%} of c={pc}'s {rpc['rps']:.0f} | {_yes(keeps >= COLLAPSE_SHARE)} |"
+    )
+    add(
+        f"| zero errors at c=64 | {r64['errors']} errors in {r64['count']} requests | "
+        f"{_yes(r64['errors'] == 0)} |"
+    )
     add(
         f"| CPU per speech request ≤ {CPU_TARGET:g}x the trivial floor | "
-        f"{_x(ratio32)} at c=32 ({cpu32:.0f} / {floor32:.0f} µs); "
-        f"{_x(ratio1)} at c=1 ({cpu1:.0f} / {floor1:.0f} µs) | "
-        f"{_yes(ratio32 <= CPU_TARGET)} |"
+        f"{_x(cpu / floor)} at c={pc} ({cpu:.0f} / {floor:.0f} µs); "
+        f"{_x(cpu1 / floor1)} at c=1 ({cpu1:.0f} / {floor1:.0f} µs) | "
+        f"{_yes(cpu / floor <= CPU_TARGET)} |"
     )
     add(
         f"| p50 at c=1 ≤ {LATENCY_TARGET:g}x the two-step call | {_x(lat)} "
-        f"({_ms(runs[f'shim-{first} c=1']['p50_us'])} / "
+        f"({_ms(runs['shim c=1']['p50_us'])} / "
         f"{_ms(runs['two-step c=1']['p50_us'])} ms) | {_yes(lat <= LATENCY_TARGET)} |"
     )
     if big is not None:
@@ -112,34 +175,77 @@ def markdown(results: dict[str, Any]) -> str:
             f"| first byte through the shim within {TTFB_TARGET_MS:g} ms of the first byte "
             f"by hand | at most {worst:+.2f} ms (all sizes) | {_yes(worst <= TTFB_TARGET_MS)} |"
         )
-    add(
-        f"| zero errors at c=64 | {errors64} errors in "
-        f"{runs[f'shim-{first} c=64']['count']} requests | {_yes(errors64 == 0)} |"
-    )
     add("")
     add("![overhead at a glance](benchmarks.png)")
     add("")
+
+    # -- the peer
+    if pkey:
+        add(f"## The peer: {s['peer']}")
+        add("")
+        target = peer.get("config", {}).get("model_list", [{}])[0].get("litellm_params", {})
+        add(
+            f"The {peer_name} {peer.get('version', '')}, one worker process (uvicorn on uvloop "
+            "and httptools, as the shim), configured by a `config.yaml` the bench writes: "
+            f"model `tts-1` routed as `{target.get('model')}` to `api_base` "
+            "`http://127.0.0.1:<trivial>/v1`, a master key (the proxy refuses to start "
+            "without one; requests carry it), everything else at LiteLLM's defaults, "
+            "`LITELLM_LOCAL_MODEL_COST_MAP=True` (nothing fetched at start). Its upstream is "
+            "the floor's process answering `POST /v1/audio/speech` with the very MP3 bytes "
+            "the mock's CDN serves the shim, at once."
+        )
+        add("")
+        add(
+            "What each does per speech request: the shim answers the client, makes the billed "
+            "`POST /v1/tts` and the CDN `GET`, and relays the audio: three HTTP exchanges. "
+            "LiteLLM answers the client, makes one `POST /v1/audio/speech` through the OpenAI "
+            "SDK, and relays the audio: two exchanges. The comparison is therefore tilted in "
+            "LiteLLM's favour. Same load generator, same request body, same concurrency, "
+            "rounds interleaved with all the other configurations; CPU is each proxy "
+            "process's own."
+        )
+        add("")
+        add(
+            f"| c={pc} | CPU (µs/req) | x the shim | req/s | errors | p50 (ms) | p99 (ms) "
+            "| its upstream's CPU (µs/req) |"
+        )
+        add("|---|---|---|---|---|---|---|---|")
+        pr = runs[pkey]
+        add(
+            f"| {peer_name} | {_cpu(pr):,.0f} | {_x(_cpu(pr) / cpu)} | {pr['rps']:.0f} | "
+            f"{pr['errors']} | {_ms(pr['p50_us'])} | {_ms(pr['p99_us'])} | "
+            f"{_cpu(pr, 'upstream'):.0f} (trivial speech route) |"
+        )
+        add(
+            f"| shim | {cpu:,.0f} | 1 | {rpc['rps']:.0f} | {rpc['errors']} | "
+            f"{_ms(rpc['p50_us'])} | {_ms(rpc['p99_us'])} | {_cpu(rpc, 'mock'):.0f} (mock, "
+            "two requests) |"
+        )
+        add(f"| trivial endpoint (floor) | {floor:.0f} | {_x(floor / cpu)} | "
+            f"{runs[f'trivial c={pc}']['rps']:.0f} | {runs[f'trivial c={pc}']['errors']} | "
+            f"{_ms(runs[f'trivial c={pc}']['p50_us'])} | {_ms(runs[f'trivial c={pc}']['p99_us'])} "
+            "| - |")  # fmt: skip
+        add("")
 
     # -- latency
     add("## Latency")
     add("")
     add(
-        "| path | p50 c=1 (ms) | p99 c=1 (ms) | p50 c=32 (ms) | p99 c=32 (ms) "
-        "| b/a p50 c=1 | b/a p50 c=32 |"
+        f"| path | p50 c=1 (ms) | p99 c=1 (ms) | p50 c={pc} (ms) | p99 c={pc} (ms) "
+        f"| b/a p50 c=1 | b/a p50 c={pc} |"
     )
     add("|---|---|---|---|---|---|---|")
-    base1, base32 = runs["two-step c=1"], runs["two-step c=32"]
+    base1, basepc = runs["two-step c=1"], runs[f"two-step c={pc}"]
     add(
         f"| (a) two-step by hand, mock only | {_ms(base1['p50_us'])} | {_ms(base1['p99_us'])} | "
-        f"{_ms(base32['p50_us'])} | {_ms(base32['p99_us'])} | 1 | 1 |"
+        f"{_ms(basepc['p50_us'])} | {_ms(basepc['p99_us'])} | 1 | 1 |"
     )
-    for t in shims:
-        r1, r32 = runs[f"shim-{t} c=1"], runs[f"shim-{t} c=32"]
-        add(
-            f"| (b) shim, `{t}` upstream | {_ms(r1['p50_us'])} | {_ms(r1['p99_us'])} | "
-            f"{_ms(r32['p50_us'])} | {_ms(r32['p99_us'])} | "
-            f"{_x(r1['p50_us'] / base1['p50_us'])} | {_x(r32['p50_us'] / base32['p50_us'])} |"
-        )
+    r1 = runs["shim c=1"]
+    add(
+        f"| (b) shim | {_ms(r1['p50_us'])} | {_ms(r1['p99_us'])} | "
+        f"{_ms(rpc['p50_us'])} | {_ms(rpc['p99_us'])} | "
+        f"{_x(r1['p50_us'] / base1['p50_us'])} | {_x(rpc['p50_us'] / basepc['p50_us'])} |"
+    )
     add("")
 
     # -- CPU
@@ -151,67 +257,81 @@ def markdown(results: dict[str, Any]) -> str:
         "is about three trivial requests."
     )
     add("")
-    add("| server | c=1 (µs/req) | c=32 (µs/req) | x floor c=1 | x floor c=32 |")
-    add("|---|---|---|---|---|")
-    add(f"| trivial endpoint (the floor) | {floor1:.1f} | {floor32:.1f} | 1 | 1 |")
-    for t in shims:
-        c1 = runs[f"shim-{t} c=1"]["cpu_us_per_request"]["server"]
-        c32 = runs[f"shim-{t} c=32"]["cpu_us_per_request"]["server"]
-        add(
-            f"| shim, `{t}` upstream | {c1:.1f} | {c32:.1f} | {_x(c1 / floor1)} | "
-            f"{_x(c32 / floor32)} |"
+    levels = s["concurrency"]
+    add(
+        "| server | "
+        + " | ".join(f"c={c} (µs/req)" for c in levels)
+        + " | "
+        + " | ".join(f"x floor c={c}" for c in levels)
+        + " |"
+    )
+    add("|---|" + "---|" * (2 * len(levels)))
+    add(
+        "| trivial endpoint (the floor) | "
+        + " | ".join(f"{_cpu(runs[f'trivial c={c}']):.1f}" for c in levels)
+        + " | "
+        + " | ".join("1" for _ in levels)
+        + " |"
+    )
+    add(
+        "| shim | "
+        + " | ".join(f"{_cpu(runs[f'shim c={c}']):.1f}" for c in levels)
+        + " | "
+        + " | ".join(
+            f"{_x(_cpu(runs[f'shim c={c}']) / _cpu(runs[f'trivial c={c}']))}" for c in levels
         )
-    m1 = runs["two-step c=1"]["cpu_us_per_request"]["mock"]
-    m32 = runs["two-step c=32"]["cpu_us_per_request"]["mock"]
-    add(f"| mock, per two-step call (2 requests) | {m1:.1f} | {m32:.1f} | - | - |")
+        + " |"
+    )
+    add(
+        "| mock, per two-step call (2 requests) | "
+        + " | ".join(f"{_cpu(runs[f'two-step c={c}'], 'mock'):.1f}" for c in levels)
+        + " | "
+        + " | ".join("-" for _ in levels)
+        + " |"
+    )
     add("")
 
     # -- throughput
-    add("## Throughput at concurrency 64")
+    add("## Throughput and tail latency")
     add("")
     add(
         "CPU columns: the share of one core each process used during the run (2 cores in "
         "all). A process near 100% is the bottleneck; when the shim is below that, the "
-        "machine's two cores are shared out among shim, mock and load generator."
+        "machine's two cores are shared out among shim, mock, load generator and other work."
     )
     add("")
     add("| target | req/s | errors | p50 (ms) | p99 (ms) | server CPU | mock CPU | loadgen CPU |")
     add("|---|---|---|---|---|---|---|---|")
     for key, label in [
-        ("trivial c=64", "trivial endpoint"),
-        ("two-step c=64", "mock alone, two-step calls"),
-        *[(f"shim-{t} c=64", f"shim, `{t}` upstream") for t in shims],
+        ("trivial c=64", "trivial endpoint, c=64"),
+        ("two-step c=64", "mock alone, two-step calls, c=64"),
+        (f"shim c={pc}", f"shim, c={pc}"),
+        ("shim c=64", "shim, c=64"),
     ]:
         r = runs[key]
-        cpu = r["cpu_s"]
-        share = {k: f"{100 * v / r['elapsed_s']:.0f}%" for k, v in cpu.items()}
-        server = share.get("server", "-") if "server" in cpu else "-"
+        share = {k: f"{100 * v / r['elapsed_s']:.0f}%" for k, v in r["cpu_s"].items()}
         add(
             f"| {label} | {r['rps']:.0f} | {r['errors']} | {_ms(r['p50_us'])} | "
-            f"{_ms(r['p99_us'])} | {server} | {share.get('mock', '-')} | {share['loadgen']} |"
+            f"{_ms(r['p99_us'])} | {share.get('server', '-')} | {share.get('mock', '-')} | "
+            f"{share['loadgen']} |"
         )
     mock_rps = runs["two-step c=64"]["rps"]
-    shim_rps = runs[f"shim-{first} c=64"]["rps"]
     add("")
     add(
         f"The mock alone completes {mock_rps:.0f} two-step calls/s, "
-        f"{mock_rps / shim_rps:.1f}x the shim's {shim_rps:.0f} req/s; the load generator "
-        f"drives the trivial endpoint at {runs['trivial c=64']['rps']:.0f} req/s, "
-        f"{runs['trivial c=64']['rps'] / shim_rps:.0f}x the shim's rate."
-    )
-    if mock_rps < 3 * shim_rps:
-        shim_cpu = 100 * runs[f"shim-{first} c=64"]["cpu_s"]["server"]
-        shim_cpu /= runs[f"shim-{first} c=64"]["elapsed_s"]
-        add("")
-        add(
-            "That is not several times: the mock is itself a Starlette app serving two requests "
-            "per shim request (its audio already comes from a bounded cache, so encoding is not "
-            "the cost), which takes about as much CPU as the shim's whole request (see CPU per "
-            "request), and all processes share two cores. So at c=64 the shim's rate is bounded "
-            f"by the machine, not by the shim, whose core was {shim_cpu:.0f}% busy. The CPU per "
-            "request and latency figures do not depend on it: CPU is read per process, and at "
-            "c=1 the mock has a core to itself."
+        f"{mock_rps / r64['rps']:.1f}x the shim's {r64['rps']:.0f} req/s; the load generator "
+        f"drives the trivial endpoint at {runs['trivial c=64']['rps']:.0f} req/s. "
+        "The mock is itself a Starlette app serving two requests per shim request and all "
+        "processes share two cores, so the shim's rate at c=64 is bounded by the machine as "
+        "much as by the shim. "
+        + (
+            f"From c={pc} to c=64 the latency grows with the queue (four times the "
+            f"connections on the same cores) while req/s keeps {keeps:.0%} of c={pc}'s: no "
+            "collapse."
+            if keeps >= COLLAPSE_SHARE
+            else f"From c={pc} to c=64 req/s fell to {keeps:.0%} of c={pc}'s."
         )
+    )
     add("")
 
     # -- streaming
@@ -219,11 +339,10 @@ def markdown(results: dict[str, Any]) -> str:
         add("## Long audio to a slow reader")
         add("")
         add(
-            f"PCM from the mock's CDN (`audio_url` scenario step), through the shim "
-            f"(`{streams[0]['transport']}` upstream). First byte: median of the runs, from "
-            "sending the request to the first body byte; by hand means `POST /v1/tts` then "
-            f"`GET`. RSS: the shim's resident memory while a reader takes the whole clip at "
-            f"{s['slow_reader_mb_per_s']} MB/s."
+            "PCM from the mock's CDN (`audio_url` scenario step), through the shim. First "
+            "byte: median of the runs, from sending the request to the first body byte; by "
+            "hand means `POST /v1/tts` then `GET`. RSS: the shim's resident memory while a "
+            f"reader takes the whole clip at {s['slow_reader_mb_per_s']} MB/s."
         )
         add("")
         add(
@@ -244,10 +363,10 @@ def markdown(results: dict[str, Any]) -> str:
     # -- profile
     prof = results.get("profile")
     if prof:
-        add(f"## Where the shim's CPU goes (`{first}` upstream, c=32)")
+        add(f"## Where the shim's CPU goes (c={pc})")
         add("")
         add(
-            f"py-spy, {prof['samples']} samples of the shim under the c=32 speech load. "
+            f"py-spy, {prof['samples']} samples of the shim under the c={pc} speech load. "
             "Self time (C code such as socket writes and the event loop is counted in the "
             "Python function that called it) and inclusive time:"
         )
@@ -274,52 +393,72 @@ def markdown(results: dict[str, Any]) -> str:
                 else f"| | | | {100 * b[1]:.1f}% | `{b[0]}` |"
             )
         add("")
-        add(ANALYSIS.format(floor=floor32, three=3 * floor32, target=CPU_TARGET * floor32))
+        add(analysis(prof, cpu, pc))
     return "\n".join(lines) + "\n"
 
 
-ANALYSIS = """### Reading the profile: why CPU and latency miss their targets
+def _share(prof: dict[str, Any], *prefixes: str) -> float:
+    return sum(share for label, share in prof.get("layers", []) if label.startswith(prefixes))
 
-- **The upstream client is the largest single cost, and the default is chosen on purpose.**
-  httpx over its own transport costs several milliseconds of CPU per speech request under
-  load; httpx over aiohttp (httpx-aiohttp, the default) roughly a fifth of that, and in the
-  profile above httpx's response objects and aiohttp's client are still the largest rows
-  after the event loop. The shim's opt-in `native` client (`shim/wire.py`: HTTP/1.1 on
-  asyncio protocols, parsed by httptools, behind the same httpx API) cuts the shim's CPU
-  per request by more than half again (see the tables). It stays opt-in: it is ~400 lines of
-  connection handling that only this project maintains (no proxies, no HTTP/2), whereas
-  aiohttp is a well-kept client used against every kind of server; for a TTS sidecar, whose
-  generations take seconds upstream, a fraction of a millisecond of CPU per request is not
-  worth that risk by default. Deployments that serve many short requests per second can
-  switch with `--upstream-transport native`.
-- **Most of what is left is I/O and the server stack, per exchange.** The shim's own response
-  goes out as three socket writes under uvicorn (head, one chunk with its framing, the
-  terminating chunk), and each of the three exchanges costs event-loop wake-ups and socket
-  reads (the uvicorn and event-loop rows). The trivial floor ({floor:.0f} µs) pays this once,
-  for a single write of a fixed body; the shim pays it three times, with streaming framing:
-  three floors are already {three:.0f} µs of the {target:.0f} µs that 6x allows.
-- **The rest is Python per request**: Starlette's middleware and routing, request validation
-  and the upstream logic, the access log (JSON formatting and scrubbing of every line), and an
-  anyio cancel scope for the deadline.
-- **What would move it**: serving `/v1/audio/speech` as a bare ASGI app ahead of Starlette's
-  middleware stack; a cheaper access-log line (pre-rendered JSON, no per-line scrubbing pass);
-  the deadline as a plain `loop.call_later` instead of an anyio cancel scope; an ASGI server
-  that sends the response head together with the first body chunk (uvicorn writes them
-  separately). Each is a few percent; together they would not halve the CPU. Reaching 6x
-  would take a server loop written for this one route (httptools on asyncio protocols, like
-  the native client), i.e. leaving Starlette and uvicorn for the hot path, which is a design
-  decision beyond a performance pass.
-- **Latency at c=1 follows CPU**: with one request in flight, the shim's CPU per request is
-  added to the mock's work on the critical path, so the p50 ratio improves only as the CPU
-  per request does.
-- **Using both cores**: the shim is one process on one core; `uvicorn --workers`-style
-  pre-forking (or several shims behind the same port with `SO_REUSEPORT`) would multiply
-  req/s on multi-core machines without changing the per-request figures above.
+
+def _inclusive(prof: dict[str, Any], function: str) -> float | None:
+    for name, share in prof.get("inclusive", []):
+        if name.startswith(function + " "):
+            return float(share)
+    return None
+
+
+def analysis(prof: dict[str, Any], cpu: float, concurrency: int) -> str:
+    """What the profile says, in µs of the shim's CPU per request, and what would move it."""
+    shares = {
+        "client": _share(prof, "httpx", "aiohttp"),
+        "httpx": _share(prof, "httpx: requests", "httpx-aiohttp"),
+        "cookies": _inclusive(prof, "Cookies.extract_cookies") or _share(prof, "httpx: cookie"),
+        "writer": _share(prof, "aiohttp: writing"),
+        "server": _share(prof, "uvicorn", "event loop"),
+        "starlette": _share(prof, "Starlette", "anyio"),
+        "log": _share(prof, "shim: access log", "logging", "json"),
+        "tenacity": _share(prof, "tenacity"),
+    }
+    us = {k: v * cpu for k, v in shares.items()}
+
+    def part(name: str) -> str:
+        return f"{100 * shares[name]:.0f}%, ~{us[name]:.0f} µs"
+
+    return f"""### Reading the profile
+
+Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
+
+- **The upstream client** ({part("client")}): two calls per request through httpx's API
+  over aiohttp. Within it, httpx's own objects (request, URL, headers, response, the
+  adapter: {part("httpx")}), the cookie extraction httpx runs on every reply
+  (`Cookies.extract_cookies`, inclusive: {part("cookies")}; the shim sends no cookies and
+  needs none), and aiohttp writing the requests, socket writes included ({part("writer")}).
+- **The server side** ({part("server")}): uvicorn's parsing and the shim's own response
+  written as three socket writes (head, one chunk, the terminating chunk), and the event
+  loop's reads and wake-ups for all three exchanges.
+- **tenacity** around each upstream call, which succeeds the first time
+  ({part("tenacity")}); **Starlette's routing and middleware, anyio** ({part("starlette")});
+  **the access log line** ({part("log")}). httpx's own "HTTP Request" INFO lines are no
+  longer written (the `httpx` and `httpcore` loggers are at WARNING in
+  `shim.logs.log_config`: they also carried the CDN's signed query strings).
+
+What would move it (proposals, not made here; `bench/README.md` has what each saved when
+patched into a running shim):
+
+1. The first attempt of each upstream call as a plain `await`, tenacity only after a
+   retryable failure (`shim/upstream/retry.py`).
+2. No cookie handling on the upstream clients. httpx has no public switch: a `CookieJar`
+   whose `extract_cookies` does nothing, passed as `cookies=`, saves the jar's part only;
+   skipping httpx's compat objects as well takes a `httpx.Cookies` subclass on the client.
+3. A cheaper access-log line: the fixed keys rendered once, the scrubbing pass only over the
+   fields that can carry a key.
+4. A `content-length` on the shim's response when the CDN gives one: uvicorn then writes
+   head and body without chunk framing, one socket write fewer.
+5. The large one, a design decision: the two upstream calls on aiohttp's `ClientSession`
+   directly, which removes httpx's layer, the adapter and the cookie handling, at the price
+   of respx and `httpx.ASGITransport` for in-process tests.
 """
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -329,57 +468,71 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    shims = _shims(results)
+    pc = results["settings"]["peer_concurrency"]
+    pkey = peer_key(results)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     fig.suptitle(
         f"tts-shim overhead, {results['machine']['cpu']} ({results['machine']['cores']} cores), "
         f"{results['machine']['date']}",
         fontsize=11,
     )
-
-    # 1. latency p50 at c=1 and c=32
-    ax = axes[0][0]
-    labels = ["two-step\nby hand", *[f"shim\n{t}" for t in shims]]
-    keys = ["two-step", *[f"shim-{t}" for t in shims]]
     width = 0.38
+
+    # 1. CPU per request at the comparison point: floor, shim, peer
+    ax = axes[0][0]
+    floor = _cpu(runs[f"trivial c={pc}"])
+    shim = _cpu(runs[f"shim c={pc}"])
+    names = ["trivial\n(floor)", "tts-shim"]
+    values = [floor, shim]
+    colours = ["#55a868", "#4c72b0"]
+    if pkey:
+        names.append(PEER_NAMES.get(results["settings"]["peer"], "peer").replace(" ", "\n"))
+        values.append(_cpu(runs[pkey]))
+        colours.append("#c44e52")
+    bars = ax.bar(names, values, color=colours)
+    ax.bar_label(bars, labels=[f"{v:,.0f} µs\n{v / shim:.2f}x shim" for v in values], fontsize=8)
+    if pkey:
+        ax.axhline(
+            values[-1] / PEER_TARGET, color="#c44e52", linestyle="--",
+            label=f"target: {PEER_TARGET:g}x below the peer",
+        )  # fmt: skip
+        ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(top=max(values) * 4)
+    ax.set_ylabel("server CPU per speech request (µs, log)")
+    ax.set_title(f"CPU per request at c={pc}, one run")
+
+    # 2. latency p50 at c=1 and the comparison point
+    ax = axes[0][1]
+    keys = ["two-step", "shim"]
     xs = range(len(keys))
-    for offset, c, colour in ((-width / 2, 1, "#4c72b0"), (width / 2, 32, "#dd8452")):
-        values = [runs[f"{k} c={c}"]["p50_us"] / 1000 for k in keys]
-        bars = ax.bar([x + offset for x in xs], values, width, label=f"c={c}", color=colour)
+    for offset, c, colour in ((-width / 2, 1, "#4c72b0"), (width / 2, pc, "#dd8452")):
+        vals = [runs[f"{k} c={c}"]["p50_us"] / 1000 for k in keys]
+        bars = ax.bar([x + offset for x in xs], vals, width, label=f"c={c}", color=colour)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(list(xs), labels)
+    ax.set_xticks(list(xs), ["two-step\nby hand", "shim"])
     ax.set_ylabel("p50 latency (ms)")
     ax.set_yscale("log")
     ax.set_title("Latency, p50 (log scale)")
     ax.legend()
 
-    # 2. CPU per request vs the floor
-    ax = axes[0][1]
-    floor = runs["trivial c=32"]["cpu_us_per_request"]["server"]
-    names = ["trivial\n(floor)", *[f"shim\n{t}" for t in shims]]
-    values = [floor, *[runs[f"shim-{t} c=32"]["cpu_us_per_request"]["server"] for t in shims]]
-    bars = ax.bar(names, values, color=["#55a868", *["#4c72b0"] * len(shims)])
-    ax.bar_label(bars, labels=[f"{v:.0f} µs\n{v / floor:.1f}x" for v in values], fontsize=8)
-    ax.axhline(floor * CPU_TARGET, color="#c44e52", linestyle="--", label=f"target {CPU_TARGET:g}x")
-    ax.set_yscale("log")
-    ax.set_ylabel("server CPU per request (µs, log)")
-    ax.set_title("CPU per request at c=32")
-    ax.legend()
-
-    # 3. throughput at c=64
+    # 3. the shim at c=16 and c=64: req/s and p99
     ax = axes[1][0]
-    names = ["trivial", "mock\ntwo-step", *[f"shim\n{t}" for t in shims]]
-    keys = ["trivial c=64", "two-step c=64", *[f"shim-{t} c=64" for t in shims]]
+    keys = [f"shim c={pc}", "shim c=64", "two-step c=64"]
+    names = [f"shim\nc={pc}", "shim\nc=64", "mock alone\ntwo-step c=64"]
     values = [runs[k]["rps"] for k in keys]
-    bars = ax.bar(names, values, color=["#55a868", "#8172b3", *["#4c72b0"] * len(shims)])
+    bars = ax.bar(names, values, color=["#4c72b0", "#4c72b0", "#8172b3"])
     ax.bar_label(
         bars,
-        labels=[f"{v:.0f}\n{runs[k]['errors']} err" for v, k in zip(values, keys, strict=True)],
+        labels=[
+            f"{v:.0f} req/s\np99 {runs[k]['p99_us'] / 1000:.0f} ms, {runs[k]['errors']} err"
+            for v, k in zip(values, keys, strict=True)
+        ],
         fontsize=8,
     )
+    ax.set_ylim(top=max(values) * 1.3)
     ax.set_ylabel("requests per second")
-    ax.set_yscale("log")
-    ax.set_title("Throughput at c=64 (log scale)")
+    ax.set_title(f"Throughput and p99, shim at c={pc} and c=64")
 
     # 4. streaming: RSS growth and first-byte delta
     ax = axes[1][1]

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """tts-shim's benchmark: one command, every figure of docs/benchmarks.md.
 
-    python3 bench/run.py            # full run, a few minutes; rewrites docs/benchmarks.{md,png}
-    python3 bench/run.py --quick    # smoke run, well under a minute; writes to --out (a temp dir)
+    python3 bench/run.py                 # full run, a few minutes; rewrites docs/benchmarks.*
+    python3 bench/run.py --peer litellm  # the same, with the LiteLLM proxy measured beside it
+    python3 bench/run.py --quick         # smoke run, under a minute; writes to --out (a temp dir)
 
 It starts, as separate processes on loopback, the mock AI/ML API
-(``tts-shim mock``), the shim once per upstream transport (``tts-shim serve
---upstream-url <mock>``) and a trivial Starlette app on the same server stack (the
-CPU floor), then drives them with ``bench/loadgen.py`` (a lean asyncio/httptools
-client in its own process) and reads every process's CPU time from /proc.
+(``tts-shim mock``), the shim (``tts-shim serve --upstream-url <mock>``) and a
+trivial Starlette app on the same server stack (the CPU floor), and with ``--peer
+litellm`` the LiteLLM proxy (``bench/peer.py``), then drives them with
+``bench/loadgen.py`` (a lean asyncio/httptools client in its own process) in
+interleaved rounds and reads every process's CPU time from /proc.
 
 Linux only (/proc). Runs under the project's ``.venv`` (re-executes itself there).
 py-spy (``.venv/bin/pip install py-spy``) is optional: with it, the report includes
@@ -54,7 +56,9 @@ MIN_AUDIO = 10_000  # a reply shorter than this is counted as an error
 PCM_BYTES_PER_MS = 48  # 24 kHz, 16-bit, mono
 MB = 1_000_000
 
-TRANSPORTS = ("aiohttp", "native", "httpx")  # the first is the default
+CONCURRENCY = (1, 16, 64)
+PEER_CONCURRENCY = 16  # where the shim and its peer are compared
+PEERS = ("litellm",)
 
 
 def _reexec_in_venv() -> None:
@@ -74,14 +78,28 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, args: list[str], port: int, logdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        port: int,
+        logdir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.port = port
         self.log = (logdir / f"{name}.log").open("wb")
-        self.popen = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
+        )
         self.pid = self.popen.pid
 
-    def wait_ready(self, path: str, limit: float = 30.0) -> None:
+    def wait_ready(self, path: str, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -157,16 +175,39 @@ def post_json(url: str, payload: Any) -> Any:
         return json.loads(reply.read())
 
 
+def fetch_audio(mock_url: str) -> bytes:
+    """The MP3 the mock serves for the benchmark's text, fetched by hand (two steps)."""
+    url = post_json(f"{mock_url}/v1/tts", json.loads(TTS_BODY))["audio"]["url"]
+    with urllib.request.urlopen(url, timeout=30) as reply:  # noqa: S310 (http, loopback)
+        audio: bytes = reply.read()
+    return audio
+
+
+def load_average() -> float:
+    """The 1-minute load average (on this shared machine, other work is part of it)."""
+    return os.getloadavg()[0]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, logdir: Path) -> None:
         self.args = args
         self.logdir = logdir
         self.procs: list[Proc] = []
-        self.results: dict[str, Any] = {"runs": {}, "streams": [], "profile": None}
+        self.results: dict[str, Any] = {
+            "runs": {},
+            "streams": [],
+            "profile": None,
+            "peer": None,
+            "load": [],
+        }
 
-    def start(self, name: str, args: list[str], ready: str) -> Proc:
+    def start(
+        self, name: str, args: list[str], ready: str, env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ) -> Proc:  # fmt: skip
         port = free_port()
-        proc = Proc(name, [a.replace("{port}", str(port)) for a in args], port, self.logdir)
+        argv = [a.replace("{port}", str(port)) for a in args]
+        proc = Proc(name, argv, port, self.logdir, env, cwd)
         self.procs.append(proc)
         proc.wait_ready(ready)
         return proc
@@ -176,6 +217,8 @@ class Bench:
             proc.stop()
 
     def run(self) -> dict[str, Any]:
+        from bench import peer
+
         a = self.args
         tts_shim = str(VENV_BIN / "tts-shim")
         self.mock = self.start(
@@ -184,25 +227,27 @@ class Bench:
             "/__bench_ready",
         )
         mock_url = f"http://127.0.0.1:{self.mock.port}"
-        self.shims: dict[str, Proc] = {}
-        for transport in a.transports:
-            self.shims[transport] = self.start(
-                f"shim-{transport}",
-                [
-                    tts_shim, "serve", "--port", "{port}", "--upstream-url", mock_url,
-                    "--upstream-transport", transport,
-                ],
-                "/__bench_ready",
-            )  # fmt: skip
-        self.trivial = self.start(
-            "trivial", [sys.executable, str(TRIVIAL), "--port", "{port}"], "/__bench_ready"
+        self.shim = self.start(
+            "shim",
+            [tts_shim, "serve", "--port", "{port}", "--upstream-url", mock_url],
+            "/__bench_ready",
         )
+        # The floor doubles as the peer's upstream: the cheapest OpenAI-compatible speech
+        # endpoint, answering with the very bytes the mock's CDN serves the shim.
+        audio = self.logdir / "speech.mp3"
+        audio.write_bytes(fetch_audio(mock_url))
+        self.trivial = self.start(
+            "trivial",
+            [sys.executable, str(TRIVIAL), "--port", "{port}", "--audio", str(audio)],
+            "/__bench_ready",
+        )
+        self.peer = self._start_peer() if a.peer else None
         print(f"processes up; logs in {self.logdir}", flush=True)
 
         d = ["--duration", str(a.duration), "--warmup", str(a.warmup)]
         size = ["--min-size", str(MIN_AUDIO)]
         plan: list[tuple[str, list[str], dict[str, int]]] = []
-        for c in (1, 32, 64):
+        for c in CONCURRENCY:
             conc = ["--concurrency", str(c), *d]
             plan.append((
                 f"trivial c={c}",
@@ -215,21 +260,36 @@ class Bench:
                  *conc, *size],
                 {"mock": self.mock.pid},
             ))  # fmt: skip
-            for transport, shim in self.shims.items():
+            plan.append((
+                f"shim c={c}",
+                ["--mode", "speech", "--body", SPEECH_BODY, "--port", str(self.shim.port),
+                 *conc, *size],
+                {"server": self.shim.pid, "mock": self.mock.pid},
+            ))  # fmt: skip
+            if self.peer is not None and c == PEER_CONCURRENCY:
                 plan.append((
-                    f"shim-{transport} c={c}",
-                    ["--mode", "speech", "--body", SPEECH_BODY, "--port", str(shim.port),
-                     *conc, *size],
-                    {"server": shim.pid, "mock": self.mock.pid},
+                    f"{a.peer} c={c}",
+                    ["--mode", "speech", "--body", SPEECH_BODY, "--port", str(self.peer.port),
+                     "--token", peer.MASTER_KEY, *conc, *size],
+                    {"server": self.peer.pid, "upstream": self.trivial.pid},
                 ))  # fmt: skip
         # The machine is shared: each configuration runs in several short rounds,
         # interleaved with all the others, so a burst of outside load spreads over
         # every configuration instead of spoiling one.
+        # A first pass of each server at the comparison point, not recorded: LiteLLM, for
+        # one, imports its provider code on the first requests (its first second at c=16
+        # runs at a tenth of its later rate).
+        for key, argv, watch in plan:
+            if key.endswith(f" c={PEER_CONCURRENCY}"):
+                loadgen(*[*argv, "--duration", str(a.first_pass), "--warmup", "0"], watch=watch)
         rounds: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in plan}
         for number in range(a.rounds):
-            print(f"round {number + 1} of {a.rounds}", flush=True)
+            print(
+                f"round {number + 1} of {a.rounds}; load average {load_average():.2f}", flush=True
+            )
             for key, argv, watch in plan:
                 rounds[key].append(loadgen(*argv, watch=watch))
+                self.results["load"].append(load_average())
                 self._say(key, rounds[key][-1])
         self.results["runs"] = {key: merge(parts) for key, parts in rounds.items()}
 
@@ -238,6 +298,24 @@ class Bench:
         if a.profile:
             self.results["profile"] = self.profile()
         return self.results
+
+    def _start_peer(self) -> Proc:
+        """The peer proxy, installed on first use, routed to the floor's speech route."""
+        from bench import peer
+
+        litellm = peer.ensure_installed()
+        home = Path(tempfile.mkdtemp(prefix="tts-shim-bench-peer-"))
+        upstream = f"http://127.0.0.1:{self.trivial.port}"
+        config_file = peer.write_config(home, upstream)
+        self.results["peer"] = {
+            "name": self.args.peer,
+            "version": peer.version(),
+            "packages": list(peer.PACKAGES),
+            "config": peer.config(upstream),
+        }
+        return self.start(
+            self.args.peer, peer.command(litellm, config_file), peer.READY, peer.ENV, cwd=home
+        )
 
     def _say(self, key: str, r: dict[str, Any]) -> None:
         cpu = r["cpu_us_per_request"]
@@ -268,7 +346,7 @@ class Bench:
         a = self.args
         url = self._clip_url(mb)
         path = url.split(str(self.mock.port), 1)[1]
-        shim = self.shims[a.transports[0]]
+        shim = self.shim
         pcm_speech = json.dumps({**json.loads(SPEECH_BODY), "response_format": "pcm"})
         pcm_tts = json.dumps({**json.loads(TTS_BODY), "response_format": "pcm"})
         common = ["--mode", "stream", "--first-byte-only", "--timeout", "120"]
@@ -317,7 +395,6 @@ class Bench:
         median = {k: sorted(v)[len(v) // 2] for k, v in ttfb.items()}
         result = {
             "mb": mb,
-            "transport": a.transports[0],
             "ttfb_ms": median,
             "ttfb_all_ms": ttfb,
             "bytes": full.get("bytes"),
@@ -344,7 +421,7 @@ class Bench:
         if not Path(py_spy).exists():
             print("  (py-spy not installed: no profile; .venv/bin/pip install py-spy)")
             return None
-        shim = self.shims[self.args.transports[0]]
+        shim = self.shim
         raw = self.logdir / "profile.txt"
         seconds = max(2, round(self.args.duration * self.args.rounds))
         spy = subprocess.Popen(
@@ -355,7 +432,7 @@ class Bench:
         time.sleep(0.5)
         loadgen(
             "--mode", "speech", "--body", SPEECH_BODY, "--port", str(shim.port),
-            "--concurrency", "32", "--duration", str(seconds), "--warmup", "0.2",
+            "--concurrency", str(PEER_CONCURRENCY), "--duration", str(seconds), "--warmup", "0.2",
         )  # fmt: skip
         spy.wait(60)
         if not raw.exists():
@@ -434,12 +511,17 @@ def summarise_profile(raw: Path, top: int = 25) -> dict[str, Any]:
 LAYERS = (
     ("uvicorn/protocols", "uvicorn: HTTP parsing and socket writes of the shim's own responses"),
     ("asyncio/runners", "event loop (uvloop, C): epoll, socket reads, callbacks"),
-    ("shim/wire", "shim: native upstream client (incl. its socket writes)"),
+    ("aiohttp/http_writer", "aiohttp: writing upstream requests (incl. their socket writes)"),
+    ("aiohttp/", "aiohttp: the upstream connections, requests and replies"),
+    ("httpx_aiohttp/", "httpx-aiohttp: the adapter from httpx's API to aiohttp"),
+    ("http/cookiejar", "httpx: cookie extraction from every upstream reply (stdlib cookiejar)"),
+    ("urllib/request", "httpx: cookie extraction from every upstream reply (stdlib cookiejar)"),
+    ("httpx/", "httpx: requests, responses, headers, URLs, cookies"),
     ("shim/logs", "shim: access log (JSON lines)"),
     ("logging/", "logging module"),
     ("starlette/", "Starlette: routing, middleware, request and response objects"),
     ("anyio/", "anyio: cancel scopes (deadline), thread-safety helpers"),
-    ("httpx/", "httpx: response objects"),
+    ("pydantic", "pydantic: request validation"),
     ("tenacity/", "tenacity"),
     ("json/", "json"),
     ("shim/", "shim: its own code (validation, upstream logic, middleware)"),
@@ -467,7 +549,7 @@ def machine() -> dict[str, str]:
                 break
     packages = [
         "tts-shim", "uvicorn", "starlette", "httpx", "aiohttp", "httpx-aiohttp",
-        "uvloop", "httptools", "tenacity", "anyio",
+        "uvloop", "httptools", "tenacity", "anyio", "pydantic",
     ]  # fmt: skip
     versions = []
     for name in packages:
@@ -491,15 +573,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--out", type=Path, help="where the .md/.png/.json go (default docs/)")
     parser.add_argument("--duration", type=float, help="seconds per load run (default 3)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
     parser.add_argument(
-        "--transports", default=",".join(TRANSPORTS), help="shim upstream transports to run"
+        "--peer",
+        choices=PEERS,
+        help="also measure this proxy doing one speech hop (installs it into .venv-<peer>)",
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
-    args.transports = [t for t in args.transports.split(",") if t]
     if args.quick:
         args.duration = args.duration or 0.6
-        args.rounds = 1
+        args.rounds = args.rounds or 1
+        args.first_pass = 1.0
         args.warmup = 0.2
         args.stream_mb = [1, 16]
         args.ttfb_reps = 1
@@ -507,7 +592,8 @@ def main() -> int:
         args.out = args.out or Path(tempfile.mkdtemp(prefix="tts-shim-bench-"))
     else:
         args.duration = args.duration or 1.5
-        args.rounds = 3
+        args.rounds = args.rounds or 5
+        args.first_pass = 3.0
         args.warmup = 0.3
         args.stream_mb = [1, 16, 128]
         args.ttfb_reps = 5
@@ -518,6 +604,7 @@ def main() -> int:
     from bench import report
 
     started = time.monotonic()
+    load_before = os.getloadavg()
     logdir = Path(tempfile.mkdtemp(prefix="tts-shim-bench-logs-"))
     bench = Bench(args, logdir)
     try:
@@ -529,7 +616,12 @@ def main() -> int:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "warmup_s": args.warmup,
-        "transports": args.transports,
+        "first_pass_s": args.first_pass,
+        "concurrency": list(CONCURRENCY),
+        "peer_concurrency": PEER_CONCURRENCY,
+        "peer": args.peer,
+        "load_before": list(load_before),
+        "load_after": list(os.getloadavg()),
         "slow_reader_mb_per_s": args.slow_rate,
         "quick": args.quick,
         "wall_s": round(time.monotonic() - started, 1),

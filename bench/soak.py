@@ -180,14 +180,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--fault-every", type=int, default=8)
     parser.add_argument("--sample-every", type=int, default=2000)
-    parser.add_argument("--transport", default=None, help="--upstream-transport for the shim")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
     tts_shim = [sys.executable, "-m", "shim"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "TTS_SHIM_"))}
     mock_port, shim_port = _free_port(), _free_port()
-    extra = ["--upstream-transport", args.transport] if args.transport else []
     with contextlib.ExitStack() as stack:
         mock = subprocess.Popen(
             [*tts_shim, "mock", "--port", str(mock_port), "--log-level", "warning"],
@@ -201,7 +199,7 @@ def main() -> int:
         shim = subprocess.Popen(
             [*tts_shim, "serve", "--port", str(shim_port), "--upstream-url", mock_url,
              "--tts-retries", "1", "--audio-retries", "1", "--max-retry-wait", "0.01",
-             "--max-concurrency", str(args.concurrency), *extra],
+             "--max-concurrency", str(args.concurrency)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # the access log is written, as in production
@@ -215,10 +213,7 @@ def main() -> int:
         exit_code = shim.wait(30)
 
     total = sum(statuses.values())
-    from shim.config import Config
-
     report = {
-        "transport": args.transport or Config().upstream_transport,
         "requests": total,
         "seconds": round(took, 1),
         "requests_per_second": round(total / took, 1),

@@ -275,6 +275,7 @@ def log_config(config: Config) -> dict[str, Any]:
     call, since ``dictConfig`` consumes parts of it."""
     formatter = JSONFormatter if config.log_format == "json" else TextFormatter
     level = config.log_level.upper()
+    quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -295,6 +296,10 @@ def log_config(config: Config) -> dict[str, Any]:
             # Replaced by tts_shim.access; uvicorn's would log query strings.
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
             "tts_shim": {"handlers": [], "level": level, "propagate": True},
+            # Their INFO and DEBUG lines ("HTTP Request: GET <url>") would carry the CDN's
+            # signed query strings, and cost a formatted line per upstream call.
+            "httpx": {"handlers": [], "level": quiet, "propagate": True},
+            "httpcore": {"handlers": [], "level": quiet, "propagate": True},
         },
     }
 

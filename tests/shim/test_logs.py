@@ -124,6 +124,23 @@ def test_the_configuration_sends_everything_through_one_formatter() -> None:
     assert lines[1]["message"] == "key is [redacted]"
 
 
+@pytest.mark.usefixtures("restore_logging")
+async def test_upstream_calls_leave_no_line_of_httpx_and_no_cdn_query(shim: Any) -> None:
+    logging.config.dictConfig(log_config(Config(log_format="json", log_level="debug")))
+    out = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(out)
+
+    response = await shim().post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+
+    assert response.status_code == 200
+    loggers = [json.loads(line)["logger"] for line in out.getvalue().splitlines()]
+    assert "tts_shim.access" in loggers  # the shim's own line is written
+    assert not {"httpx", "httpcore"} & set(loggers)  # "HTTP Request: GET <signed url>"
+    assert "duration_ms=" not in out.getvalue()  # the CDN link's query string
+
+
 # -- the access log ---------------------------------------------------------------
 
 
