@@ -1,0 +1,258 @@
+"""The one data path, in process: the cache on it (hits, misses, tenants, Cache-Control,
+shared entries), and long texts split, generated ahead and stitched into one file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mockserver import speech_duration
+from shim.catalog import FORMATS
+from shim.testing import MockUpstream, decode_audio
+from tests.shim.conftest import generations, sent_bodies
+
+SPEECH = "/v1/audio/speech"
+BODY = {"model": "tts-1-hd", "input": "Pay once per sentence.", "voice": "nova"}
+
+
+@pytest.fixture
+def cached(shim: Any, tmp_path: Path) -> Any:
+    """``cached(**config)``: a shim client with an embedded cache of its own."""
+    return lambda **settings: shim(cache=True, cache_dir=str(tmp_path / "cache"), **settings)
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+
+async def test_twenty_identical_requests_pay_once(cached: Any, upstream: MockUpstream) -> None:
+    client = cached()
+    answers = [await client.post(SPEECH, json=BODY) for _ in range(20)]
+
+    assert generations(upstream) == 1
+    assert {a.content for a in answers} == {answers[0].content}
+    assert [a.headers["x-cache"] for a in answers] == ["MISS"] + ["HIT"] * 19
+    assert decode_audio(answers[0].content, "mp3").seconds > 1
+
+
+async def test_concurrent_identical_requests_pay_once(cached: Any, upstream: MockUpstream) -> None:
+    client = cached()
+    upstream.scenario([{"delay_ms": 300}])  # the first generation takes a while
+
+    answers = await asyncio.gather(*(client.post(SPEECH, json=BODY) for _ in range(8)))
+
+    assert generations(upstream) == 1
+    assert {a.status_code for a in answers} == {200}
+    assert {a.content for a in answers} == {answers[0].content}
+
+
+async def test_a_restarted_shim_still_hits(
+    shim: Any, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    first = await shim(cache=True, cache_dir=str(tmp_path)).post(SPEECH, json=BODY)
+    again = await shim(cache=True, cache_dir=str(tmp_path)).post(SPEECH, json=BODY)
+
+    assert again.headers["x-cache"] == "HIT"
+    assert again.content == first.content
+    assert generations(upstream) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"voice": "onyx"}, "voice"),
+        ({"input": "Pay once per sentence!"}, "text, exactly"),
+        ({"speed": 1.25}, "speed"),
+        ({"instructions": "Whisper."}, "instructions"),
+        ({"model": "tts-1"}, "model"),
+        ({"response_format": "wav"}, "format"),
+    ],
+)
+async def test_everything_that_changes_the_sound_is_in_the_key(
+    cached: Any, upstream: MockUpstream, change: dict[str, Any], why: str
+) -> None:
+    client = cached()
+    await client.post(SPEECH, json=BODY)
+
+    other = await client.post(SPEECH, json={**BODY, **change})
+
+    assert other.headers["x-cache"] == "MISS", why
+    assert generations(upstream) == 2
+
+
+async def test_pass_through_keys_do_not_share_entries(cached: Any, upstream: MockUpstream) -> None:
+    client = cached()
+    a = await client.post(SPEECH, json=BODY, headers={"authorization": "Bearer sk-tenant-a"})
+    b = await client.post(SPEECH, json=BODY, headers={"authorization": "Bearer sk-tenant-b"})
+    a_again = await client.post(SPEECH, json=BODY, headers={"authorization": "Bearer sk-tenant-a"})
+
+    assert [r.headers["x-cache"] for r in (a, b, a_again)] == ["MISS", "MISS", "HIT"]
+    assert generations(upstream) == 2
+
+
+async def test_with_a_server_key_the_deployment_shares_one_cache(
+    cached: Any, upstream: MockUpstream
+) -> None:
+    client = cached(upstream_key="sk-server-pays")
+    a = await client.post(SPEECH, json=BODY, headers={"authorization": "Bearer one"})
+    b = await client.post(SPEECH, json=BODY, headers={"authorization": "Bearer two"})
+
+    assert [a.headers["x-cache"], b.headers["x-cache"]] == ["MISS", "HIT"]
+
+
+async def test_cache_control_no_cache_skips_the_lookup_but_stores(
+    cached: Any, upstream: MockUpstream
+) -> None:
+    client = cached()
+    await client.post(SPEECH, json=BODY)
+    fresh = await client.post(SPEECH, json=BODY, headers={"cache-control": "no-cache"})
+    after = await client.post(SPEECH, json=BODY)
+
+    assert fresh.headers["x-cache"] == "MISS"
+    assert after.headers["x-cache"] == "HIT"
+    assert after.content == fresh.content  # what no-cache fetched replaced the entry
+    assert generations(upstream) == 2
+
+
+async def test_cache_control_no_store_bypasses_the_cache(
+    cached: Any, upstream: MockUpstream
+) -> None:
+    client = cached()
+    bypass = await client.post(SPEECH, json=BODY, headers={"cache-control": "no-store"})
+    later = await client.post(SPEECH, json=BODY)
+
+    assert bypass.headers["x-cache"] == "BYPASS"
+    assert later.headers["x-cache"] == "MISS"  # nothing was stored
+    assert generations(upstream) == 2
+
+
+async def test_without_a_cache_every_answer_says_bypass(shim: Any, upstream: MockUpstream) -> None:
+    answers = [await shim().post(SPEECH, json=BODY) for _ in range(2)]
+
+    assert [a.headers["x-cache"] for a in answers] == ["BYPASS", "BYPASS"]
+    assert generations(upstream) == 2
+
+
+async def test_speech_sse_and_chat_share_entries(cached: Any, upstream: MockUpstream) -> None:
+    client = cached()
+    plain = await client.post(SPEECH, json={**BODY, "response_format": "pcm"})
+    sse = await client.post(SPEECH, json={**BODY, "response_format": "pcm", "stream_format": "sse"})
+    chat = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tts-1-hd",
+            "audio": {"voice": "nova", "format": "pcm16"},
+            "messages": [{"role": "user", "content": BODY["input"]}],
+        },
+    )
+
+    assert [r.headers["x-cache"] for r in (plain, sse, chat)] == ["MISS", "HIT", "HIT"]
+    events = [json.loads(line[6:]) for line in sse.text.split("\n\n") if line[6:7] == "{"]
+    streamed = b"".join(base64.b64decode(e["audio"]) for e in events if "audio" in e)
+    spoken = base64.b64decode(chat.json()["choices"][0]["message"]["audio"]["data"])
+    assert streamed == plain.content == spoken
+    assert generations(upstream) == 1
+
+
+async def test_a_failed_generation_is_not_cached(cached: Any, upstream: MockUpstream) -> None:
+    client = cached(tts_retries=0)
+    upstream.scenario([{"status": 500}])
+
+    failed = await client.post(SPEECH, json=BODY)
+    retried = await client.post(SPEECH, json=BODY)
+
+    assert failed.status_code == 500
+    assert retried.headers["x-cache"] == "MISS"
+    assert generations(upstream) == 2
+
+
+# -- long text ----------------------------------------------------------------------------
+
+#: 20,000 characters, refused before: sentences of varied length.
+LONG = " ".join(
+    f"Sentence number {n} of the chapter goes on for a while, {'and on ' * (n % 7)}until it ends."
+    for n in range(400)
+)[:20_000]
+
+
+@pytest.fixture
+def short_clips(upstream: MockUpstream) -> MockUpstream:
+    """The mock making at most 1 s of audio a generation, so long texts stay quick."""
+    state = upstream.app.state  # type: ignore[attr-defined]
+    state.config = dataclasses.replace(state.config, max_audio_seconds=1.0)
+    return upstream
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+async def test_a_long_text_is_one_file_of_all_its_pieces(
+    shim: Any, short_clips: MockUpstream, fmt: str
+) -> None:
+    response = await shim().post(SPEECH, json={**BODY, "input": LONG, "response_format": fmt})
+
+    assert response.status_code == 200
+    pieces = sent_bodies(short_clips)
+    assert len(pieces) > 5
+    assert "".join(p["text"] for p in pieces) == LONG  # nothing lost, nothing repeated
+    assert {p["response_format"] for p in pieces} == {"flac"}  # exact joins
+    assert len(pieces[0]["text"]) <= 300  # the first piece is short: it plays soon
+    expected = sum(min(speech_duration(p["text"]), 1.0) for p in pieces)
+    decoded = decode_audio(response.content, fmt)
+    assert decoded.seconds == pytest.approx(expected, abs=0.05 * len(pieces))
+    if fmt == "wav":
+        assert response.content.count(b"RIFF") == 1
+
+
+async def test_a_long_text_read_twice_pays_once_per_piece(
+    cached: Any, short_clips: MockUpstream
+) -> None:
+    client = cached()
+    body = {**BODY, "input": LONG[:6000], "response_format": "mp3"}
+    first = await client.post(SPEECH, json=body)
+    paid = generations(short_clips)
+    again = await client.post(SPEECH, json=body)
+
+    assert first.headers["x-cache"] == "MISS"
+    assert again.headers["x-cache"] == "HIT"
+    assert generations(short_clips) == paid > 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "length", "status"),
+    [
+        ({"split": False}, 4096, 200),
+        ({"split": False}, 4097, 400),
+        ({"max_input_chars": 5000}, 5001, 400),
+        ({}, 100_001, 400),
+    ],
+)
+async def test_the_input_limit_follows_the_settings(
+    shim: Any, short_clips: MockUpstream, settings: dict[str, Any], length: int, status: int
+) -> None:
+    text = ("Words and more words. " * 5000)[:length]
+    response = await shim(**settings).post(SPEECH, json={**BODY, "input": text})
+
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"]["code"] == "string_above_max_length"
+        assert generations(short_clips) == 0
+
+
+async def test_a_short_text_is_not_split(shim: Any, upstream: MockUpstream) -> None:
+    await shim().post(SPEECH, json={**BODY, "input": "Short. " * 100})
+
+    assert len(sent_bodies(upstream)) == 1
+    assert sent_bodies(upstream)[0]["response_format"] == "mp3"
+
+
+async def test_a_piece_that_fails_first_is_an_error_answer(
+    shim: Any, short_clips: MockUpstream
+) -> None:
+    short_clips.scenario([{"status": 400}])
+    response = await shim(tts_retries=0).post(SPEECH, json={**BODY, "input": LONG[:6000]})
+
+    assert response.status_code == 400
