@@ -1,0 +1,94 @@
+"""The cache on real processes: replicas sharing a real Redis, Redis going away, and
+a download cut in the middle (never cached)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from contract_tests.reliability.conftest import ServeProcess
+from mockserver import BackgroundServer, MockConfig, create_app
+from shim.testing import MockUpstream, ShimServer
+from tests.redis_server import RedisServer
+
+BODY = {"model": "tts-1-hd", "input": "Shared by every replica.", "voice": "sage"}
+AUTH = {"authorization": "Bearer sk-cache-test-0001"}
+
+
+@pytest.fixture
+def mock() -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(MockConfig())) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def _generations(mock: BackgroundServer) -> int:
+    journal = mock.app.state.journal.entries()  # type: ignore[attr-defined]
+    return sum(entry["route"] == "tts" for entry in journal)
+
+
+def _speak(shim: ServeProcess | ShimServer) -> httpx.Response:
+    return httpx.post(shim.url + "/v1/audio/speech", json=BODY, headers=AUTH, timeout=30)
+
+
+def test_two_replicas_sharing_redis_pay_once_for_twenty_concurrent_requests(
+    serve_process: Callable[..., ServeProcess],
+    mock: BackgroundServer,
+    redis_server: RedisServer,
+) -> None:
+    replicas = [
+        serve_process("--upstream-url", mock.url, "--redis-url", redis_server.url) for _ in range(2)
+    ]
+    mock.app.state.scenario.push([{"delay_ms": 500}])  # type: ignore[attr-defined]
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(_speak, [replicas[n % 2] for n in range(20)]))
+
+    assert {a.status_code for a in answers} == {200}
+    assert {a.content for a in answers} == {answers[0].content}
+    assert _generations(mock) == 1
+    assert sorted(a.headers["x-cache"] for a in answers).count("MISS") == 1
+
+
+def test_redis_going_away_costs_the_cache_not_the_requests(
+    serve_process: Callable[..., ServeProcess],
+    mock: BackgroundServer,
+    redis_server: RedisServer,
+) -> None:
+    shim = serve_process("--upstream-url", mock.url, "--redis-url", redis_server.url)
+    assert _speak(shim).headers["x-cache"] == "MISS"
+    assert _speak(shim).headers["x-cache"] == "HIT"
+
+    redis_server.stop()
+    answers = [_speak(shim) for _ in range(5)]
+
+    assert {a.status_code for a in answers} == {200}
+    assert {a.headers["x-cache"] for a in answers} == {"MISS"}
+    assert _generations(mock) == 6
+    outage = [line for line in shim.log_lines() if "redis" in line.get("message", "").lower()]
+    assert len(outage) == 1, outage  # one warning, not one per request
+    assert outage[0]["level"] == "warning"
+
+
+def test_a_download_cut_in_the_middle_is_not_cached(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
+) -> None:
+    shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path))
+    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+
+    with pytest.raises(httpx.HTTPError):
+        _speak(shim)
+    again = _speak(shim)
+
+    assert again.status_code == 200
+    assert again.headers["x-cache"] == "MISS"
+    assert len(tts_mock.requests) == 2  # generated again: the cut audio was not kept
