@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,32 @@ def test_oldest_sdk() -> int:
     return subprocess.run([*map(str, command), "-p", "no:cacheprovider"], cwd=ROOT).returncode
 
 
+def test_bare_install(wheel: Path) -> int:
+    """``pip install tts-shim`` with no extras serves against a real upstream (the mock,
+    run from the main venv) and has no numpy (scripts/bare_install_check.py)."""
+    env = _sibling("bare")
+    if not (_bin(env) / "python").exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    _run(_bin(env) / "python", "-m", "pip", "install", "--quiet", "--force-reinstall", wheel)
+    port = _free_port()
+    mock = subprocess.Popen([str(BIN / "tts-shim"), "mock", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        check = [str(_bin(env) / "python"), str(ROOT / "scripts" / "bare_install_check.py")]
+        print("+", " ".join(check), flush=True)
+        return subprocess.run([*check, f"http://127.0.0.1:{port}"], cwd=env).returncode
+    finally:
+        mock.terminate()
+        mock.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def test_wheel() -> int:
     """A user's test file against the package installed from a fresh wheel, in a
     scratch directory outside the repository, the plugin loaded by its entry point."""
@@ -114,6 +141,8 @@ def test_wheel() -> int:
         else:
             _run(python, "-m", "pip", "install", "--quiet", f"{wheel}[testing]")
             deps.write_text(_fingerprint("testing"))
+        if test_bare_install(wheel):
+            return 1
         shutil.copy(ROOT / "tests" / "plugin" / "user_project.py", project / "test_user_project.py")
         environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
@@ -211,7 +240,10 @@ def test(argv: list[str]) -> int:
     # The whole suite runs last, so its summary line closes the output.
     extra = [] if argv else [test_wheel(), test_oldest_sdk()]
     failed = next((code for code in extra if code), 0)
-    result = subprocess.run([str(BIN / "python"), "-m", "pytest", *argv], cwd=ROOT, check=False)
+    # The whole run also reports coverage and the slowest tests (README, "Development").
+    report = [] if argv else ["--cov", "--cov-report=term:skip-covered", "--durations=15"]
+    command = [str(BIN / "python"), "-m", "pytest", *report, *argv]
+    result = subprocess.run(command, cwd=ROOT, check=False)
     return failed or result.returncode
 
 
