@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
+from shim.clients import ClientKeys
 from shim.config import Config
 from shim.errors import APIError
 from shim.health import healthz, readyz
@@ -24,6 +25,13 @@ from shim.limits import Capacity
 from shim.logs import AccessLogMiddleware
 from shim.middleware import GateMiddleware
 from shim.openapi import openapi_json
+from shim.operations import (
+    Operations,
+    OperationsMiddleware,
+    metrics_endpoint,
+    operator_usage_endpoint,
+    usage_endpoint,
+)
 from shim.responses import StreamAborted
 from shim.speech import create_speech
 from shim.state import State
@@ -82,6 +90,10 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        # Operators (shim/operations.py)
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/usage", operator_usage_endpoint, methods=["GET"]),
+        Route("/v1/usage", usage_endpoint, methods=["GET"]),
     ]
 
 
@@ -99,19 +111,26 @@ def create_app(
     """
     config = config or Config()
     keys = Keys(config)
+    clients = ClientKeys.from_config(config)  # a bad keys file stops start-up here
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream(config, transport)
-        app.state.shim = State(config, keys, upstream, Capacity.from_config(config))
+        ops = Operations.open(config, clients)
+        app.state.shim = State(config, keys, upstream, Capacity.from_config(config), ops=ops)
         try:
             yield
         finally:
+            await ops.aclose()
             await upstream.aclose()
 
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(AccessLogMiddleware), Middleware(GateMiddleware, keys=keys)],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(OperationsMiddleware),
+            Middleware(GateMiddleware, keys=keys, clients=clients),
+        ],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,

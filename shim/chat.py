@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from shim.bodies import read_json
 from shim.contract import CHAT_FORMATS, DEFAULT_FORMAT, ChatRequest
 from shim.errors import APIError
+from shim.operations import admit
 from shim.responses import AudioResponse, sse_event
 from shim.state import state_of
 from shim.synthesis import synthesize
@@ -179,6 +180,7 @@ async def create_chat_completion(request: Request) -> Response:
     state = state_of(request)
     chat = ChatRequest.from_json(await read_json(request, state.config.max_body_bytes))
     key = state.keys.upstream_key(request.headers)
+    await admit(request, chat.speech.model.id, len(chat.speech.input))  # limits (issue 13)
     speech = await synthesize(
         state.upstream,
         chat.speech.upstream_body(),

@@ -7,6 +7,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shim.clients import ClientKeys
 from shim.errors import APIError
 from shim.keys import Keys
 
@@ -22,9 +23,11 @@ class GateMiddleware:
     ``x-request-id`` unless a handler set the upstream's, and refuse ``/v1`` calls
     without a valid client key before any handler runs."""
 
-    def __init__(self, app: ASGIApp, keys: Keys) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, clients: ClientKeys | None = None) -> None:
         self.app = app
         self.keys = keys
+        #: Named client keys (keys file and TTS_SHIM_API_KEYS), issue 13.
+        self.clients = clients
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,9 +36,12 @@ class GateMiddleware:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
-        if self.keys.required and scope["path"].startswith("/v1/"):
+        if (self.keys.required or self.clients) and scope["path"].startswith("/v1/"):
             try:
-                self.keys.check_client(Headers(scope=scope))
+                if self.clients is not None:  # names the client for limits and metrics
+                    self.clients.check(scope, Headers(scope=scope))
+                else:
+                    self.keys.check_client(Headers(scope=scope))
             except APIError as exc:
                 await exc.response(request_id)(scope, receive, send)
                 return

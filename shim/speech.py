@@ -11,6 +11,7 @@ from starlette.responses import Response
 from shim.bodies import read_json
 from shim.catalog import FORMATS
 from shim.contract import MAX_INPUT_CHARS, SpeechRequest
+from shim.operations import admit
 from shim.responses import AudioResponse, speech_events
 from shim.state import state_of
 from shim.synthesis import synthesize
@@ -23,6 +24,7 @@ async def create_speech(request: Request) -> Response:
     state = state_of(request)
     speech = SpeechRequest.from_json(await read_json(request, state.config.max_body_bytes))
     key = state.keys.upstream_key(request.headers)
+    await admit(request, speech.model.id, len(speech.input))  # key limits, budget (issue 13)
     audio = await synthesize(
         state.upstream,
         speech.upstream_body(),

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from shim.config import Config
 from shim.keys import Keys
 from shim.limits import Capacity
+from shim.operations import Operations
 from shim.upstream import Upstream
 
 __all__ = ["State", "state_of"]
@@ -26,6 +27,8 @@ class State:
     keys: Keys
     upstream: Upstream
     capacity: Capacity
+    #: Metrics, client keys with limits, usage (shim/operations.py).
+    ops: Operations | None = None
 
 
 def state_of(request: Request) -> State:
