@@ -18,6 +18,7 @@ from shim.browsers import BrowserGate
 from shim.cache import open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
+from shim.clients import ClientKeys
 from shim.config import Config
 from shim.errors import APIError
 from shim.health import healthz, readyz
@@ -26,6 +27,13 @@ from shim.limits import Capacity
 from shim.logs import AccessLogMiddleware
 from shim.middleware import GateMiddleware
 from shim.openapi import openapi_json
+from shim.operations import (
+    Operations,
+    OperationsMiddleware,
+    metrics_endpoint,
+    operator_usage_endpoint,
+    usage_endpoint,
+)
 from shim.responses import StreamAborted
 from shim.speech import create_speech
 from shim.state import State
@@ -84,6 +92,10 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        # Operators (shim/operations.py)
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/usage", operator_usage_endpoint, methods=["GET"]),
+        Route("/v1/usage", usage_endpoint, methods=["GET"]),
     ]
 
 
@@ -101,15 +113,19 @@ def create_app(
     """
     config = config or Config()
     keys = Keys(config)
+    clients = ClientKeys.from_config(config)  # a bad keys file stops start-up here
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream(config, transport)
         cache = open_cache(config)  # here, so that each worker process opens its own
-        app.state.shim = State(config, keys, upstream, Capacity.from_config(config), cache)
+        ops = Operations.open(config, clients)
+        state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
+        app.state.shim = state
         try:
             yield
         finally:
+            await ops.aclose()
             await upstream.aclose()
             if cache is not None:
                 await cache.aclose()
@@ -118,8 +134,11 @@ def create_app(
         routes=routes(),
         middleware=[
             Middleware(AccessLogMiddleware),
+            Middleware(OperationsMiddleware),
             Middleware(BrowserGate, config=config),
-            Middleware(GateMiddleware, keys=keys, send_timeout=config.send_timeout),
+            Middleware(
+                GateMiddleware, keys=keys, clients=clients, send_timeout=config.send_timeout
+            ),
         ],
         exception_handlers={
             APIError: _api_error,

@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from shim.bodies import read_json
 from shim.contract import CHAT_FORMATS, DEFAULT_FORMAT, ChatRequest
 from shim.errors import APIError
+from shim.operations import admit
 from shim.responses import AudioResponse, sse_event
 from shim.speech import audio_headers, job_for
 from shim.state import state_of
@@ -181,6 +182,7 @@ async def create_chat_completion(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, state.config.max_body_bytes)
     chat = ChatRequest.from_json(body, state.config.input_limit)
+    await admit(request, chat.speech.model.id, len(chat.speech.input))
     speech = await synthesize(state, job_for(state, request.headers, chat.speech))
     headers = audio_headers(speech)
     answer = _Answer(chat)

@@ -318,6 +318,34 @@ def main() -> None:
     help="redis://host:port/db: replicas share the cache and generate each audio once. "
     "Prefer the environment variable if it holds a password: flags show in ps.",
 )
+@click.option(
+    "--keys-file",
+    envvar="TTS_SHIM_KEYS_FILE",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML file of named client keys with limits (README, 'Keys and limits'); "
+    "re-read on SIGHUP.",
+)
+@click.option(
+    "--metrics-key",
+    envvar="TTS_SHIM_METRICS_KEY",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="Bearer token GET /metrics and GET /usage require. Unset: they are open.",
+)
+@click.option(
+    "--price",
+    "prices",
+    envvar="TTS_SHIM_PRICES",
+    show_envvar=True,
+    multiple=True,
+    callback=lambda _ctx, _param, values: _prices(values),
+    help="MODEL=USD per 1,000 characters, for spend estimates and budgets (repeatable; "
+    "the variable is comma-separated). Defaults: tts-1=0.015, tts-1-hd=0.03, "
+    "gpt-4o-mini-tts=0.015.",
+)
 def serve(
     mock: bool,
     mock_port: int,
@@ -343,6 +371,63 @@ def serve(
         run(config, mock=mock, mock_port=mock_port)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _prices(values: tuple[str, ...]) -> dict[str, float]:
+    prices: dict[str, float] = {}
+    for item in _split(values):
+        model, _, price = item.partition("=")
+        try:
+            prices[model.strip()] = float(price)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected MODEL=USD, e.g. tts-1=0.015") from None
+    return prices
+
+
+@main.command()
+@click.option(
+    "--url",
+    envvar="TTS_SHIM_URL",
+    show_envvar=True,
+    default="http://127.0.0.1:8000",
+    help="The running shim to ask (its GET /usage).",
+)
+@click.option(
+    "--metrics-key",
+    envvar="TTS_SHIM_METRICS_KEY",
+    show_envvar=True,
+    default=None,
+    show_default=False,
+    help="The shim's --metrics-key, if it has one.",
+)
+@click.option("--days", default=7, type=click.IntRange(1, 92), help="Days to show, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def usage(url: str, metrics_key: str | None, days: int, as_json: bool) -> None:
+    """Usage per client key and UTC day: requests, characters, estimated USD."""
+    import json
+
+    import httpx
+
+    headers = {"authorization": f"Bearer {metrics_key}"} if metrics_key else {}
+    try:
+        response = httpx.get(
+            url.rstrip("/") + "/usage", params={"days": days}, headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from exc
+    if response.status_code != 200:
+        raise click.ClickException(f"{url} answered {response.status_code}: {response.text}")
+    report = response.json()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{'day':<12}{'key':<24}{'requests':>10}{'characters':>12}{'usd':>12}")
+    for day in report["days"]:
+        for name, row in day["keys"].items():
+            click.echo(
+                f"{day['day']:<12}{name:<24}{row['requests']:>10}{row['characters']:>12}"
+                f"{row['usd']:>12.6f}"
+            )
 
 
 @main.command(

@@ -157,6 +157,13 @@ class Config:
     #: anyone, as they reveal only static lists and front ends such as Open WebUI read
     #: them without a key.
     private_catalog: bool = False
+    # -- operators (issue 13): metrics, named keys with limits, prices ------------------
+    #: TOML file of named client keys with limits (shim/clients.py); re-read on SIGHUP.
+    keys_file: str | None = None
+    #: Bearer token ``GET /metrics`` and ``GET /usage`` require; ``None``: open.
+    metrics_key: str | None = field(default=None, repr=False)
+    #: USD per 1,000 characters by model, over the defaults of :mod:`shim.prices`.
+    prices: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.upstream_root = self._normalise_root(self.upstream_url)
@@ -180,6 +187,9 @@ class Config:
             raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
         self._check_cache()
         self._check_trust_settings()
+        for model, price in self.prices.items():
+            if not price >= 0:  # also refuses NaN
+                raise ConfigError(f"price of {model} must be a number >= 0")
 
     def _check_cache(self) -> None:
         if self.cache_max_bytes <= 0 or self.cache_ttl <= 0:

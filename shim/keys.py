@@ -48,7 +48,12 @@ class Keys:
     def required_for(self, method: str, path: str) -> bool:
         """Whether a request to ``path`` must carry a client key: every ``/v1`` route
         when client keys are set, but the catalogue GETs only with ``private_catalog``."""
-        if not self._client_keys or not path.startswith("/v1/"):
+        return bool(self._client_keys) and self.guards(method, path)
+
+    def guards(self, method: str, path: str) -> bool:
+        """Whether ``path`` is guarded when any client keys exist (from the environment
+        or a keys file)."""
+        if not path.startswith("/v1/"):
             return False
         if self._private_catalog or method not in ("GET", "HEAD"):
             return True

@@ -19,10 +19,12 @@ closed request") and ``client_closed: true``; it is not an error of the shim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import logging.config
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,9 +42,11 @@ __all__ = [
     "JSONFormatter",
     "RequestLog",
     "TextFormatter",
+    "cache_result",
     "configure",
     "current",
     "log_config",
+    "upstream_call",
 ]
 
 ACCESS_LOGGER = "tts_shim.access"
@@ -83,6 +87,24 @@ class RequestLog:
         """The status the log shows: nginx's 499 when the client hung up first."""
         return CLIENT_CLOSED if self.client_closed else self.status
 
+    # What the stages did, for the metrics and the usage ledger (shim/operations.py);
+    # read when the request ends, never shown in the access line.
+    #: The client key's name (shim/clients.py) and the validated request's model and size.
+    client: str | None = None
+    model: str | None = None
+    characters: int = 0
+    #: Characters of the generations that succeeded: what was billed.
+    generated_characters: int = 0
+    #: ``(kind, outcome)`` per upstream attempt: kind ``generation`` or ``download``,
+    #: outcome ``ok`` or the error's code.
+    upstream_calls: list[tuple[str, str]] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    #: Characters served from the cache: generations not paid for.
+    cache_hit_characters: int = 0
+    #: ``time.perf_counter()`` when the first body byte was sent.
+    first_byte: float | None = None
+
     def fields(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "request_id": self.request_id,
@@ -116,6 +138,38 @@ _current: ContextVar[RequestLog | None] = ContextVar("tts_shim_request_log", def
 def current() -> RequestLog | None:
     """The access-log record of the request being handled, if any."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def upstream_call(kind: str, characters: int = 0) -> Iterator[None]:
+    """Record one upstream attempt (``generation`` or ``download``) and its outcome on
+    the current request; a generation of ``characters`` that succeeds counts as billed."""
+    record = _current.get()
+    try:
+        yield
+    except BaseException as exc:
+        if record is not None:
+            code = getattr(exc, "code", None)
+            status = getattr(exc, "status", None)
+            outcome = code or (f"http_{status}" if status else type(exc).__name__)
+            record.upstream_calls.append((kind, str(outcome)))
+        raise
+    if record is not None:
+        record.upstream_calls.append((kind, "ok"))
+        if kind == "generation":
+            record.generated_characters += characters
+
+
+def cache_result(hit: bool, characters: int) -> None:
+    """Record one cache look-up of a piece of ``characters`` on the current request."""
+    record = _current.get()
+    if record is None:
+        return
+    if hit:
+        record.cache_hits += 1
+        record.cache_hit_characters += characters
+    else:
+        record.cache_misses += 1
 
 
 class AccessLogMiddleware:

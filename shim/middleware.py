@@ -7,6 +7,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shim.clients import ClientKeys
 from shim.errors import APIError
 from shim.keys import Keys
 from shim.responses import SendTimeout
@@ -35,9 +36,17 @@ class GateMiddleware:
     cut a response whose client takes no data for that many seconds
     (:class:`shim.responses.SendTimeout`)."""
 
-    def __init__(self, app: ASGIApp, keys: Keys, send_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Keys,
+        clients: ClientKeys | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
+        #: Named client keys (keys file and TTS_SHIM_API_KEYS), issue 13.
+        self.clients = clients
         self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,9 +55,13 @@ class GateMiddleware:
             return
         rid = request_id(scope)
 
-        if self.keys.required_for(scope["method"], scope["path"]):
+        guarded = self.keys.required or self.clients is not None
+        if guarded and self.keys.guards(scope["method"], scope["path"]):
             try:
-                self.keys.check_client(Headers(scope=scope))
+                if self.clients is not None:  # names the client for limits and metrics
+                    self.clients.check(scope, Headers(scope=scope))
+                else:
+                    self.keys.check_client(Headers(scope=scope))
             except APIError as exc:
                 await exc.response(rid)(scope, receive, send)
                 return

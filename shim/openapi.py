@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from shim.catalog import FORMATS, MODELS
 from shim.contract import MAX_INPUT_CHARS, ChatRequest, SchemaGenerator, SpeechRequest
+from shim.operations import openapi_paths
 from shim.state import state_of
 
 __all__ = ["document", "openapi_json"]
@@ -260,6 +261,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **openapi_paths(),  # /metrics, /usage, /v1/usage (shim/operations.py)
     }
 
 

@@ -13,6 +13,7 @@ from shim.bodies import read_json
 from shim.cache import tenant_of
 from shim.catalog import FORMATS
 from shim.contract import MAX_INPUT_CHARS, SpeechRequest
+from shim.operations import admit
 from shim.responses import AudioResponse, speech_events
 from shim.state import State, state_of
 from shim.synthesis import Job, Speech, synthesize
@@ -25,6 +26,7 @@ async def create_speech(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, state.config.max_body_bytes)
     speech = SpeechRequest.from_json(body, state.config.input_limit)
+    await admit(request, speech.model.id, len(speech.input))  # key limits, budget
     audio = await synthesize(state, job_for(state, request.headers, speech))
     headers = audio_headers(audio)
     if speech.stream_format == "sse":

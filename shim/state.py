@@ -10,6 +10,7 @@ from shim.cache import AudioCache
 from shim.config import Config
 from shim.keys import Keys
 from shim.limits import Capacity
+from shim.operations import Operations
 from shim.upstream import Upstream
 
 __all__ = ["State", "state_of"]
@@ -29,6 +30,8 @@ class State:
     upstream: Upstream
     capacity: Capacity
     cache: AudioCache | None = None
+    #: Metrics, client keys with limits, usage (shim/operations.py).
+    ops: Operations | None = None
 
 
 def state_of(request: Request) -> State:

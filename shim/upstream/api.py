@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from shim import logs
 from shim.config import Config
 from shim.errors import APIError
 from shim.upstream.clients import build_client
@@ -76,7 +77,8 @@ class Upstream:
 
     async def _generate(self, body: dict[str, Any], key: str) -> AudioRef:
         self.stats.tts_calls += 1
-        return await post_generation(self._api, self.config.tts_url, body, key)
+        with logs.upstream_call("generation", len(body.get("text", ""))):  # metrics (issue 13)
+            return await post_generation(self._api, self.config.tts_url, body, key)
 
     async def _open(self, ref: AudioRef) -> AudioStream:
         config = self.config
@@ -105,13 +107,14 @@ class Upstream:
     async def _download(self, url: str, ref: AudioRef) -> AudioStream:
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
-        response = await fetch_audio(self._cdn, url, origins, ref.request_id)
-        return await open_stream(
-            response,
-            request_id=ref.request_id,
-            named=named_format(url),
-            max_bytes=self.config.max_audio_bytes,
-            stats=self.stats,
-            usage=ref.usage,
-            retryable=True,
-        )
+        with logs.upstream_call("download"):  # metrics (issue 13)
+            response = await fetch_audio(self._cdn, url, origins, ref.request_id)
+            return await open_stream(
+                response,
+                request_id=ref.request_id,
+                named=named_format(url),
+                max_bytes=self.config.max_audio_bytes,
+                stats=self.stats,
+                usage=ref.usage,
+                retryable=True,
+            )

@@ -4,8 +4,8 @@ shared entries), and long texts split, generated ahead and stitched into one fil
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any

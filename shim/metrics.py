@@ -1,0 +1,177 @@
+"""Prometheus metrics (``GET /metrics``), made from each request's record when it ends.
+
+No stage imports this module: the stages write what they did on the request's
+:class:`~shim.logs.RequestLog` (model, characters, upstream attempts, cache results,
+first byte) and :meth:`Metrics.observe` turns the finished record into samples.
+
+With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set before start-up, as
+``prometheus_client`` requires), every process writes its samples to that directory
+and ``/metrics`` answers the sum over processes; gauges add the live processes'
+values. Without it, each app keeps its own registry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shim.logs import RequestLog
+from shim.prices import MICRO, Prices
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess"]
+
+#: Seconds, for time to first byte and total duration: from a cache hit (ms) to long
+#: audio streamed for minutes.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def multiprocess() -> bool:
+    """Whether ``prometheus_client`` runs in multiprocess mode in this process."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    """The shim's metrics, all named ``tts_shim_*``, in a registry of their own."""
+
+    def __init__(self, prices: Prices) -> None:
+        self.prices = prices
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tts_shim_requests",
+            "Requests answered, by route template, model and status.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "tts_shim_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.first_byte = Histogram(
+            "tts_shim_time_to_first_byte_seconds",
+            "Time from request to the first body byte sent.",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.upstream_calls = Counter(
+            "tts_shim_upstream_calls",
+            "Calls to the AI/ML API (generation) and its CDN (download), by outcome "
+            "(ok, or the error code).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "tts_shim_upstream_retries",
+            "Upstream attempts after the first of a request, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.characters = Counter(
+            "tts_shim_characters",
+            "Characters generated upstream (billed), by model and client key name.",
+            ["model", "key"],
+            registry=r,
+        )
+        self.usd = Counter(
+            "tts_shim_usd",
+            "Estimated spend in US dollars (price table times characters generated).",
+            ["model", "key"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "tts_shim_cache_hits", "Audio served from the cache.", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "tts_shim_cache_misses", "Cache look-ups that generated.", ["model"], registry=r
+        )
+        self.saved = Counter(
+            "tts_shim_cache_saved_usd",
+            "Estimated US dollars not spent thanks to cache hits.",
+            ["model", "key"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "tts_shim_limited_requests",
+            "Requests refused by a key's limits, by code (rate_limit_exceeded, "
+            "insufficient_quota).",
+            ["key", "code"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "tts_shim_bytes_streamed",
+            "Response body bytes sent, by route template.",
+            ["route"],
+            registry=r,
+        )
+        self.slots = Gauge(
+            "tts_shim_slots_in_use",
+            "Speech slots held (upstream call or audio stream in progress).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue = Gauge(
+            "tts_shim_queue_length",
+            "Requests waiting for a speech slot.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+    def observe(self, record: RequestLog, route: str, refused: str | None = None) -> None:
+        """Add one finished request (its record) to the metrics."""
+        status = str(record.status or 500)
+        model = record.model or ""
+        key = record.client or ""
+        self.requests.labels(route, model, status).inc()
+        now = time.perf_counter()
+        self.duration.labels(route).observe(now - record.started)
+        if record.first_byte is not None:
+            self.first_byte.labels(route).observe(record.first_byte - record.started)
+        if record.bytes:
+            self.bytes.labels(route).inc(record.bytes)
+        attempts: dict[str, int] = {}
+        for kind, outcome in record.upstream_calls:
+            self.upstream_calls.labels(kind, outcome).inc()
+            attempts[kind] = attempts.get(kind, 0) + 1
+        for kind, count in attempts.items():
+            if count > 1:
+                self.retries.labels(kind).inc(count - 1)
+        if record.generated_characters:
+            self.characters.labels(model, key).inc(record.generated_characters)
+            micros = self.prices.micros(model, record.generated_characters)
+            self.usd.labels(model, key).inc(micros / MICRO)
+        if record.cache_hits:
+            self.cache_hits.labels(model).inc(record.cache_hits)
+            saved = self.prices.micros(model, record.cache_hit_characters)
+            self.saved.labels(model, key).inc(saved / MICRO)
+        if record.cache_misses:
+            self.cache_misses.labels(model).inc(record.cache_misses)
+        if refused is not None:
+            self.refused.labels(key, refused).inc()
+
+    def load(self, in_flight: int, queued: int) -> None:
+        """Set the slot gauges (at each request's end and at each scrape)."""
+        self.slots.set(in_flight)
+        self.queue.set(queued)
+
+    def exposition(self) -> bytes:
+        """The text exposition format: this app's registry, or every process's samples
+        in multiprocess mode."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

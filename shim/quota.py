@@ -1,0 +1,473 @@
+"""Per-key rate limits and budgets, and the usage they are counted on.
+
+Two kinds of counter, each in Redis (``--redis-url``: atomic, shared by every
+replica, surviving restarts) or in this process (each process counts alone):
+
+* **Rate limits** (requests and characters per minute) are the ``limits`` package's
+  sliding-window counter: the current minute's count plus the previous minute's,
+  weighted by how much of it the last 60 s still cover. O(1) per check for any cost,
+  atomic in Redis (a Lua script), and exact for the first N requests.
+* **Spend** (and the usage report) is a ledger of calendar windows: per key and UTC day,
+  and per key and UTC month, requests, characters and micro-dollars. Admitting a
+  request *reserves* its estimated cost, atomically checked against the key's
+  budgets; when the request ends the reservation is settled to what was generated
+  (a cache hit or a failed generation costs nothing). Budgets are checked on what is
+  reserved, so concurrent requests on several replicas cannot overspend together.
+
+A refused request never reaches the AI/ML API: 429 with OpenAI's envelope,
+``rate_limit_exceeded`` or ``insufficient_quota``, and the wait until it would pass
+in ``Retry-After``. The clock is injectable (``clock``), so a test can turn a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shim.clients import Client
+from shim.errors import APIError
+from shim.prices import MICRO
+
+__all__ = [
+    "DAY_RETENTION",
+    "Ledger",
+    "MemoryLedger",
+    "Quota",
+    "RedisLedger",
+    "Reservation",
+    "Usage",
+    "sliding_wait",
+]
+
+logger = logging.getLogger("tts_shim")
+
+Clock = Callable[[], float]
+#: Days a day's usage is kept (the usage report looks back at most this far).
+DAY_RETENTION = 400
+_MINUTE = 60
+_FIELDS = ("requests", "characters", "micros")
+
+
+def _day(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _month(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m")
+
+
+def _until_next_day(moment: float) -> float:
+    now = datetime.fromtimestamp(moment, timezone.utc)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) + timedelta(days=1)
+    return midnight.timestamp() - moment
+
+
+def _until_next_month(moment: float) -> float:
+    now = datetime.fromtimestamp(moment, timezone.utc)
+    days = calendar.monthrange(now.year, now.month)[1]
+    first = datetime(now.year, now.month, 1, tzinfo=timezone.utc) + timedelta(days=days)
+    return first.timestamp() - moment
+
+
+@dataclass
+class Usage:
+    """One key's counts in one window."""
+
+    requests: int = 0
+    characters: int = 0
+    micros: int = 0
+
+    @property
+    def usd(self) -> float:
+        return self.micros / MICRO
+
+
+@dataclass
+class Reservation:
+    """What admitting a request put in the ledger, to be settled when it ends."""
+
+    name: str
+    day: str
+    month: str
+    characters: int
+    micros: int
+    settled: bool = field(default=False, repr=False)
+
+
+class Ledger(Protocol):
+    """Usage by key and calendar window; one implementation in Redis, one in memory."""
+
+    async def reserve(
+        self,
+        name: str,
+        day: str,
+        month: str,
+        characters: int,
+        micros: int,
+        day_limit: int | None,
+        month_limit: int | None,
+    ) -> str | None:
+        """Add one request, unless it takes the key over a limit (micro-dollars):
+        then add nothing and return ``"day"`` or ``"month"``."""
+        ...
+
+    async def adjust(
+        self, name: str, day: str, month: str, requests: int, characters: int, micros: int
+    ) -> None: ...
+
+    async def usage(self, name: str, window: str) -> Usage:
+        """``window`` is a day (``YYYY-MM-DD``) or a month (``YYYY-MM``)."""
+        ...
+
+    async def day_report(self, day: str) -> dict[str, Usage]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryLedger:
+    """The ledger in this process: each process counts alone."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, dict[str, Usage]] = {}
+
+    def _get(self, window: str, name: str) -> Usage:
+        return self._windows.setdefault(window, {}).setdefault(name, Usage())
+
+    async def reserve(
+        self,
+        name: str,
+        day: str,
+        month: str,
+        characters: int,
+        micros: int,
+        day_limit: int | None,
+        month_limit: int | None,
+    ) -> str | None:
+        daily, monthly = self._get(day, name), self._get(month, name)
+        if day_limit is not None and daily.micros + micros > day_limit:
+            return "day"
+        if month_limit is not None and monthly.micros + micros > month_limit:
+            return "month"
+        for usage in (daily, monthly):
+            usage.requests += 1
+            usage.characters += characters
+            usage.micros += micros
+        self._prune(day)
+        return None
+
+    def _prune(self, today: str) -> None:
+        if len(self._windows) > DAY_RETENTION + 30:
+            oldest = sorted(w for w in self._windows if len(w) == len(today))
+            for window in oldest[:-DAY_RETENTION]:
+                del self._windows[window]
+
+    async def adjust(
+        self, name: str, day: str, month: str, requests: int, characters: int, micros: int
+    ) -> None:
+        for window in (day, month):
+            usage = self._get(window, name)
+            usage.requests += requests
+            usage.characters += characters
+            usage.micros += micros
+
+    async def usage(self, name: str, window: str) -> Usage:
+        found = self._windows.get(window, {}).get(name)
+        return Usage(found.requests, found.characters, found.micros) if found else Usage()
+
+    async def day_report(self, day: str) -> dict[str, Usage]:
+        return {name: Usage(**vars(u)) for name, u in self._windows.get(day, {}).items()}
+
+    async def aclose(self) -> None:
+        return None
+
+
+# KEYS: day hash, month hash. ARGV: name, characters, micros, day limit, month limit
+# (-1: none), day TTL s, month TTL s. Returns 0 (added), 1 (over the day), 2 (month).
+_RESERVE = """
+local name = ARGV[1]
+local micros = tonumber(ARGV[3])
+local day_limit = tonumber(ARGV[4])
+local month_limit = tonumber(ARGV[5])
+local day = tonumber(redis.call('HGET', KEYS[1], name .. ':micros') or '0')
+local month = tonumber(redis.call('HGET', KEYS[2], name .. ':micros') or '0')
+if day_limit >= 0 and day + micros > day_limit then return 1 end
+if month_limit >= 0 and month + micros > month_limit then return 2 end
+for i = 1, 2 do
+  redis.call('HINCRBY', KEYS[i], name .. ':requests', 1)
+  redis.call('HINCRBY', KEYS[i], name .. ':characters', ARGV[2])
+  redis.call('HINCRBY', KEYS[i], name .. ':micros', micros)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return 0
+"""
+
+
+class RedisLedger:
+    """The ledger in Redis: one hash per UTC day and per UTC month, fields
+    ``<name>:requests|characters|micros``; integers, so every update is exact."""
+
+    def __init__(self, client: Redis, prefix: str = "tts-shim") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
+
+    def _key(self, window: str) -> str:
+        return f"{self.prefix}:usage:{window}"
+
+    async def reserve(
+        self,
+        name: str,
+        day: str,
+        month: str,
+        characters: int,
+        micros: int,
+        day_limit: int | None,
+        month_limit: int | None,
+    ) -> str | None:
+        outcome = await self._reserve(
+            keys=[self._key(day), self._key(month)],
+            args=[
+                name,
+                characters,
+                micros,
+                -1 if day_limit is None else day_limit,
+                -1 if month_limit is None else month_limit,
+                DAY_RETENTION * 86400,
+                (DAY_RETENTION + 62) * 86400,
+            ],
+        )
+        return {0: None, 1: "day", 2: "month"}[int(outcome)]
+
+    async def adjust(
+        self, name: str, day: str, month: str, requests: int, characters: int, micros: int
+    ) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for window in (day, month):
+            if requests:
+                pipe.hincrby(self._key(window), f"{name}:requests", requests)
+            pipe.hincrby(self._key(window), f"{name}:characters", characters)
+            pipe.hincrby(self._key(window), f"{name}:micros", micros)
+        await pipe.execute()
+
+    async def usage(self, name: str, window: str) -> Usage:
+        values = await self.client.hmget(self._key(window), [f"{name}:{f}" for f in _FIELDS])
+        return Usage(*(int(v or 0) for v in values))
+
+    async def day_report(self, day: str) -> dict[str, Usage]:
+        raw: dict[Any, Any] = await self.client.hgetall(self._key(day))
+        report: dict[str, Usage] = {}
+        for key, value in raw.items():
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            name, _, kind = text.rpartition(":")
+            if kind in _FIELDS:
+                setattr(report.setdefault(name, Usage()), kind, int(value))
+        return report
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def sliding_wait(
+    window: tuple[int, float, int, float], limit: int, cost: int, expiry: float = _MINUTE
+) -> float | None:
+    """Seconds until ``cost`` more fits under ``limit`` in a ``limits`` sliding-window
+    counter (``window``: previous count, its seconds to live, current count, its seconds
+    to live, as the storage reports them); ``None`` when it never will (``cost > limit``).
+
+    Within the current window the previous count's weight falls linearly; once the
+    window turns, the current count becomes the previous one and falls in turn."""
+    if cost > limit:
+        return None
+    previous, previous_ttl, current, current_ttl = window
+    left = max(0.0, current_ttl - expiry)  # until the current window turns
+    room = limit - cost - current
+    if room >= 0:
+        if previous == 0:
+            return 0.0
+        # floor(previous * (previous_ttl - t) / expiry) <= room
+        return max(0.0, previous_ttl - (room + 1) * expiry / previous)
+    if current == 0:
+        return left
+    return max(left, left + expiry - (limit - cost + 1) * expiry / current)
+
+
+class Quota:
+    """The admission check (limits and budgets) and the usage ledger, for one app.
+
+    ``storage`` is a ``limits`` async storage (memory or Redis); ``ledger`` the spend.
+    """
+
+    def __init__(self, ledger: Ledger, storage: Storage, clock: Clock = time.time) -> None:
+        self.ledger = ledger
+        self.storage = storage
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
+        self.clock = clock
+
+    @classmethod
+    def open(cls, redis_url: str | None, clock: Clock = time.time) -> Quota:
+        """In Redis with ``redis_url`` (the cache's client settings), else in memory."""
+        if redis_url is None:
+            return cls(MemoryLedger(), MemoryStorage(), clock)
+        from shim.cache import connect
+
+        client = connect(redis_url)
+        scheme, _, rest = redis_url.partition("://")
+        uri = "async+redis+unix://" + rest if scheme == "unix" else "async+" + redis_url
+        storage = RedisStorage(
+            uri,
+            implementation="redispy",
+            key_prefix="tts-shim:limits",
+            connection_pool=client.connection_pool,  # type: ignore[arg-type]
+        )
+        return cls(RedisLedger(client), storage, clock)
+
+    async def admit(self, client: Client, characters: int, micros: int) -> Reservation:
+        """Check ``client``'s limits for a request of ``characters`` costing ``micros``
+        and reserve it, or raise the 429 :class:`APIError` the client should see."""
+        limits = client.limits
+        now = self.clock()
+        day, month = _day(now), _month(now)
+        try:
+            refused = await self.ledger.reserve(
+                client.name,
+                day,
+                month,
+                characters,
+                micros,
+                None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
+                None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
+            )
+        except (RedisError, OSError) as exc:
+            if limits.any:
+                raise _unavailable(exc) from exc
+            logger.warning("usage not recorded: Redis unavailable (%s)", type(exc).__name__)
+            return Reservation(client.name, day, month, 0, 0, settled=True)
+        if refused is not None:
+            budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
+            wait = _until_next_day(now) if refused == "day" else _until_next_month(now)
+            raise _over_budget(refused, budget or 0.0, wait)
+        reservation = Reservation(client.name, day, month, characters, micros)
+        try:
+            await self._rate(client, characters)
+        except BaseException:
+            await self.settle(reservation, 0, 0, count=False)
+            raise
+        return reservation
+
+    async def _rate(self, client: Client, characters: int) -> None:
+        checks = (
+            ("requests", client.limits.requests_per_minute, 1),
+            ("characters", client.limits.characters_per_minute, characters),
+        )
+        try:
+            for kind, limit, cost in checks:
+                if limit is None:
+                    continue
+                item = RateLimitItemPerMinute(limit)
+                if not await self.limiter.hit(item, "tts-shim", client.name, kind, cost=cost):
+                    window = await self.storage.get_sliding_window(  # type: ignore[attr-defined]
+                        item.key_for("tts-shim", client.name, kind), item.get_expiry()
+                    )
+                    raise _over_rate(kind, limit, cost, sliding_wait(window, limit, cost))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def settle(
+        self, reservation: Reservation, characters: int, micros: int, *, count: bool = True
+    ) -> None:
+        """Correct the reservation to what was generated (``characters``, ``micros``).
+        ``count=False`` takes the request itself back out too (it was refused)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        requests = 0 if count else -1
+        d_chars = characters - reservation.characters
+        d_micros = micros - reservation.micros
+        if not (requests or d_chars or d_micros):
+            return
+        try:
+            await self.ledger.adjust(
+                reservation.name, reservation.day, reservation.month, requests, d_chars, d_micros
+            )
+        except (RedisError, OSError) as exc:
+            logger.warning("usage not settled: Redis unavailable (%s)", type(exc).__name__)
+
+    async def usage(self, name: str) -> dict[str, Usage]:
+        """``name``'s usage today and this month (UTC)."""
+        now = self.clock()
+        today, month = await asyncio.gather(
+            self.ledger.usage(name, _day(now)), self.ledger.usage(name, _month(now))
+        )
+        return {"day": today, "month": month}
+
+    async def report(self, days: int) -> dict[str, dict[str, Usage]]:
+        """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first."""
+        now = self.clock()
+        wanted = [_day(now - 86400 * back) for back in range(max(1, days))]
+        reports = await asyncio.gather(*(self.ledger.day_report(day) for day in wanted))
+        return dict(zip(wanted, reports, strict=True))
+
+    async def aclose(self) -> None:
+        await self.ledger.aclose()
+
+
+def _over_rate(kind: str, limit: int, cost: int, wait: float | None) -> APIError:
+    if wait is None:
+        return APIError(
+            429,
+            f"This request has {cost} characters, more than this key may send in a minute "
+            f"({limit}); split the text.",
+            type="requests",
+            code="rate_limit_exceeded",
+        )
+    seconds = max(1, math.ceil(wait))
+    return APIError(
+        429,
+        f"Rate limit reached for this key: {limit} {kind} per minute. Retry after {seconds} s.",
+        type="requests",
+        code="rate_limit_exceeded",
+        retryable=True,
+        retry_after=seconds,
+    )
+
+
+def _over_budget(window: str, budget: float, wait: float) -> APIError:
+    period = "today (UTC)" if window == "day" else "this month (UTC)"
+    seconds = max(1, math.ceil(wait))
+    return APIError(
+        429,
+        f"This key has reached its budget of ${budget:g} for {period}; it resets in {seconds} s.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        # Set here, not as ``retry_after``: the envelope caps that at an hour, and the
+        # budget frees only when its window turns.
+        headers={"retry-after": str(seconds), "retry-after-ms": str(seconds * 1000)},
+    )
+
+
+def _unavailable(exc: BaseException) -> APIError:
+    # A key with limits is never served uncounted: its counters are unreachable.
+    logger.warning("limits store unavailable (%s): refusing limited keys", type(exc).__name__)
+    return APIError(
+        503,
+        "The shim cannot check this key's limits right now (its counter store is "
+        "unreachable). Retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+        retryable=True,
+        retry_after=1,
+    )

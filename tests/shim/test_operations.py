@@ -1,0 +1,123 @@
+"""The operator hooks on the request path, in-process on the mock: the gate names keys,
+admission refuses before any upstream call, usage is settled to what was generated."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from shim.prices import Prices
+from shim.testing import MockUpstream
+from tests.shim.conftest import CLIENT_TOKEN, generations, state_of
+
+KEYS = f"""\
+[keys.app]
+key = "{CLIENT_TOKEN}"
+usd_per_day = 0.0005
+
+[keys.rpm]
+key = "sk-rpm-key-00001"
+requests_per_minute = 2
+"""
+SPEECH = {"model": "tts-1", "input": "Twelve chars"}  # $0.00018 at $0.015 per 1K
+
+
+def _keys(tmp_path: Path) -> str:
+    path = tmp_path / "keys.toml"
+    path.write_text(KEYS)
+    return str(path)
+
+
+async def test_keys_file_and_env_keys_are_accepted_and_others_refused(
+    shim: Any, tmp_path: Path
+) -> None:
+    client = shim(keys_file=_keys(tmp_path), client_keys=("sk-env-key-0001",))
+
+    assert (await client.get("/v1/models")).status_code == 200
+    env = await client.get("/v1/models", headers={"authorization": "Bearer sk-env-key-0001"})
+    assert env.status_code == 200
+    wrong = await client.get("/v1/models", headers={"authorization": "Bearer sk-nope-00000"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    # Outside /v1 no key is needed (health, metrics).
+    assert (await client.get("/healthz", headers={"authorization": ""})).status_code == 200
+
+
+async def test_over_its_rate_a_request_is_a_429_before_any_upstream_call(
+    shim: Any, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    client = shim(keys_file=_keys(tmp_path))
+    rpm = {"authorization": "Bearer sk-rpm-key-00001"}
+
+    for _ in range(2):
+        assert (await client.post("/v1/audio/speech", json=SPEECH, headers=rpm)).status_code == 200
+    before = len(upstream.journal)
+    refused = await client.post("/v1/audio/speech", json=SPEECH, headers=rpm)
+
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert len(upstream.journal) == before
+
+
+async def test_a_budget_refuses_until_the_day_turns_and_usage_reports_it(
+    shim: Any, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    client = shim(keys_file=_keys(tmp_path))
+    assert (await client.get("/v1/usage")).status_code == 200  # starts the app
+    quota = state_of(client).ops.quota  # type: ignore[union-attr]
+    moment = [datetime(2026, 12, 1, 22, 0, tzinfo=timezone.utc).timestamp()]
+    quota.clock = lambda: moment[0]
+
+    statuses = [(await client.post("/v1/audio/speech", json=SPEECH)).status_code for _ in range(3)]
+    # $0.00018 each against $0.0005 a day: two fit, the third would make $0.00054.
+    assert statuses == [200, 200, 429]
+    assert generations(upstream) == 2
+    refused = await client.post("/v1/audio/speech", json=SPEECH)
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert refused.headers["retry-after"] == str(2 * 3600)
+
+    usage = (await client.get("/v1/usage")).json()
+    assert usage["key"] == "app"
+    assert usage["day"] == {
+        "requests": 2,
+        "characters": 24,
+        "usd": Prices().usd("tts-1", 12) * 2,
+    }
+    assert usage["limits"]["usd_per_day"] == 0.0005
+    assert usage["remaining_usd"]["day"] == 0.0005 - 0.00036
+
+    moment[0] += 2 * 3600  # midnight UTC
+    assert (await client.post("/v1/audio/speech", json=SPEECH)).status_code == 200
+    assert generations(upstream) == 3
+    report = (await client.get("/usage", params={"days": 2})).json()
+    assert [day["day"] for day in report["days"]] == ["2026-12-02", "2026-12-01"]
+    assert report["days"][0]["keys"]["app"]["requests"] == 1
+    assert report["days"][1]["keys"]["app"]["requests"] == 2
+
+
+async def test_a_failed_generation_costs_nothing(
+    shim: Any, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    client = shim(keys_file=_keys(tmp_path), tts_retries=0)
+    upstream.scenario([{"status": 400}])
+
+    failed = await client.post("/v1/audio/speech", json=SPEECH)
+
+    assert failed.status_code == 400
+    usage = (await client.get("/v1/usage")).json()
+    assert usage["day"] == {"requests": 1, "characters": 0, "usd": 0.0}
+
+
+async def test_without_client_keys_usage_is_the_anonymous_total(shim: Any) -> None:
+    client = shim()
+    assert (await client.post("/v1/audio/speech", json=SPEECH)).status_code == 200
+
+    usage = (await client.get("/v1/usage")).json()
+
+    assert usage["key"] == "anonymous"
+    assert usage["day"]["characters"] == 12
+    assert (await client.get("/usage", params={"days": "0"})).status_code == 400
