@@ -118,7 +118,6 @@ def main() -> None:
     help="Seconds a client may take no data before its response is cut and its slot freed.",
 )
 @click.option(
-    "--mock",
     "--mock/--no-mock",
     envvar="TTS_SHIM_MOCK",
     show_envvar=True,
@@ -229,6 +228,38 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="PEM file of CAs trusted for upstream TLS. Unset: SSL_CERT_FILE / SSL_CERT_DIR "
     "when set, else the certifi bundle.",
+)
+@click.option(
+    "--max-input-chars",
+    envvar="TTS_SHIM_MAX_INPUT_CHARS",
+    show_envvar=True,
+    default=100_000,
+    type=click.IntRange(1),
+    help="Longest text to speak (characters); 4096 restores OpenAI's limit.",
+)
+@click.option(
+    "--split/--no-split",
+    envvar="TTS_SHIM_SPLIT",
+    show_envvar=True,
+    default=True,
+    help="Split long texts into pieces generated ahead and stitched into one stream "
+    "(off: texts over 4096 characters are refused).",
+)
+@click.option(
+    "--split-threshold",
+    envvar="TTS_SHIM_SPLIT_THRESHOLD",
+    show_envvar=True,
+    default=1000,
+    type=click.IntRange(1),
+    help="Texts longer than this (characters) are split; the first piece is short.",
+)
+@click.option(
+    "--split-parallel",
+    envvar="TTS_SHIM_SPLIT_PARALLEL",
+    show_envvar=True,
+    default=3,
+    type=click.IntRange(1, 16),
+    help="Pieces of one request generated at once.",
 )
 @click.option(
     "--max-concurrency",
