@@ -135,9 +135,8 @@ def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimSe
 
     settings.setdefault("upstream_url", mock.url)
     # No cache unless a test asks (cache_dir=tmp_path, say): repeats must not leak
-    # between tests or test runs. And no waiting out the mock's Retry-After.
+    # between tests or test runs.
     settings.setdefault("cache", False)
-    settings.setdefault("max_retry_wait", 0.0)
     config = Config(**settings)
     app = create_app(config)
     server: BackgroundServer = stack.enter_context(BackgroundServer(app))

@@ -316,6 +316,7 @@ class Quota:
         self.storage = storage
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.clock = clock
+        self._warned_at: float | None = None  # monotonic time of the last outage warning
 
     @classmethod
     def open(cls, redis_url: str | None, clock: Clock = time.time) -> Quota:
@@ -354,7 +355,10 @@ class Quota:
         except (RedisError, OSError) as exc:
             if limits.any:
                 raise _unavailable(exc) from exc
-            logger.warning("usage not recorded: Redis unavailable (%s)", type(exc).__name__)
+            # One warning a minute, not one a request, while Redis is down.
+            if self._warned_at is None or time.monotonic() - self._warned_at >= 60:
+                self._warned_at = time.monotonic()
+                logger.warning("usage not recorded: Redis unavailable (%s)", type(exc).__name__)
             return Reservation(client.name, day, month, 0, 0, settled=True)
         if refused is not None:
             budget = limits.usd_per_day if refused == "day" else limits.usd_per_month

@@ -128,7 +128,10 @@ class Speech:
     async def aclose(self) -> None:
         """Stop the downloads and the transcoder; free the slot."""
         try:
-            await self._rest.aclose()
+            # Shielded: this runs when the response is cancelled (the client left), and
+            # the downloads must still be closed.
+            with anyio.CancelScope(shield=True):
+                await self._rest.aclose()
         finally:
             release, self._release = self._release, None
             if release is not None:
@@ -309,6 +312,7 @@ async def _stitched(
     """The pieces generated ahead (at most ``--split-parallel`` at a time, in order of
     need), streamed strictly in order and stitched into one file."""
     tasks: list[asyncio.Task[_Prepared]] = []
+    downloads: list[AsyncGenerator[bytes]] = []  # the stitcher leaves closing them to us
 
     def start_next() -> None:
         if len(tasks) < len(texts):
@@ -324,7 +328,8 @@ async def _stitched(
             start_next()
             if index == 0:
                 facts.cache, facts.request_id = prepared.cache, prepared.request_id
-            yield Piece(prepared.format, prepared.audio(state.upstream))
+            downloads.append(prepared.audio(state.upstream))
+            yield Piece(prepared.format, downloads[-1])
 
     try:
         async with aclosing(stitch(pieces(), job.format)) as chunks:
@@ -336,6 +341,8 @@ async def _stitched(
         for task in tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
+            for download in downloads:
+                await download.aclose()
             for outcome in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(outcome, _Prepared):  # made, never sent
                     await outcome.aclose()

@@ -51,7 +51,7 @@ const INVALID = [
   ],
   [
     "chat too long",
-    () => chat({ messages: [{ role: "user", content: "x".repeat(4097) }] }),
+    () => chat({ messages: [{ role: "user", content: "x".repeat(100001) }] }),
     "messages",
     "string_above_max_length",
   ],

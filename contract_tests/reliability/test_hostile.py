@@ -196,6 +196,7 @@ def test_clients_that_stop_reading_lose_their_slots(
         "--upstream-url", tts_mock.url,
         "--max-concurrency", "2", "--max-queue", "0",
         "--send-timeout", str(send_timeout),
+        "--no-split", "--no-cache",  # one generation, one long stream per request
     )  # fmt: skip
     stalled = [raw_request(served, LONG_PCM, rcvbuf=4096) for _ in range(2)]
     for sock in stalled:
@@ -264,7 +265,7 @@ def test_a_client_that_hangs_up_while_sending_its_body_is_a_499(
 def test_a_client_that_hangs_up_mid_stream_is_a_499(
     serve_process: Callable[..., ServeProcess], tts_mock: MockUpstream
 ) -> None:
-    served = serve_process("--upstream-url", tts_mock.url)
+    served = serve_process("--upstream-url", tts_mock.url, "--no-split", "--no-cache")
     with raw_request(served, LONG_PCM) as sock:
         sock.settimeout(10)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")

@@ -32,7 +32,10 @@ def _generations(mock: MockUpstream) -> int:
 def _shim(
     serve_process: Callable[..., ServeProcess], mock: MockUpstream, *args: str
 ) -> ServeProcess:
-    return serve_process("--upstream-url", mock.url, *args, env={"AIMLAPI_KEY": "mock-key"})
+    # No cache: every request of these tests must reach the mock.
+    return serve_process(
+        "--upstream-url", mock.url, "--no-cache", *args, env={"AIMLAPI_KEY": "mock-key"}
+    )
 
 
 def test_two_replicas_sharing_redis_enforce_one_limit(

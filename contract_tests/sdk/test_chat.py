@@ -277,7 +277,7 @@ async def test_a_download_that_breaks_mid_stream_raises_in_the_sdk(
     [
         ({"messages": [{"role": "system", "content": "Only a system prompt."}]}, "messages"),
         ({"messages": [{"role": "user", "content": ""}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "x" * 4097}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 100_001}]}, "messages"),
         ({"audio": {"voice": "nobody", "format": "wav"}}, "audio.voice"),
         ({"audio": {"voice": "alloy", "format": "pcm"}}, "audio.format"),
         ({"modalities": ["text"]}, "modalities"),

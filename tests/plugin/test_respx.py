@@ -145,7 +145,7 @@ def test_the_context_manager_puts_the_mock_under_an_in_process_shim(
 
         async def speak(upstream):
             mock = httpx.ASGITransport(upstream.app)
-            shim = create_app(Config(tts_retries=0), transport=mock)
+            shim = create_app(Config(tts_retries=0, cache=False), transport=mock)
             http = httpx.AsyncClient(transport=httpx.ASGITransport(shim))
             client = openai.AsyncOpenAI(base_url="http://shim/v1", api_key="sk-user-1111",
                                         http_client=http, max_retries=0)

@@ -34,10 +34,11 @@ async def test_keys_file_and_env_keys_are_accepted_and_others_refused(
 ) -> None:
     client = shim(keys_file=_keys(tmp_path), client_keys=("sk-env-key-0001",))
 
-    assert (await client.get("/v1/models")).status_code == 200
-    env = await client.get("/v1/models", headers={"authorization": "Bearer sk-env-key-0001"})
+    # /v1/usage needs a key (the catalogue GETs are open by default).
+    assert (await client.get("/v1/usage")).status_code == 200
+    env = await client.get("/v1/usage", headers={"authorization": "Bearer sk-env-key-0001"})
     assert env.status_code == 200
-    wrong = await client.get("/v1/models", headers={"authorization": "Bearer sk-nope-00000"})
+    wrong = await client.get("/v1/usage", headers={"authorization": "Bearer sk-nope-00000"})
     assert wrong.status_code == 401
     assert wrong.json()["error"]["code"] == "invalid_api_key"
     # Outside /v1 no key is needed (health, metrics).
