@@ -174,6 +174,25 @@ async def _whole_triplets(audio: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield carry
 
 
+async def _whole(speech: AsyncIterable[bytes], cap: int) -> bytes:
+    """The whole audio of a non-streamed answer, which is held in memory several times
+    over (bytes, base64, JSON): so it has a lower cap than streamed audio."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in speech:
+        size += len(chunk)
+        if size > cap:
+            raise APIError(
+                502,
+                f"The audio is over {cap} bytes, the most this shim answers in one chat "
+                "completion (--max-chat-audio-bytes); ask for it with `stream: true`.",
+                type="server_error",
+                code="audio_too_large",
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 # -- the handler ------------------------------------------------------------------
 
 
@@ -191,7 +210,7 @@ async def create_chat_completion(request: Request) -> Response:
             answer.events(speech), "text/event-stream", headers, on_close=speech.aclose
         )
     try:
-        audio = b"".join([chunk async for chunk in speech])
+        audio = await _whole(speech, state.config.max_chat_audio_bytes)
     finally:
         await speech.aclose()
     # All of it is known before sending: WAV and FLAC get their real sizes.

@@ -205,6 +205,14 @@ def main() -> None:
     help="Largest audio the shim will relay.",
 )
 @click.option(
+    "--max-chat-audio-bytes",
+    envvar="TTS_SHIM_MAX_CHAT_AUDIO_BYTES",
+    show_envvar=True,
+    default=32 * 1024 * 1024,
+    type=click.IntRange(1),
+    help="Largest audio in a non-streamed chat answer (held whole in memory); stream for more.",
+)
+@click.option(
     "--max-body-bytes",
     envvar="TTS_SHIM_MAX_BODY_BYTES",
     show_envvar=True,

@@ -103,6 +103,9 @@ class Config:
     deadline: float = 90.0
     max_audio_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024
+    #: Largest audio in a non-streamed chat answer, which is held whole in memory
+    #: (bytes, base64 and JSON); streamed answers have ``max_audio_bytes``.
+    max_chat_audio_bytes: int = 32 * 1024 * 1024
     #: Proxy for every upstream request; ``None``: ``HTTPS_PROXY``/``HTTP_PROXY``/
     #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY``, as any httpx program.
     proxy: str | None = None

@@ -45,7 +45,9 @@ def _speak(base_url: str) -> None:
 def _warm_up() -> None:
     mock_app = create_mock_app(MockConfig())
     with BackgroundServer(mock_app) as mock:
-        shim = BackgroundServer(create_app(Config(upstream_url=mock.url, tts_retries=0, cache=False)))
+        shim = BackgroundServer(
+            create_app(Config(upstream_url=mock.url, tts_retries=0, cache=False))
+        )
         with shim:
             mock_app.state.scenario.push([{"route": "tts", "fault": "reset", "times": 1}])
             _speak(shim.url + "/v1")

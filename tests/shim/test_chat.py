@@ -438,3 +438,16 @@ async def test_the_upstream_request_id_is_passed_on(
 
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "up-123"
+
+
+async def test_a_whole_answer_has_a_lower_audio_cap_than_a_stream(shim: Any) -> None:
+    client = shim(max_chat_audio_bytes=10_000)
+
+    whole = await client.post("/v1/chat/completions", json=GOOD)
+    streamed = await client.post("/v1/chat/completions", json=_with(stream=True))
+
+    assert whole.status_code == 502
+    assert whole.json()["error"]["code"] == "audio_too_large"
+    assert "stream" in whole.json()["error"]["message"]
+    assert streamed.status_code == 200
+    assert len(b"".join(base64.b64decode(f) for f in _fragments(_events(streamed.text)))) > 10_000
