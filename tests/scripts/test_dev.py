@@ -63,6 +63,7 @@ def dev_serve() -> Iterator[Callable[..., Started]]:
             for k, v in os.environ.items()
             if not k.startswith(("AIMLAPI_", "TTS_SHIM_", "PYTHON", "VIRTUAL_ENV"))
         }
+        env["TTS_SHIM_CACHE"] = "false"  # every request reaches the mock; nothing is kept
         proc = subprocess.Popen(
             [python, "scripts/dev.py", "serve", *args],
             cwd=ROOT,
