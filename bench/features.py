@@ -111,11 +111,21 @@ def ttfb(port: int, body: str, of: str = "speech") -> float:
     return float(r["ttfb_ms"])
 
 
-def generations(mock_port: int) -> int:
+def journal(mock_port: int) -> list[dict[str, Any]]:
     url = f"http://127.0.0.1:{mock_port}/__mock__/requests"
     with urllib.request.urlopen(url, timeout=10) as reply:
-        entries = json.loads(reply.read())["requests"]
-    return sum(1 for e in entries if e.get("method") == "POST" and e.get("path") == "/v1/tts")
+        entries: list[dict[str, Any]] = json.loads(reply.read())["requests"]
+    return entries
+
+
+def generations(mock_port: int, after: int) -> int:
+    """``POST /v1/tts`` calls in the mock's journal with a sequence number past ``after``
+    (the journal is bounded: comparing its counts before and after would not do)."""
+    return sum(
+        1
+        for e in journal(mock_port)
+        if e["seq"] > after and e.get("method") == "POST" and e.get("path") == "/v1/tts"
+    )
 
 
 def speak(port: int, body: str) -> tuple[int, str, bytes]:
@@ -222,7 +232,7 @@ class Features:
             ]
             text = f"Single flight check {time.time_ns()}: one generation for all of us."
             body = speech_body(text, "mp3")
-            before = generations(mock.port)
+            before = max((e["seq"] for e in journal(mock.port)), default=0)
             barrier = threading.Barrier(CONCURRENT)
 
             def one(n: int) -> tuple[int, str, bytes]:
@@ -233,7 +243,7 @@ class Features:
             with ThreadPoolExecutor(CONCURRENT) as pool:
                 answers = list(pool.map(one, range(CONCURRENT)))
             wall = time.monotonic() - started
-            made = generations(mock.port) - before
+            made = generations(mock.port, after=before)
         finally:
             for proc in [p for p in self.procs.procs if p.name.startswith("shim-redis")]:
                 proc.stop()
