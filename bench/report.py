@@ -18,6 +18,9 @@ COLLAPSE_SHARE = 0.8
 
 PEER_NAMES = {"litellm": "LiteLLM proxy"}
 
+#: The section bench/features.py writes into docs/benchmarks.md; a rewrite by run.py keeps it.
+FEATURES_START, FEATURES_END = "<!-- features -->", "<!-- /features -->"
+
 
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
@@ -32,7 +35,11 @@ def _yes(ok: bool) -> str:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    (out / "benchmarks.md").write_text(markdown(results))
+    path = out / "benchmarks.md"
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(FEATURES_START), old.find(FEATURES_END)
+    kept = "\n" + old[start : end + len(FEATURES_END)] + "\n" if 0 <= start < end else ""
+    path.write_text(markdown(results) + kept)
     chart(results, out / "benchmarks.png")
 
 
