@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from shim.testing import free_port
 
 __all__ = ["RedisServer", "redis_server_binary"]
 
@@ -46,13 +47,6 @@ def redis_server_binary() -> str:
     raise RuntimeError(_INSTALL_HINT)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """One ``redis-server`` process: no persistence, loopback only, ``extra`` config
     lines as ``--name value`` pairs (e.g. ``("--maxmemory", "2mb")``).
@@ -78,7 +72,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         for _attempt in range(5):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             if self._launch(port):
                 self.port = port
                 return self

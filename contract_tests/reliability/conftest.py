@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shim.testing import MockUpstream
+from shim.testing import MockUpstream, free_port
 
 CLIENT_TOKEN = "sk-reliability-client-0001"
 AUTH = {"authorization": f"Bearer {CLIENT_TOKEN}"}
@@ -217,13 +217,6 @@ def raw_server() -> Iterator[Callable[[Script], RawServer]]:
 
 
 # -- ``tts-shim serve`` as a process ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def listening(port: int) -> bool:

@@ -14,13 +14,7 @@ import openai
 import pytest
 
 from contract_tests.conftest import decode
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from shim.testing import free_port
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], limit: float = 20.0) -> None:
@@ -38,7 +32,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], limit: float = 20.0
 
 @pytest.fixture
 def served() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "TTS_SHIM_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "shim", "serve", "--mock", "--port", str(port)],

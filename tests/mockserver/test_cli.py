@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from click.testing import CliRunner
 from mockserver import MockConfig
 from mockserver import cli as cli_module
 from mockserver.cli import main
+from shim.testing import free_port
 
 OPTIONS = {
     "--host": "TTS_MOCK_HOST",
@@ -119,13 +119,6 @@ def test_bad_values_are_usage_errors(served: dict[str, Any], args: list[str]) ->
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert served == {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_python_dash_m_serves() -> None:
