@@ -53,9 +53,17 @@ class _ShimServer(uvicorn.Server):
     and gives in-flight responses ``--graceful-timeout`` seconds before cutting them.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, listening: str = "") -> None:
         super().__init__(config)
         self.shim_app = app
+        self.listening = listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # Only now: the signal handlers are in place and requests are answered, so
+        # whoever waits for this line may use the shim (or stop it) at once.
+        if self.listening and self.started:
+            logger.info(self.listening)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state = self.shim_app.state.shim  # built by the lifespan, which has run
@@ -147,9 +155,9 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
         logger.info("mock upstream on %s (no key or network needed)", mock_url)
     config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
     shim_socket = _bind(config.host, config.port)
-    logger.info(listening_line(config, shim_socket.getsockname()[1], mock=mock))
+    listening = listening_line(config, shim_socket.getsockname()[1], mock=mock)
     app = create_app(config)
-    shim_server = _ShimServer(_uvicorn_config(app, config), app)
+    shim_server = _ShimServer(_uvicorn_config(app, config), app, listening)
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
     if mock_server is not None and mock_socket is not None:
         quiet = QUIET.set(True)  # the task, and what it starts, inherit the flag
