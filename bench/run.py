@@ -229,7 +229,8 @@ class Bench:
         mock_url = f"http://127.0.0.1:{self.mock.port}"
         self.shim = self.start(
             "shim",
-            [tts_shim, "serve", "--port", "{port}", "--upstream-url", mock_url],
+            # No cache: every request is the whole path (bench/features.py measures hits).
+            [tts_shim, "serve", "--port", "{port}", "--upstream-url", mock_url, "--no-cache"],
             "/__bench_ready",
         )
         # The floor doubles as the peer's upstream: the cheapest OpenAI-compatible speech

@@ -199,7 +199,7 @@ def main() -> int:
         shim = subprocess.Popen(
             [*tts_shim, "serve", "--port", str(shim_port), "--upstream-url", mock_url,
              "--tts-retries", "1", "--audio-retries", "1", "--max-retry-wait", "0.01",
-             "--max-concurrency", str(args.concurrency)],
+             "--max-concurrency", str(args.concurrency), "--no-cache"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # the access log is written, as in production
