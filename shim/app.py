@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shim.browsers import BrowserGate
-from shim.cache import open_cache
+from shim.cache import connect, open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
 from shim.clients import ClientKeys
@@ -118,8 +118,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = Upstream(config, transport)
-        cache = open_cache(config)  # here, so that each worker process opens its own
-        ops = Operations.open(config, clients)
+        # Here, so that each worker process opens its own; one Redis pool serves the
+        # cache, its single flight and the limit counters.
+        redis = connect(config.redis_url) if config.redis_url else None
+        cache = open_cache(config, redis)
+        ops = Operations.open(config, clients, redis=redis)
         state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
         app.state.shim = state
         try:

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,11 +72,18 @@ class Operations:
 
     @classmethod
     def open(
-        cls, config: Config, clients: ClientKeys | None, *, clock: Clock = time.time
+        cls,
+        config: Config,
+        clients: ClientKeys | None,
+        *,
+        clock: Clock = time.time,
+        redis: Redis | None = None,
     ) -> Operations:
-        """Build them for ``config`` (counters in Redis with ``config.redis_url``) and,
-        with a keys file, re-read it on SIGHUP. Call from the app's lifespan."""
-        ops = cls(config, clients, Quota.open(config.redis_url, clock), Prices(config.prices))
+        """Build them for ``config`` (counters in Redis with ``config.redis_url``, through
+        ``redis`` if given: the client the cache uses) and, with a keys file, re-read it on
+        SIGHUP. Call from the app's lifespan."""
+        quota = Quota.open(config.redis_url, clock, redis)
+        ops = cls(config, clients, quota, Prices(config.prices))
         if clients is not None and clients.path is not None:
             ops._install_sighup()
         return ops

@@ -319,13 +319,16 @@ class Quota:
         self._warned_at: float | None = None  # monotonic time of the last outage warning
 
     @classmethod
-    def open(cls, redis_url: str | None, clock: Clock = time.time) -> Quota:
-        """In Redis with ``redis_url`` (the cache's client settings), else in memory."""
+    def open(
+        cls, redis_url: str | None, clock: Clock = time.time, redis: Redis | None = None
+    ) -> Quota:
+        """In Redis with ``redis_url`` (through ``redis``, the client the cache uses, if
+        given), else in memory."""
         if redis_url is None:
             return cls(MemoryLedger(), MemoryStorage(), clock)
         from shim.cache import connect
 
-        client = connect(redis_url)
+        client = redis or connect(redis_url)
         scheme, _, rest = redis_url.partition("://")
         uri = "async+redis+unix://" + rest if scheme == "unix" else "async+" + redis_url
         storage = RedisStorage(

@@ -12,6 +12,8 @@ import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 
+from redis.asyncio import Redis
+
 from shim.cache.disk import DiskAudioStore
 from shim.cache.flight import Flights, Lease, LocalFlights, RedisFlights
 from shim.cache.key import CacheKey
@@ -133,21 +135,22 @@ class AudioCache:
         await self.store.aclose()
 
 
-def open_store(config: Config) -> AudioStore | None:
+def open_store(config: Config, redis: Redis | None = None) -> AudioStore | None:
     """The store ``config`` asks for: ``None`` when the cache is off, Redis with
-    ``redis_url``, else the disk store. Open it in the process that uses it (after any
-    fork), e.g. in the application's lifespan."""
+    ``redis_url`` (through ``redis``, a client the caller shares, if given), else the disk
+    store. Open it in the process that uses it (after any fork), e.g. in the
+    application's lifespan."""
     if not config.cache:
         return None
     if config.redis_url:
-        return RedisAudioStore(connect(config.redis_url), ttl=config.cache_ttl)
+        return RedisAudioStore(redis or connect(config.redis_url), ttl=config.cache_ttl)
     return DiskAudioStore(config.cache_dir, max_bytes=config.cache_max_bytes, ttl=config.cache_ttl)
 
 
-def open_cache(config: Config) -> AudioCache | None:
+def open_cache(config: Config, redis: Redis | None = None) -> AudioCache | None:
     """The :class:`AudioCache` for ``config`` (``None`` with the cache off), its followers
-    waiting at most ``config.deadline`` for a leader."""
-    store = open_store(config)
+    waiting at most ``config.deadline`` for a leader; ``redis`` as for :func:`open_store`."""
+    store = open_store(config, redis)
     if store is None:
         return None
     flights: Flights

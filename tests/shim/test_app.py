@@ -97,3 +97,15 @@ async def test_an_app_can_be_started_again_after_it_stopped(upstream: MockUpstre
             assert response.status_code == 200
 
     assert len(upstream.requests) == 2
+
+
+async def test_the_cache_and_the_limit_counters_share_one_redis_pool() -> None:
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as server:
+        app = create_app(Config(redis_url=server.url))
+        async with app.router.lifespan_context(app):
+            state = app.state.shim
+            assert state.cache is not None
+            assert state.ops is not None
+            assert state.cache.store.client is state.ops.quota.ledger.client
