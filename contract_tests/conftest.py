@@ -17,18 +17,16 @@ such case, so the cost stated in docs/testing.md cannot silently grow.
 from __future__ import annotations
 
 import inspect
-import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import av
 import openai
 import pytest
 
-from shim.testing import MockUpstream, ShimServer
+from shim.testing import MockUpstream, ShimServer, decode_audio
 
 HERE = Path(__file__).resolve().parent
 
@@ -278,14 +276,9 @@ async def sdk(request: pytest.FixtureRequest, tts_shim: ShimServer) -> Any:
 
 
 def decode(data: bytes, fmt: str) -> tuple[str, int, float]:
-    """(codec, sample rate, seconds) of encoded audio, decoded with PyAV."""
-    if fmt in ("pcm", "pcm16"):
-        return "pcm_s16le", 24_000, len(data) / 48_000
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        samples = sum(frame.samples for frame in container.decode(stream))
-        rate = stream.codec_context.sample_rate
-        return stream.codec_context.name, rate, samples / rate
+    """(codec, sample rate, seconds) of encoded audio (:func:`shim.testing.decode_audio`)."""
+    audio = decode_audio(data, fmt)
+    return audio.codec, audio.sample_rate, audio.seconds
 
 
 @pytest.fixture

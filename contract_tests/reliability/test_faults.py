@@ -10,13 +10,11 @@ deadline (plus a scheduling margin), and a failure after it cuts the transfer.
 
 from __future__ import annotations
 
-import io
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
 import httpx
 import pytest
 
@@ -31,7 +29,7 @@ from contract_tests.reliability.conftest import (
     routes,
     settle,
 )
-from shim.testing import MockUpstream, ShimServer
+from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.figures import record
 
 CHAT = {"model": "tts-1", "messages": [{"role": "user", "content": "Reliability."}]}
@@ -128,10 +126,7 @@ BEFORE_THE_STREAM = [
 
 def decodes(audio: bytes, fmt: str = "mp3") -> float:
     """Seconds of audio in ``audio``; raises if it is not a whole, valid file."""
-    with av.open(io.BytesIO(audio), format=fmt) as container:
-        stream = container.streams.audio[0]
-        samples = sum(frame.samples for frame in container.decode(stream))
-        return samples / stream.codec_context.sample_rate
+    return decode_audio(audio, fmt).seconds
 
 
 @pytest.mark.parametrize("case", BEFORE_THE_STREAM, ids=lambda case: case.id)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import av
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from mockserver import MockConfig, create_app
+from shim.testing import decode_audio
 
 ROOT = "http://mock.test"
 KEY = "sk-test-0123456789abcdef"
@@ -46,28 +45,11 @@ class Decoded:
 
 
 def decode(data: bytes, fmt: str) -> Decoded:
-    """Decode with PyAV; raw PCM is read as 24 kHz s16le mono, as documented."""
-    options: dict[str, Any] = {}
-    if fmt == "pcm":
-        options = {"format": "s16le", "options": {"sample_rate": "24000", "ch_layout": "mono"}}
-    with av.open(io.BytesIO(data), **options) as container:
-        stream = container.streams.audio[0]
-        pieces = []
-        for frame in container.decode(stream):
-            array = frame.to_ndarray()
-            # Planar formats give (channels, n); packed ones (1, n * channels).
-            pieces.append(array[0].astype(np.float64))
-            kind = array.dtype
-        samples = np.concatenate(pieces)
-        if kind.kind == "i":
-            samples /= float(np.iinfo(kind).max) + 1
-        return Decoded(
-            container=container.format.name,
-            codec=stream.codec_context.name,
-            sample_rate=stream.codec_context.sample_rate,
-            channels=stream.codec_context.layout.nb_channels,
-            samples=samples,
-        )
+    """Decode with PyAV (:func:`shim.testing.decode_audio`, the project's one decoder for
+    tests); raw PCM is read as 24 kHz s16le mono, as documented."""
+    audio = decode_audio(data, fmt, samples=True)
+    assert audio.samples is not None
+    return Decoded(audio.container, audio.codec, audio.sample_rate, audio.channels, audio.samples)
 
 
 @pytest.fixture
