@@ -98,7 +98,6 @@ class Speech:
     ) -> None:
         self.request_id = clean_request_id(facts.request_id)
         self.cache = facts.cache
-        self.pieces = facts.pieces
         self._first = first
         self._rest = rest
         self._release = release
@@ -177,14 +176,13 @@ class _Facts:
     """What the response says about where its audio came from (filled in as the first
     piece is made)."""
 
-    pieces: int
     cache: str = "BYPASS"
     request_id: str | None = None
 
 
 async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> Speech:
     texts = plan(state, job.text)
-    facts = _Facts(len(texts))
+    facts = _Facts()
     record = logs.current()
     if record is not None:
         record.pieces = len(texts)

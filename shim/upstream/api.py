@@ -89,7 +89,6 @@ class Upstream:
                 named=None,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
-                usage=ref.usage,
             )
         if ref.inline is not None:
             return inline_stream(
@@ -97,7 +96,6 @@ class Upstream:
                 request_id=ref.request_id,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
-                usage=ref.usage,
             )
         assert ref.url is not None
         return await with_retries(
@@ -115,6 +113,5 @@ class Upstream:
                 named=named_format(url),
                 max_bytes=self.config.max_audio_bytes,
                 stats=self.stats,
-                usage=ref.usage,
                 retryable=True,
             )

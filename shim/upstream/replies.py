@@ -29,7 +29,6 @@ class AudioRef:
     inline: bytes | None = None
     #: A binary reply (the audio itself), its body still unread.
     response: httpx.Response | None = None
-    usage: dict[str, Any] | None = None
 
 
 def find_audio(payload: Any, request_id: str | None) -> AudioRef:
@@ -37,9 +36,6 @@ def find_audio(payload: Any, request_id: str | None) -> AudioRef:
     reply held instead."""
     if not isinstance(payload, dict):
         payload = {}
-    meta = payload.get("meta")
-    usage = meta.get("usage") if isinstance(meta, dict) else None
-    usage = usage if isinstance(usage, dict) else None
     metadata = payload.get("metadata")
     if isinstance(metadata, dict):
         request_id = request_id or _str_or_none(metadata.get("request_id"))
@@ -50,10 +46,10 @@ def find_audio(payload: Any, request_id: str | None) -> AudioRef:
         ref = payload.get("audio_url")
     if isinstance(ref, str) and ref:
         if "://" in ref[:16]:  # any URL; the origin guard decides whether to fetch it
-            return AudioRef(request_id, url=ref, usage=usage)
+            return AudioRef(request_id, url=ref)
         inline = _decode_inline(ref)
         if inline is not None:
-            return AudioRef(request_id, inline=inline, usage=usage)
+            return AudioRef(request_id, inline=inline)
     keys = ", ".join(sorted(map(str, payload))) or "nothing"
     raise APIError(
         502,

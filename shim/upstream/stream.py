@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import httpx
@@ -64,7 +63,6 @@ class AudioStream:
     _max_bytes: int
     _expected: int | None
     _stats: UpstreamStats
-    usage: dict[str, Any] | None = None
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -138,7 +136,6 @@ async def open_stream(
     named: str | None,
     max_bytes: int,
     stats: UpstreamStats,
-    usage: dict[str, Any] | None = None,
     retryable: bool = False,
 ) -> AudioStream:
     """Read the start of ``response``'s body, check it is audio, and hand it over.
@@ -182,9 +179,7 @@ async def open_stream(
         await response.aclose()
         what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
         raise not_audio(what, request_id, retryable)
-    return AudioStream(
-        fmt, request_id, head, chunks, response.aclose, max_bytes, expected, stats, usage=usage
-    )
+    return AudioStream(fmt, request_id, head, chunks, response.aclose, max_bytes, expected, stats)
 
 
 def inline_stream(
@@ -193,7 +188,6 @@ def inline_stream(
     request_id: str | None,
     max_bytes: int,
     stats: UpstreamStats,
-    usage: dict[str, Any] | None = None,
 ) -> AudioStream:
     """Audio the generation reply carried inline (base64)."""
     fmt = identify(data[:MIN_AUDIO_BYTES], "", None)
@@ -207,7 +201,7 @@ def inline_stream(
             code="audio_too_large",
             request_id=request_id,
         )
-    return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, usage=usage)
+    return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats)
 
 
 def media_type(response: httpx.Response) -> str:
