@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import FEATURES_END as MARK_END  # noqa: E402
 from bench.report import FEATURES_START as MARK_START  # noqa: E402
-from bench.run import VENV_BIN, Bench, load_average, loadgen, machine  # noqa: E402
+from bench.run import VENV_BIN, Bench, load_average, loadgen, machine, reexec_in_venv  # noqa: E402
 
 # Audio sizes for the cache: (label, input text, format). The mock speaks 15 characters a
 # second, never less than 0.5 s; PCM is 48 bytes a millisecond.
@@ -67,13 +67,6 @@ _SENTENCE = (
     "that would not come home before dark"
 )
 _WORDS = _SENTENCE.split()
-
-
-def _reexec_in_venv() -> None:
-    # run.py's own would re-execute run.py: each bench script names itself.
-    python = VENV_BIN / "python"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
 
 
 def prose(length: int, seed: int = 12) -> str:
@@ -438,7 +431,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> int:
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--out", type=Path, help="where benchmarks.md/long-text.png go")

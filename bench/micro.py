@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,12 +21,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _reexec_in_venv() -> None:
-    python = ROOT / ".venv" / "bin" / "python"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
 
 
 async def per_call(n: int, make: Callable[[], Awaitable[Any]]) -> float:
@@ -152,8 +145,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    _reexec_in_venv()
     sys.path.insert(0, str(ROOT))
+    from bench.run import reexec_in_venv
+
+    reexec_in_venv(__file__)
     import uvloop
 
     uvloop.run(main())

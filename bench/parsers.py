@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -40,7 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import proc_cpu_seconds as cpu_seconds  # noqa: E402
-from bench.run import LOADGEN, SPEECH_BODY, VENV_BIN, Proc, free_port, rss_kb  # noqa: E402
+from bench.run import (  # noqa: E402
+    LOADGEN,
+    SPEECH_BODY,
+    VENV_BIN,
+    Proc,
+    free_port,
+    reexec_in_venv,
+    rss_kb,
+)
 
 #: uvicorn's newer ``zttp`` parser is measured too where the ``zttp`` package is installed
 #: (it is not a dependency of the shim).
@@ -48,12 +55,6 @@ PARSERS = ("httptools", "h11", *(("zttp",) if importlib.util.find_spec("zttp") e
 #: The header cap ``tts-shim serve`` sets (shim.server.MAX_HEADER_BYTES).
 CAP = 64 * 1024
 ATTACK_BYTES = 100 * 1024 * 1024
-
-
-def _reexec_in_venv() -> None:
-    python = VENV_BIN / "python"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
 
 
 def serve(parser: str, port: int, upstream: str) -> None:
@@ -148,7 +149,7 @@ def attack(port: int, pid: int, size: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -61,10 +61,12 @@ PEER_CONCURRENCY = 16  # where the shim and its peer are compared
 PEERS = ("litellm",)
 
 
-def _reexec_in_venv() -> None:
+def reexec_in_venv(script: str) -> None:
+    """Run ``script`` (a bench file's ``__file__``) again under the project's ``.venv``,
+    with the same arguments, unless that is where it runs already."""
     python = VENV_BIN / "python"
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
+        os.execv(str(python), [str(python), script, *sys.argv[1:]])  # noqa: S606
 
 
 # -- processes ------------------------------------------------------------------------
@@ -569,7 +571,7 @@ def machine() -> dict[str, str]:
 
 
 def main() -> int:
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--out", type=Path, help="where the .md/.png/.json go (default docs/)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
-
-
-def _reexec_in_venv() -> None:
-    python = ROOT / ".venv" / "bin" / "python"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and python.exists():
-        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])  # noqa: S606
 
 
 async def stitch_cpu(clips: list[bytes], source: str, target: str) -> float:
@@ -91,6 +84,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    _reexec_in_venv()
     sys.path.insert(0, str(ROOT))
+    from bench.run import reexec_in_venv
+
+    reexec_in_venv(__file__)
     asyncio.run(main())
