@@ -282,3 +282,31 @@ def test_a_client_that_hangs_up_mid_stream_is_a_499(
     assert ready["open_streams"] == 0
     assert errors_in(served) == []
     assert [line for line in served.log_lines() if line["level"] == "warning"] == []
+
+
+def test_a_whole_chat_answer_over_its_cap_is_refused_before_it_is_built(
+    serve_process: Callable[..., ServeProcess], tts_mock: MockUpstream
+) -> None:
+    # Before: 64 such answers of 4,095 characters in pcm16 took the shim to 1.1 GB, the
+    # audio held three times over (bytes, base64, JSON). Now a non-streamed answer has its
+    # own cap; streamed answers are not held whole and are not capped by it.
+    served = serve_process("--upstream-url", tts_mock.url, "--max-chat-audio-bytes", "100000")
+    chat = {
+        "model": "tts-1",
+        "audio": {"voice": "alloy", "format": "pcm16"},
+        "messages": [{"role": "user", "content": "Long enough to pass the cap. " * 20}],
+    }
+
+    whole = httpx.post(served.url + "/v1/chat/completions", json=chat, headers=AUTH, timeout=30)
+    streamed = httpx.post(
+        served.url + "/v1/chat/completions",
+        json={**chat, "stream": True},
+        headers=AUTH,
+        timeout=30,
+    )
+
+    assert whole.status_code == 502
+    assert whole.json()["error"]["code"] == "audio_too_large"
+    assert whole.headers["x-should-retry"] == "false"
+    assert streamed.status_code == 200
+    assert len(streamed.content) > 100_000
