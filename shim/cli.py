@@ -302,6 +302,14 @@ def main() -> None:
     help="On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
 )
 @click.option(
+    "--keep-alive-timeout",
+    envvar="TTS_SHIM_KEEP_ALIVE_TIMEOUT",
+    show_envvar=True,
+    default=30.0,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds an idle client connection is kept for its next request.",
+)
+@click.option(
     "--log-format",
     envvar="TTS_SHIM_LOG_FORMAT",
     show_envvar=True,

@@ -131,6 +131,10 @@ class Config:
     queue_timeout: float = 10.0
     #: On SIGTERM, seconds in-flight responses get to finish before they are cut.
     graceful_timeout: float = 30.0
+    #: Seconds an idle client connection stays open for its next request. Longer than
+    #: the SDKs' own pools keep one (httpx, so the Python SDK: 5 s), or a client may send
+    #: on a connection the shim is closing that instant and see it fail.
+    keep_alive_timeout: float = 30.0
     #: The audio cache (shim/cache): ``False`` turns it off (``--no-cache``).
     cache: bool = True
     #: The embedded cache's directory; ``None``: the user's cache directory (platformdirs).
@@ -186,6 +190,8 @@ class Config:
             raise ConfigError("max_concurrency and max_queue cannot be negative")
         if self.queue_timeout < 0 or self.graceful_timeout < 0:
             raise ConfigError("queue_timeout and graceful_timeout cannot be negative")
+        if self.keep_alive_timeout <= 0:
+            raise ConfigError("keep_alive_timeout must be positive")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
         self._check_cache()

@@ -15,11 +15,13 @@ Fixtures
     ``tts_shim``
         :class:`~shim.testing.ShimServer`: a shim on loopback in front of ``tts_mock``
         (``base_url`` ends in ``/v1``; ``upstream`` is the ``tts_mock`` handle). Clients'
-        bearer tokens pass through to the mock, which accepts any.
+        bearer tokens pass through to the mock, which accepts any. It never sleeps on an
+        upstream ``Retry-After`` (``max_retry_wait=0``): a 429 reaches the client at once.
     ``tts_shim_factory``
         ``tts_shim_factory(**settings)`` starts another shim, with other
         :class:`shim.Config` settings (a server key, retries, timeouts), in front of
-        ``tts_mock``; it stops when the test ends.
+        ``tts_mock``; it stops when the test ends. It too has ``max_retry_wait=0`` and
+        ``cache=False`` unless given.
     ``aimlapi_mock``
         The same handle, for code that calls the AI/ML API itself with httpx: its
         requests to ``https://api.aimlapi.com`` and ``https://cdn.aimlapi.com`` are
@@ -137,9 +139,14 @@ def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimSe
     # No cache unless a test asks (cache_dir=tmp_path, say): repeats must not leak
     # between tests or test runs.
     settings.setdefault("cache", False)
+    # The mock's 429 says Retry-After: 1. A test shim does not sleep on it: the 429 goes
+    # straight to the client (pass max_retry_wait=... to the factory to test waiting).
+    settings.setdefault("max_retry_wait", 0.0)
     config = Config(**settings)
     app = create_app(config)
-    server: BackgroundServer = stack.enter_context(BackgroundServer(app))
+    server: BackgroundServer = stack.enter_context(
+        BackgroundServer(app, timeout_keep_alive=config.keep_alive_timeout)
+    )
     return ShimServer(server.url, config, mock, app)
 
 

@@ -112,6 +112,7 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
         "log_config": None,  # serve() applies shim.logs.log_config, for uvicorn's too
         "access_log": False,  # shim.logs writes the access log, without query strings
         "timeout_graceful_shutdown": config.graceful_timeout,
+        "timeout_keep_alive": config.keep_alive_timeout,
         "server_header": False,
         "http": "h11",
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,

@@ -138,3 +138,9 @@ def test_the_last_mock_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_private_catalog_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _serve_arguments(monkeypatch)["config"].private_catalog is False
     assert _serve_arguments(monkeypatch, "--private-catalog")["config"].private_catalog is True
+
+
+def test_keep_alive_timeout_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_arguments(monkeypatch)["config"].keep_alive_timeout == 30.0
+    given = _serve_arguments(monkeypatch, "--keep-alive-timeout", "12.5")
+    assert given["config"].keep_alive_timeout == 12.5

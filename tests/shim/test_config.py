@@ -82,7 +82,7 @@ def test_without_a_server_key_any_address_is_allowed() -> None:
     Config(host="0.0.0.0").check_exposure()
 
 
-@pytest.mark.parametrize("field", ["connect_timeout", "deadline"])
+@pytest.mark.parametrize("field", ["connect_timeout", "deadline", "keep_alive_timeout"])
 def test_timeouts_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         Config(**{field: 0})  # type: ignore[arg-type]
