@@ -141,7 +141,10 @@ ERRORS = [
 async def test_upstream_statuses_raise_the_matching_sdk_exception(
     sdk: SDK, tts_shim: ShimServer, journal: Any, status: int, exc_class: Any, code: Any
 ) -> None:
-    tts_shim.upstream.scenario([{"status": status, "times": 2}])
+    # The mock's 429 says Retry-After: 1, which the plugin's shim does not wait out;
+    # "0" has it retry at once, as it retries 5xx.
+    wait = {"headers": {"retry-after": "0"}} if status == 429 else {}
+    tts_shim.upstream.scenario([{"status": status, "times": 2, **wait}])
     with pytest.raises(exc_class) as caught:
         await sdk.speech(input="Hi")
 
