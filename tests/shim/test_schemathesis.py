@@ -25,6 +25,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.config import SchemathesisConfig  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
     negative_data_rejection,
@@ -46,7 +47,13 @@ mock = create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=2.0))
 upstream = httpx.ASGITransport(mock)
 app = create_app(Config(tts_retries=0, cache=False), transport=upstream)
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+# Examples and fuzzing, positive and negative. Not the "coverage" phase: it builds its
+# boundary cases while pytest collects (30 s of CPU here, in every xdist worker), and
+# the validation's edges are unit-tested in tests/shim/test_contract.py.
+PHASES = {"phases": {"coverage": {"enabled": False}}}
+schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", app, config=SchemathesisConfig.from_dict(PHASES)
+)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
