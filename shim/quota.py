@@ -358,10 +358,7 @@ class Quota:
         except (RedisError, OSError) as exc:
             if limits.any:
                 raise _unavailable(exc) from exc
-            # One warning a minute, not one a request, while Redis is down.
-            if self._warned_at is None or time.monotonic() - self._warned_at >= 60:
-                self._warned_at = time.monotonic()
-                logger.warning("usage not recorded: Redis unavailable (%s)", type(exc).__name__)
+            self._warn_outage("usage not recorded", exc)
             return Reservation(client.name, day, month, 0, 0, settled=True)
         if refused is not None:
             budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
@@ -411,7 +408,14 @@ class Quota:
                 reservation.name, reservation.day, reservation.month, requests, d_chars, d_micros
             )
         except (RedisError, OSError) as exc:
-            logger.warning("usage not settled: Redis unavailable (%s)", type(exc).__name__)
+            self._warn_outage("usage not settled", exc)
+
+    def _warn_outage(self, what: str, exc: BaseException) -> None:
+        """One warning a minute, not one a request, while Redis is down."""
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= 60:
+            self._warned_at = now
+            logger.warning("%s: Redis unavailable (%s)", what, type(exc).__name__)
 
     async def usage(self, name: str) -> dict[str, Usage]:
         """``name``'s usage today and this month (UTC)."""

@@ -175,3 +175,21 @@ def test_sliding_wait_finds_when_the_cost_fits() -> None:
     # 20*(60-t)/60 < 10, t > 30.
     assert sliding_wait((20, 60.0, 0, 120.0), 10, 1) == pytest.approx(30.0)
     assert sliding_wait((0, 0.0, 0, 120.0), 10, 11) is None
+
+
+async def test_redis_going_away_warns_once_a_minute_not_once_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Hits reserved before Redis went away are settled after: each would warn.
+    with RedisServer() as server:
+        quota = Quota.open(server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
+        client = Client("k", Limits())
+        reservations = [await quota.admit(client, 100, _cents(0.003)) for _ in range(3)]
+        server.stop()
+        for reservation in reservations:
+            await quota.settle(reservation, 0, 0)
+        await quota.admit(client, 100, _cents(0.003))  # not recorded: no warning either
+        await quota.aclose()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["usage not settled: Redis unavailable (ConnectionError)"]
