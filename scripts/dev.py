@@ -7,12 +7,13 @@ The README's two quick-start commands are::
                                    # (.venv-serve: runtime only; ARGS go to tts-shim serve)
     python3 scripts/dev.py test    # lint, type-check and every test
 
-``test`` with no arguments also runs the contract suite against the oldest ``openai``
-SDK the README claims (``.venv-oldest-sdk``), and a user's test file against a wheel of
-the package installed in a virtual environment of its own (``.venv-wheel-smoke``).
-``test ARGS`` runs lint, type checks and ``pytest ARGS`` only. Either way ``test`` first
-runs ``npm ci`` in ``contract_tests/node`` (the Node SDK contract tests) when its package
-files changed since the last install.
+``test`` with no arguments also runs the SDK contract suite and the README's examples
+against the oldest ``openai`` SDK the README claims (``.venv-oldest-sdk``), and a user's
+test file against a wheel of the package installed in a virtual environment of its own
+(``.venv-wheel-smoke``), beside the main pytest run (pytest-xdist), and prints how long
+the tests took, set-up excluded. ``test ARGS`` runs lint, type checks and ``pytest ARGS``
+only. Either way ``test`` first sets up what the tests need: the environments, Debian's
+packages, and ``npm ci`` in ``contract_tests/node`` when its package files changed.
 
 Only the standard library is used here, so the script runs on a fresh clone with
 nothing but Python 3.10+ installed. The environments are reinstalled only when
@@ -29,8 +30,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import venv
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("TTS_SHIM_VENV", ROOT / ".venv"))
@@ -84,33 +88,73 @@ def oldest_sdk() -> str:
     return found.group(1)
 
 
-def test_oldest_sdk() -> int:
-    """The contract suite against the oldest supported ``openai`` release."""
+def _oldest_sdk_env() -> Path:
     env = _sibling("oldest-sdk")
     _ensure_other_env(env, "-e", ".[test]", f"openai=={oldest_sdk()}")
-    # The OpenAI and AI/ML contracts, and the README's examples (they must run on every
-    # SDK the README claims); contract_tests/reliability (faults, floods, shutdown)
-    # exercises the shim, not the SDK, and runs once, in the main suite.
-    suites = ["contract_tests/sdk", "contract_tests/upstream", "contract_tests/readme"]
-    command = [_bin(env) / "python", "-m", "pytest", *suites, "-x", "-q"]
-    print("+", " ".join(map(str, command)), flush=True)
-    return subprocess.run([*map(str, command), "-p", "no:cacheprovider"], cwd=ROOT).returncode
+    return env
 
 
-def test_bare_install(wheel: Path) -> int:
+def test_oldest_sdk() -> subprocess.CompletedProcess[str]:
+    """The SDK contract suite and the README's examples against the oldest supported
+    ``openai`` release, output captured (it runs beside the main suite)."""
+    # What the SDK's version changes: the calls it makes and how it reads the replies
+    # (contract_tests/sdk), and whether the README's examples run on every SDK the README
+    # claims. contract_tests/upstream and reliability hold the shim's side, whatever the
+    # SDK, and run once, in the main suite.
+    suites = ["contract_tests/sdk", "contract_tests/readme"]
+    command: list[str | Path] = [_bin(_oldest_sdk_env()) / "python", "-m", "pytest"]
+    command += [*suites, "-x", "-q"]
+    return _capture([*command, "-p", "no:cacheprovider"])
+
+
+def _capture(
+    command: list[str | Path], *, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with its output (both streams, in order) kept for later."""
+    line = "+ " + " ".join(map(str, command))
+    result = subprocess.run(
+        [str(a) for a in command],
+        cwd=cwd,
+        env=_test_environ() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    result.stdout = f"{line}\n{result.stdout}"
+    return result
+
+
+def _test_environ() -> dict[str, str]:
+    """The environment the tests run in: this one, but writing bytecode caches.
+
+    Some machines set ``PYTHONDONTWRITEBYTECODE``. pytest then rewrites the asserts of
+    every plugin package (schemathesis, hypothesis, this one...) from source in every
+    process it starts, and every ``tts-shim serve`` a test starts compiles the package
+    again: about a minute of CPU over the suite, on a two-core machine.
+    """
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def test_bare_install(wheel: Path) -> subprocess.CompletedProcess[str]:
     """``pip install tts-shim`` with no extras serves against a real upstream (the mock,
     run from the main venv) and has no numpy (scripts/bare_install_check.py)."""
     env = _sibling("bare")
     if not (_bin(env) / "python").exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(env)
-    _run(_bin(env) / "python", "-m", "pip", "install", "--quiet", "--force-reinstall", wheel)
+    pip: list[str | Path] = [_bin(env) / "python", "-m", "pip", "install", "--quiet"]
+    pip += ["--force-reinstall", wheel]
+    installed = _capture(pip)
+    if installed.returncode:
+        return installed
     port = _free_port()
     mock = subprocess.Popen([str(BIN / "tts-shim"), "mock", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        check = [str(_bin(env) / "python"), str(ROOT / "scripts" / "bare_install_check.py")]
-        print("+", " ".join(check), flush=True)
-        return subprocess.run([*check, f"http://127.0.0.1:{port}"], cwd=env).returncode
+        check: list[str | Path] = [_bin(env) / "python", ROOT / "scripts" / "bare_install_check.py"]
+        result = _capture([*check, f"http://127.0.0.1:{port}"], cwd=env)
+        result.stdout = installed.stdout + result.stdout
+        return result
     finally:
         mock.terminate()
         mock.wait(10)
@@ -123,31 +167,54 @@ def _free_port() -> int:
         return port
 
 
-def test_wheel() -> int:
-    """A user's test file against the package installed from a fresh wheel, in a
-    scratch directory outside the repository, the plugin loaded by its entry point."""
+def _wheel_env() -> Path:
     env = _sibling("wheel-smoke")
-    python = _bin(env) / "python"
     _ensure_other_env(env, "hatchling>=1.18", "pytest>=8", "openai")
+    return env
+
+
+def test_wheel() -> subprocess.CompletedProcess[str]:
+    """A user's test file against the package installed from a fresh wheel, in a
+    scratch directory outside the repository, the plugin loaded by its entry point;
+    then the same wheel with no extras (:func:`test_bare_install`). Output captured."""
+    env = _wheel_env()
+    python = _bin(env) / "python"
+    log: list[str] = []
+
+    def step(command: list[str | Path], **options: Any) -> bool:
+        result = _capture(command, **options)
+        log.append(result.stdout)
+        return result.returncode == 0
+
+    def done(ok: bool) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 0 if ok else 1, "".join(log))
+
     with tempfile.TemporaryDirectory(prefix="tts-shim-wheel-") as scratch:
         dist, project = Path(scratch, "dist"), Path(scratch, "user-project")
         project.mkdir()
         build = ("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), ".")
-        _run(python, "-m", "pip", *build)
+        if not step([python, "-m", "pip", *build]):
+            return done(False)
         (wheel,) = dist.glob("tts_shim-*.whl")
         deps = env / ".tts-shim-wheel-deps"
+        pip: list[str | Path] = [python, "-m", "pip", "install", "--quiet"]
         if deps.exists() and deps.read_text() == _fingerprint("testing"):
-            _run(python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", wheel)
+            installed = step([*pip, "--force-reinstall", "--no-deps", wheel])
         else:
-            _run(python, "-m", "pip", "install", "--quiet", f"{wheel}[testing]")
+            installed = step([*pip, f"{wheel}[testing]"])
             deps.write_text(_fingerprint("testing"))
-        if test_bare_install(wheel):
-            return 1
+        if not installed:
+            return done(False)
+        bare = test_bare_install(wheel)
+        log.append(bare.stdout)
+        if bare.returncode:
+            return done(False)
         shutil.copy(ROOT / "tests" / "plugin" / "user_project.py", project / "test_user_project.py")
-        environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        print("+ (in a scratch project)", " ".join(command), flush=True)
-        return subprocess.run(command, cwd=project, env=environ).returncode
+        environ = _test_environ()
+        for name in ("PYTHONPATH", "PYTHONHOME"):
+            environ.pop(name, None)
+        user_tests: list[str | Path] = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        return done(step(user_tests, cwd=project, env=environ))
 
 
 #: Programs some tests run, by the Debian package that has them: a real forward proxy
@@ -230,21 +297,54 @@ def serve(argv: list[str]) -> int:
     return 0  # not reached
 
 
-def test(argv: list[str]) -> int:
+def _set_up(whole: bool) -> None:
+    """Everything the tests need installed, so the timed part installs nothing."""
     ensure_env("dev")
     ensure_system_packages()
+    ensure_node_packages()
+    # tests/scripts/test_dev.py runs `dev.py serve`, which uses .venv-serve.
+    _ensure_other_env(_sibling("serve"), "-e", ".[mock]")
+    if whole:
+        _oldest_sdk_env()
+        _wheel_env()
+
+
+#: pytest-xdist workers for the main run. The tests mostly wait (on servers, processes,
+#: timeouts), so a few more workers than the two cores of the machine we measure on.
+WORKERS = "3"
+
+
+def test(argv: list[str]) -> int:
+    whole = not argv
+    _set_up(whole)
+    started = time.monotonic()
+    environ = _test_environ()
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
-    _run(BIN / "mypy")
-    ensure_node_packages()
-    # The whole suite runs last, so its summary line closes the output.
-    extra = [] if argv else [test_wheel(), test_oldest_sdk()]
-    failed = next((code for code in extra if code), 0)
-    # The whole run also reports coverage and the slowest tests (README, "Development").
-    report = [] if argv else ["--cov", "--cov-report=term:skip-covered", "--durations=15"]
-    command = [str(BIN / "python"), "-m", "pytest", *report, *argv]
-    result = subprocess.run(command, cwd=ROOT, check=False)
-    return failed or result.returncode
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # Beside the main run, their output kept for its end: the type check, and (the
+        # whole run) the oldest SDK and the wheel.
+        side: dict[str, Future[subprocess.CompletedProcess[str]]] = {
+            "mypy --strict": pool.submit(_capture, [BIN / "mypy"]),
+        }
+        if whole:
+            side["oldest openai SDK"] = pool.submit(test_oldest_sdk)
+            side["wheel and bare install"] = pool.submit(test_wheel)
+        # The whole run also reports coverage and the slowest tests (README, "Development").
+        report = ["--cov", "--cov-report=term:skip-covered", "--durations=15"] if whole else []
+        parallel = ["-n", WORKERS, "--dist", "worksteal"] if whole else []
+        command = [str(BIN / "python"), "-m", "pytest", *parallel, *report, *argv]
+        print("+", " ".join(command), flush=True)
+        main_code = subprocess.run(command, cwd=ROOT, env=environ, check=False).returncode
+        results = {name: future.result() for name, future in side.items()}
+    for name, result in results.items():
+        print(f"\n==== {name} ====\n{result.stdout.rstrip()}", flush=True)
+    took = time.monotonic() - started
+    verdicts = [f"pytest: {'passed' if main_code == 0 else 'FAILED'}"] + [
+        f"{name}: {'passed' if r.returncode == 0 else 'FAILED'}" for name, r in results.items()
+    ]
+    print(f"\n{'; '.join(verdicts)}. Tests took {took:.0f} s (set-up excluded).", flush=True)
+    return main_code or next((r.returncode for r in results.values() if r.returncode), 0)
 
 
 COMMANDS = {"serve": serve, "test": test}
