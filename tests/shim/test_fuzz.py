@@ -31,6 +31,10 @@ from shim.chat import CHAT_FORMATS
 from shim.testing import CDN_URL
 from tests.figures import record
 
+# Not traced for coverage (pytest-cov's no_cover): in-process, every request here runs
+# thousands of traced lines of shim and mock, which made these tests 3-4x slower; the
+# paths they reach are measured by the tests written for them.
+pytestmark = pytest.mark.no_cover
 EXAMPLES = 400
 FUZZ = settings(
     max_examples=EXAMPLES,
