@@ -242,7 +242,9 @@ class ServeProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.splitlines() if line.startswith("{")]
+        """The log's JSON lines so far; a last line still being written is left out."""
+        complete = self.log.split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.startswith("{")]
 
     def mock_url(self) -> str:
         """The embedded mock's root, from the start-up log line (``--mock`` only)."""
