@@ -37,6 +37,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shim.cache.outage import WARNING_INTERVAL
 from shim.clients import Client
 from shim.errors import APIError
 from shim.prices import MICRO
@@ -411,9 +412,10 @@ class Quota:
             self._warn_outage("usage not settled", exc)
 
     def _warn_outage(self, what: str, exc: BaseException) -> None:
-        """One warning a minute, not one a request, while Redis is down."""
+        """One warning a minute (the cache's interval), not one a request, while Redis
+        is down."""
         now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= 60:
+        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL:
             self._warned_at = now
             logger.warning("%s: Redis unavailable (%s)", what, type(exc).__name__)
 
