@@ -283,13 +283,18 @@ def ensure_env(extras: str = "dev") -> None:
     STAMP.write_text(wanted)
 
 
+def _serve_env() -> Path:
+    env = _sibling("serve")
+    _ensure_other_env(env, "-e", ".[mock]")
+    return env
+
+
 def serve(argv: list[str]) -> int:
     """``tts-shim serve --mock ARGS`` from ``.venv-serve``, which holds only what serving
     needs (the package and its ``mock`` extra: no test or lint tools). Every argument
     goes through, so ``serve --port 9000`` works, and ``serve --no-mock`` (with
     ``AIMLAPI_KEY`` set) serves the real API."""
-    env = _sibling("serve")
-    _ensure_other_env(env, "-e", ".[mock]")
+    env = _serve_env()
     if argv[:1] == ["serve"]:  # the older spelling: dev.py serve serve --mock ...
         argv = argv[1:]
     program = _bin(env) / "tts-shim"
@@ -302,8 +307,7 @@ def _set_up(whole: bool) -> None:
     ensure_env("dev")
     ensure_system_packages()
     ensure_node_packages()
-    # tests/scripts/test_dev.py runs `dev.py serve`, which uses .venv-serve.
-    _ensure_other_env(_sibling("serve"), "-e", ".[mock]")
+    _serve_env()  # tests/scripts/test_dev.py runs `dev.py serve`
     if whole:
         _oldest_sdk_env()
         _wheel_env()
