@@ -126,7 +126,10 @@ def check(response: httpx.Response, kind: str) -> None:
             assert response.headers.get("allow")
     else:
         media = response.headers["content-type"].split(";")[0]
-        assert media.startswith(("audio/", "application/json", "text/event-stream"))
+        if response.request.url.path == "/metrics":  # Prometheus's text format
+            assert media == "text/plain"
+        else:
+            assert media.startswith(("audio/", "application/json", "text/event-stream"))
 
 
 # -- strategies -------------------------------------------------------------------
