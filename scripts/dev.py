@@ -136,15 +136,24 @@ def _test_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def _bare_env() -> Path:
+    """``pip install .``, no extras: what resolves must not include numpy."""
+    env = _sibling("bare")
+    _ensure_other_env(env, ".")
+    return env
+
+
+def _reinstall(env: Path, wheel: Path) -> subprocess.CompletedProcess[str]:
+    """The fresh wheel over the one set-up installed; the dependencies stay."""
+    pip = [_bin(env) / "python", "-m", "pip", "install", "--quiet", "--force-reinstall"]
+    return _capture([*pip, "--no-deps", wheel])
+
+
 def test_bare_install(wheel: Path) -> subprocess.CompletedProcess[str]:
     """``pip install tts-shim`` with no extras serves against a real upstream (the mock,
     run from the main venv) and has no numpy (scripts/bare_install_check.py)."""
-    env = _sibling("bare")
-    if not (_bin(env) / "python").exists():
-        venv.EnvBuilder(with_pip=True, clear=True).create(env)
-    pip: list[str | Path] = [_bin(env) / "python", "-m", "pip", "install", "--quiet"]
-    pip += ["--force-reinstall", wheel]
-    installed = _capture(pip)
+    env = _bare_env()
+    installed = _reinstall(env, wheel)
     if installed.returncode:
         return installed
     port = _free_port()
@@ -168,8 +177,9 @@ def _free_port() -> int:
 
 
 def _wheel_env() -> Path:
+    """The package with its ``testing`` extra, as a user's project installs it."""
     env = _sibling("wheel-smoke")
-    _ensure_other_env(env, "hatchling>=1.18", "pytest>=8", "openai")
+    _ensure_other_env(env, "hatchling>=1.18", "pytest>=8", "openai", ".[testing]")
     return env
 
 
@@ -196,14 +206,9 @@ def test_wheel() -> subprocess.CompletedProcess[str]:
         if not step([python, "-m", "pip", *build]):
             return done(False)
         (wheel,) = dist.glob("tts_shim-*.whl")
-        deps = env / ".tts-shim-wheel-deps"
-        pip: list[str | Path] = [python, "-m", "pip", "install", "--quiet"]
-        if deps.exists() and deps.read_text() == _fingerprint("testing"):
-            installed = step([*pip, "--force-reinstall", "--no-deps", wheel])
-        else:
-            installed = step([*pip, f"{wheel}[testing]"])
-            deps.write_text(_fingerprint("testing"))
-        if not installed:
+        reinstalled = _reinstall(env, wheel)
+        log.append(reinstalled.stdout)
+        if reinstalled.returncode:
             return done(False)
         bare = test_bare_install(wheel)
         log.append(bare.stdout)
@@ -311,6 +316,7 @@ def _set_up(whole: bool) -> None:
     if whole:
         _oldest_sdk_env()
         _wheel_env()
+        _bare_env()
 
 
 #: pytest-xdist workers for the main run. The tests mostly wait (on servers, processes,

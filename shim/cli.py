@@ -403,8 +403,6 @@ def serve(
     **options: object,
 ) -> None:
     """Serve OpenAI's /v1/audio/speech, /v1/chat/completions and /v1/models."""
-    from shim.server import run
-
     try:
         config = Config(
             client_keys=_split(client_keys),
@@ -413,8 +411,13 @@ def serve(
             allowed_hosts=_split(allowed_hosts),
             **options,  # type: ignore[arg-type]
         )
+        config.check_exposure()  # serve() checks again; this one answers before the import
         if mock:
             _mock_command()  # a clear message now, if the mock extra is missing
+        # Imported once the settings are known good: a refused start-up answers at once
+        # (0.1 s), without loading the app and its clients (1 s of CPU).
+        from shim.server import run
+
         run(config, mock=mock, mock_port=mock_port)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
