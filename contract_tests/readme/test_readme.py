@@ -64,6 +64,10 @@ _MOCK_ADDRESS = re.compile(r"\b(?:127\.0\.0\.1|localhost):8100\b")
 _AUDIO = {".mp3": "mp3", ".wav": "wav", ".opus": "opus", ".aac": "aac", ".flac": "flac"}
 #: A block must finish (or a server must answer) within this many seconds.
 LIMIT = 120.0
+# Not measured for coverage (pytest-cov's no_cover, and no coverage in the examples'
+# processes): they run what users run, which the rest of the suite measures line by line;
+# traced, they cost half again as much CPU.
+pytestmark = pytest.mark.no_cover
 
 _RUNNER = """
 import ast, asyncio, json, sys
@@ -148,7 +152,10 @@ def _environment(scratch: Path) -> dict[str, str]:
     curl = wrappers / "curl"
     curl.write_text(f'#!/bin/sh\nexec {real_curl} --fail-with-body "$@"\n')
     curl.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMLAPI_", "TTS_SHIM_"))}
+    # Nor coverage's start-up hook (``patch = subprocess``): these are a user's programs,
+    # not measured (see ``pytestmark``).
+    own = ("AIMLAPI_", "TTS_SHIM_", "COVERAGE_PROCESS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     path = os.pathsep.join([str(wrappers), str(Path(sys.executable).parent), env["PATH"]])
     env.update(PATH=path, AIMLAPI_KEY="sk-readme-example-0000", PYTHONUNBUFFERED="1")
     return env
