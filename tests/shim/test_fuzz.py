@@ -63,9 +63,9 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    # Two-second clips at most: a long fuzzed text would otherwise make minutes of audio
+    # Half-second clips at most: a long fuzzed text would otherwise make minutes of audio
     # (one run spent 70 s on a few such examples).
-    mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=2.0)))
+    mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=0.5)))
     apps = [
         create_app(Config(tts_retries=0, cache=False), transport=mock),
         # private_catalog: every /v1 route, the model and voice lists included, needs the
