@@ -26,6 +26,7 @@ from shim import Config
 from shim.errors import APIError
 from shim.testing import decode_audio, free_port
 from shim.upstream import Upstream
+from shim.upstream.clients import _tls_context
 
 BODY = {"model": "openai/tts-1", "text": "Through the network.", "response_format": "wav"}
 KEY = "sk-network-test-0001"
@@ -181,6 +182,23 @@ async def test_ssl_cert_file_is_honoured(
     monkeypatch.setenv("SSL_CERT_FILE", ca_file)
 
     _assert_audio(await _speak(Config(upstream_url=tls_mock)))
+
+
+def test_each_trust_store_is_loaded_once(ca_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading a CA bundle costs ~30 ms of CPU, and each app builds two clients on one.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = _tls_context(Config())
+    bundle = _tls_context(Config(ca_bundle=ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    from_environment = _tls_context(Config())
+    monkeypatch.delenv("SSL_CERT_FILE")
+
+    assert _tls_context(Config()) is default
+    assert _tls_context(Config(ca_bundle=ca_file)) is bundle
+    assert len({id(default), id(bundle), id(from_environment)}) == 3
+    (trusted,) = bundle.get_ca_certs()  # the bundle's one CA, and nothing else
+    assert dict(entry[0] for entry in trusted["subject"])["organizationName"].startswith("trustme")
 
 
 @pytest.mark.usefixtures("no_proxy_env")
