@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -234,6 +235,19 @@ def _live_cost_is_declared(request: pytest.FixtureRequest) -> Iterator[None]:
 # -- the SDK, sync and async behind one face --------------------------------------------
 
 
+#: One TLS context for the HTTP clients the suite makes (``verify=LOOPBACK_TLS``). Every
+#: peer is plain HTTP on loopback, but an httpx client made with the defaults loads a CA
+#: bundle (~40 ms of CPU), and the suite makes hundreds: the SDK's above all.
+LOOPBACK_TLS = ssl.create_default_context()
+
+
+def sdk_http_client(kind: str = "sync") -> Any:
+    """The HTTP client the SDK would make for itself (its defaults: timeouts, limits,
+    redirects), on the suite's one TLS context; ``kind`` is ``sync`` or ``async``."""
+    cls = openai.DefaultHttpxClient if kind == "sync" else openai.DefaultAsyncHttpxClient
+    return cls(verify=LOOPBACK_TLS)
+
+
 class SDK:
     """One face over ``openai.OpenAI`` and ``openai.AsyncOpenAI``, so each contract
     case runs against both: ``await sdk.call("audio.speech.create", ...)``."""
@@ -242,6 +256,7 @@ class SDK:
         self.kind = kind
         options.setdefault("api_key", "sk-test-key-0000")
         options.setdefault("max_retries", 0)
+        options.setdefault("http_client", sdk_http_client(kind))
         cls = openai.OpenAI if kind == "sync" else openai.AsyncOpenAI
         self.client: Any = cls(base_url=shim.base_url, **options)
 

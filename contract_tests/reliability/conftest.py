@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from shim.testing import MockUpstream, free_port
 
 CLIENT_TOKEN = "sk-reliability-client-0001"
@@ -89,7 +90,7 @@ def call(
     """One request on a fresh connection; the body read to its end or its cut."""
     started = time.monotonic()
     with (
-        httpx.Client(timeout=timeout) as client,
+        httpx.Client(timeout=timeout, verify=LOOPBACK_TLS) as client,
         client.stream(
             method, url + path, json=json_body, headers=AUTH if headers is None else headers
         ) as response,
@@ -255,13 +256,13 @@ class ServeProcess:
         raise AssertionError(f"no mock URL in the log:\n{self.log}")
 
     def scenario(self, steps: list[dict[str, Any]]) -> None:
-        response = httpx.post(self.mock_url() + "/__mock__/scenario", json={"steps": steps})
+        url = self.mock_url() + "/__mock__/scenario"
+        response = httpx.post(url, json={"steps": steps}, verify=LOOPBACK_TLS)
         response.raise_for_status()
 
     def mock_journal(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = httpx.get(self.mock_url() + "/__mock__/requests").json()[
-            "requests"
-        ]
+        url = self.mock_url() + "/__mock__/requests"
+        entries: list[dict[str, Any]] = httpx.get(url, verify=LOOPBACK_TLS).json()["requests"]
         return entries
 
     def terminate(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess
 from mockserver import BackgroundServer, MockConfig, create_app
 from shim.testing import MockUpstream, ShimServer
@@ -37,7 +38,8 @@ def _generations(mock: BackgroundServer) -> int:
 
 
 def _speak(shim: ServeProcess | ShimServer) -> httpx.Response:
-    return httpx.post(shim.url + "/v1/audio/speech", json=BODY, headers=AUTH, timeout=30)
+    url = shim.url + "/v1/audio/speech"
+    return httpx.post(url, json=BODY, headers=AUTH, timeout=30, verify=LOOPBACK_TLS)
 
 
 def test_two_replicas_sharing_redis_pay_once_for_twenty_concurrent_requests(

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract_tests.conftest import SDK
+from contract_tests.conftest import LOOPBACK_TLS, SDK
 from contract_tests.upstream.schema import check_request
 from mockserver import FORMATS, VOICES
 from shim.testing import ShimServer
@@ -145,7 +145,7 @@ def test_any_valid_speech_request_becomes_a_documented_body(
 ) -> None:
     tts_shim.upstream.reset()
     body = {**request.pop("extra", {}), **request}
-    with httpx.Client(base_url=tts_shim.base_url, timeout=30) as http:
+    with httpx.Client(base_url=tts_shim.base_url, timeout=30, verify=LOOPBACK_TLS) as http:
         response = http.post(
             "/audio/speech", json=body, headers={"authorization": "Bearer sk-test-key-0000"}
         )
