@@ -235,9 +235,10 @@ def _live_cost_is_declared(request: pytest.FixtureRequest) -> Iterator[None]:
 # -- the SDK, sync and async behind one face --------------------------------------------
 
 
-#: One TLS context for the HTTP clients the suite makes (``verify=LOOPBACK_TLS``). Every
-#: peer is plain HTTP on loopback, but an httpx client made with the defaults loads a CA
-#: bundle (~40 ms of CPU), and the suite makes hundreds: the SDK's above all.
+#: One TLS context for the HTTP clients the suite makes (``verify=LOOPBACK_TLS``). Offline
+#: every peer is plain HTTP on loopback, but an httpx client made with the defaults loads a
+#: CA bundle (~40 ms of CPU), and the suite makes hundreds: the SDK's above all. It is
+#: Python's default verifying context (the system's CAs), so ``--live`` runs use it too.
 LOOPBACK_TLS = ssl.create_default_context()
 
 

@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import pytest
 
-from contract_tests.conftest import decode
+from contract_tests.conftest import LOOPBACK_TLS, decode
 from shim.testing import MockUpstream, ShimServer
 
 SERVER_KEY = "sk-openwebui-server-7e21"
@@ -31,7 +31,7 @@ def _get(url: str, key: str | None) -> Any:
     """``requests.get(url, headers=headers)``, ``raise_for_status()``, ``.json()``, as
     Open WebUI does it (httpx here: requests is not among the project's packages)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    response = httpx.get(url, headers=headers)
+    response = httpx.get(url, headers=headers, verify=LOOPBACK_TLS)
     response.raise_for_status()
     return response.json()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN, read_head
 from shim.testing import ShimServer
 from tests.figures import record
@@ -74,7 +75,7 @@ def test_an_endless_body_gets_a_413_without_being_read(
     # Answered once the cap was passed, not once the promised 256 MB arrived: what was
     # sent is the cap plus what the kernel's socket buffers took meanwhile.
     assert sent < 32 * 1024 * 1024
-    assert httpx.get(shim.url + "/healthz").status_code == 200
+    assert httpx.get(shim.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
     record("body_cap", framing=framing, cap=CAP, promised=PROMISED, sent_before_413=sent)
 
 
@@ -106,5 +107,6 @@ def test_broken_http_is_refused_and_the_server_carries_on(
         shim.url + "/v1/audio/speech",
         content=json.dumps({"model": "tts-1", "input": "Still here."}),
         headers=AUTH,
+        verify=LOOPBACK_TLS,
     )
     assert after.status_code == 200

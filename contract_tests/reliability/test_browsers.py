@@ -13,6 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess, routes
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
@@ -54,7 +55,10 @@ def test_a_cross_origin_post_is_refused_before_anything_is_paid(
 ) -> None:
     # Before: a 200 with the audio, and a paid generation, for any page on any site.
     response = httpx.post(
-        default.url + path, content=json.dumps(body), headers={**SIMPLE, "origin": origin}
+        default.url + path,
+        content=json.dumps(body),
+        headers={**SIMPLE, "origin": origin},
+        verify=LOOPBACK_TLS,
     )
 
     assert response.status_code == 403
@@ -71,7 +75,9 @@ def test_a_cross_origin_post_is_refused_before_anything_is_paid(
 def test_every_route_and_method_refuses_a_foreign_origin(
     default: ShimServer, tts_mock: MockUpstream
 ) -> None:
-    with httpx.Client(base_url=default.url, headers={"origin": EVIL}) as client:
+    with httpx.Client(
+        base_url=default.url, headers={"origin": EVIL}, verify=LOOPBACK_TLS
+    ) as client:
         answers = [
             client.get("/v1/models"),
             client.get("/healthz"),
@@ -89,7 +95,7 @@ def test_every_route_and_method_refuses_a_foreign_origin(
 def test_requests_without_an_origin_are_served_as_before(
     default: ShimServer, tts_mock: MockUpstream
 ) -> None:
-    response = httpx.post(default.url + "/v1/audio/speech", json=SPEECH)
+    response = httpx.post(default.url + "/v1/audio/speech", json=SPEECH, verify=LOOPBACK_TLS)
 
     assert response.status_code == 200
     assert response.content
@@ -120,11 +126,17 @@ def test_a_trusted_origin_gets_cors(
             "access-control-request-method": "POST",
             "access-control-request-headers": SDK_HEADERS,
         },
+        verify=LOOPBACK_TLS,
     )
     spoken = httpx.post(
-        shim.url + "/v1/audio/speech", json=SPEECH, headers={"origin": TRUSTED, **auth}
+        shim.url + "/v1/audio/speech",
+        json=SPEECH,
+        headers={"origin": TRUSTED, **auth},
+        verify=LOOPBACK_TLS,
     )
-    listed = httpx.get(shim.url + "/v1/models", headers={"origin": TRUSTED, **auth})
+    listed = httpx.get(
+        shim.url + "/v1/models", headers={"origin": TRUSTED, **auth}, verify=LOOPBACK_TLS
+    )
 
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == TRUSTED
@@ -149,7 +161,12 @@ def test_a_trusted_origin_is_matched_exactly(
 
     near_misses = ["http://app.example", "https://app.example:8443", "https://app.example.evil"]
     answers = [
-        httpx.post(shim.url + "/v1/audio/speech", json=SPEECH, headers={"origin": origin})
+        httpx.post(
+            shim.url + "/v1/audio/speech",
+            json=SPEECH,
+            headers={"origin": origin},
+            verify=LOOPBACK_TLS,
+        )
         for origin in [*near_misses, TRUSTED]
     ]
 
@@ -163,7 +180,7 @@ def test_a_trusted_origin_is_matched_exactly(
 def test_a_foreign_host_is_refused_on_loopback(default: ShimServer, tts_mock: MockUpstream) -> None:
     # Before: any Host was served, so a rebound name reached the shim as same-origin.
     port = _port(default)
-    with httpx.Client(base_url=default.url) as client:
+    with httpx.Client(base_url=default.url, verify=LOOPBACK_TLS) as client:
         foreign = [
             client.post("/v1/audio/speech", json=SPEECH, headers={"host": f"evil.example:{port}"}),
             client.post("/v1/audio/speech", json=SPEECH, headers={"host": "evil.example"}),
@@ -191,7 +208,9 @@ def test_allowed_hosts_add_names(
     port = _port(shim)
 
     def status(host: str) -> int:
-        return httpx.get(shim.url + "/healthz", headers={"host": host}).status_code
+        return httpx.get(
+            shim.url + "/healthz", headers={"host": host}, verify=LOOPBACK_TLS
+        ).status_code
 
     assert status(f"tts.internal:{port}") == 200
     assert status("tts.internal") == 200  # named without a port: any port
@@ -209,7 +228,9 @@ def test_a_non_loopback_bind_checks_host_only_when_asked(
     checked = serve_process("--host", "0.0.0.0", "--allowed-host", "tts.internal")
 
     def status(served: ServeProcess, host: str) -> int:
-        return httpx.get(served.url + "/healthz", headers={"host": host}).status_code
+        return httpx.get(
+            served.url + "/healthz", headers={"host": host}, verify=LOOPBACK_TLS
+        ).status_code
 
     assert status(open_bind, "evil.example") == 200  # a proxy's Host, say: not checked
     assert status(checked, "evil.example") == 421
@@ -227,7 +248,7 @@ def test_a_trailing_slash_is_a_404_not_a_redirect(
     default: ShimServer, tts_mock: MockUpstream, method: str, path: str
 ) -> None:
     # Before: a 307 whose Location was built from the Host header.
-    response = httpx.request(method, default.url + path, json=SPEECH)
+    response = httpx.request(method, default.url + path, json=SPEECH, verify=LOOPBACK_TLS)
 
     assert response.status_code == 404
     assert "location" not in response.headers

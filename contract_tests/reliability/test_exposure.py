@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess, listening, routes
 from shim.keys import CATALOG_PATHS
 from shim.testing import MockUpstream, ShimServer
@@ -57,7 +58,7 @@ def guarded(tts_shim_factory: Callable[..., ShimServer]) -> ShimServer:
 def test_every_v1_route_refuses_without_a_client_key(
     guarded: ShimServer, tts_mock: MockUpstream, method: str, path: str, body: Any
 ) -> None:
-    with httpx.Client(base_url=guarded.url) as client:
+    with httpx.Client(base_url=guarded.url, verify=LOOPBACK_TLS) as client:
         for headers in BAD_CREDENTIALS:
             response = client.request(method, path, json=body, headers=headers)
 
@@ -75,7 +76,11 @@ def test_every_v1_route_admits_a_client_key(
 ) -> None:
     for header in (f"Bearer {CLIENT_KEY}", "bearer ck-second-0002"):
         response = httpx.request(
-            method, guarded.url + path, json=body, headers={"authorization": header}
+            method,
+            guarded.url + path,
+            json=body,
+            headers={"authorization": header},
+            verify=LOOPBACK_TLS,
         )
 
         assert response.status_code == (404 if path == "/v1/unknown" else 200)
@@ -95,7 +100,7 @@ def test_by_default_only_the_catalogue_answers_without_a_key(
 ) -> None:
     shim = tts_shim_factory(upstream_key=SERVER_KEY, client_keys=(CLIENT_KEY,))
 
-    response = httpx.request(method, shim.url + path, json=body)
+    response = httpx.request(method, shim.url + path, json=body, verify=LOOPBACK_TLS)
 
     catalogue = method == "GET" and path.startswith(CATALOG_PATHS)
     assert response.status_code == (200 if catalogue else 401), response.text
@@ -105,7 +110,7 @@ def test_by_default_only_the_catalogue_answers_without_a_key(
 
 @pytest.mark.parametrize("path", OPEN_ROUTES)
 def test_health_and_the_document_need_no_key(guarded: ShimServer, path: str) -> None:
-    response = httpx.get(guarded.url + path)
+    response = httpx.get(guarded.url + path, verify=LOOPBACK_TLS)
 
     assert response.status_code == 200
     assert SERVER_KEY not in response.text
@@ -116,9 +121,12 @@ def test_pass_through_needs_a_bearer_token(
 ) -> None:
     shim = tts_shim_factory()
 
-    refused = httpx.post(shim.url + "/v1/audio/speech", json=SPEECH)
+    refused = httpx.post(shim.url + "/v1/audio/speech", json=SPEECH, verify=LOOPBACK_TLS)
     served = httpx.post(
-        shim.url + "/v1/audio/speech", json=SPEECH, headers={"authorization": "Bearer sk-own"}
+        shim.url + "/v1/audio/speech",
+        json=SPEECH,
+        headers={"authorization": "Bearer sk-own"},
+        verify=LOOPBACK_TLS,
     )
 
     assert refused.status_code == 401
@@ -151,7 +159,7 @@ def test_exposure_is_allowed_when_it_is_safe_or_asked_for(
 ) -> None:
     served = serve_process("--host", "0.0.0.0", *args, env=env)
 
-    assert httpx.get(served.url + "/healthz").status_code == 200
+    assert httpx.get(served.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
     served.terminate()
     assert served.proc.wait(20) == 0
 
@@ -163,7 +171,7 @@ def test_a_port_in_use_is_a_clear_failure(serve_process: Callable[..., ServeProc
 
     assert clash.proc.wait(20) != 0
     assert "address already in use" in clash.log.lower()
-    assert httpx.get(first.url + "/healthz").status_code == 200
+    assert httpx.get(first.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
 
 
 # -- client keys without a server key ---------------------------------------------------
@@ -197,9 +205,13 @@ def test_the_key_header_carries_each_clients_own_key(
     url = served.url + "/v1/audio/speech"
     shim_key = {"authorization": f"Bearer {CLIENT_KEY}"}
 
-    paid = httpx.post(url, json=SPEECH, headers={**shim_key, "x-aimlapi-key": OWN_KEY})
-    no_own_key = httpx.post(url, json=SPEECH, headers=shim_key)
-    no_shim_key = httpx.post(url, json=SPEECH, headers={"x-aimlapi-key": OWN_KEY})
+    paid = httpx.post(
+        url, json=SPEECH, headers={**shim_key, "x-aimlapi-key": OWN_KEY}, verify=LOOPBACK_TLS
+    )
+    no_own_key = httpx.post(url, json=SPEECH, headers=shim_key, verify=LOOPBACK_TLS)
+    no_shim_key = httpx.post(
+        url, json=SPEECH, headers={"x-aimlapi-key": OWN_KEY}, verify=LOOPBACK_TLS
+    )
 
     assert paid.status_code == 200
     assert no_own_key.status_code == 401

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import (
     FAST,
     MARGIN,
@@ -240,8 +241,9 @@ def _mp3(mock: MockUpstream) -> bytes:
         mock.url + "/v1/tts",
         json={"model": "openai/tts-1", "text": "A clip for the raw server. " * 4, "voice": "alloy"},
         headers={"authorization": "Bearer k"},
+        verify=LOOPBACK_TLS,
     )
-    return httpx.get(reply.json()["audio"]["url"]).content
+    return httpx.get(reply.json()["audio"]["url"], verify=LOOPBACK_TLS).content
 
 
 @pytest.mark.parametrize("how", ["stall", "reset"])

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import AUTH, CLIENT_TOKEN, SPEECH, routes, settle
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
@@ -102,12 +103,14 @@ def test_a_client_that_hangs_up_gives_its_slot_back(
     tts_mock.scenario([{"route": "audio", "fault": "slow-body", "delay_ms": 3000}])
 
     with (
-        httpx.Client(timeout=10) as client,
+        httpx.Client(timeout=10, verify=LOOPBACK_TLS) as client,
         client.stream("POST", shim.url + "/v1/audio/speech", json=SPEECH, headers=AUTH) as r,
     ):
         next(r.iter_raw())  # first bytes in hand, then hang up
     settle(state)
-    after = httpx.post(shim.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
+    after = httpx.post(
+        shim.url + "/v1/audio/speech", json=SPEECH, headers=AUTH, verify=LOOPBACK_TLS
+    )
 
     assert state.capacity.in_flight == 0
     assert after.status_code == 200

@@ -16,6 +16,7 @@ import httpx
 
 from bench.loadgen import proc_cpu_seconds as cpu_seconds
 from bench.run import rss_kb
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import AUTH, MARGIN, SPEECH, ServeProcess, routes
 from shim.server import MAX_HEADER_BYTES
 from shim.testing import MockUpstream
@@ -86,7 +87,10 @@ def probing(served: ServeProcess, every: float = 0.02) -> Iterator[list[float]]:
     def probe() -> None:
         while not stop.is_set():
             started = time.perf_counter()
-            assert httpx.get(served.url + "/healthz", timeout=30).status_code == 200
+            assert (
+                httpx.get(served.url + "/healthz", timeout=30, verify=LOOPBACK_TLS).status_code
+                == 200
+            )
             latencies.append(time.perf_counter() - started)
             stop.wait(every)
 
@@ -138,7 +142,7 @@ def test_a_100_mb_header_costs_the_shim_almost_nothing(
     assert cpu < 1.0
     assert latencies
     assert max(latencies) < 0.1 + MARGIN
-    assert httpx.get(served.url + "/healthz").status_code == 200
+    assert httpx.get(served.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
     record(
         "header_attack",
         header_bytes=100 * MB,
@@ -171,14 +175,16 @@ def test_unterminated_headers_do_not_grow_memory(
     assert len(sent) == 8
     assert max(sent) < 32 * MB  # every one was cut before it finished
     assert growth < 32  # it was 357 MB: a cap of 64 KiB per connection, plus read buffers
-    assert httpx.get(served.url + "/healthz").status_code == 200
+    assert httpx.get(served.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
     record("header_memory", connections=8, header_bytes=32 * MB, rss_growth_mb=round(growth, 1))
 
 
 def test_a_header_under_the_cap_is_served(serve_process: Callable[..., ServeProcess]) -> None:
     served = serve_process()
 
-    response = httpx.get(served.url + "/healthz", headers={"x-pad": "a" * (48 * 1024)})
+    response = httpx.get(
+        served.url + "/healthz", headers={"x-pad": "a" * (48 * 1024)}, verify=LOOPBACK_TLS
+    )
 
     assert response.status_code == 200
 
@@ -204,14 +210,18 @@ def test_clients_that_stop_reading_lose_their_slots(
         assert sock.recv(200).startswith(b"HTTP/1.1 200")  # then the client reads no more
     stopped = time.monotonic()
 
-    ready = httpx.get(served.url + "/readyz")
-    refused = httpx.post(served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
+    ready = httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS)
+    refused = httpx.post(
+        served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH, verify=LOOPBACK_TLS
+    )
     # Ready again once a slot is free; recovered once both are.
-    while (again := httpx.get(served.url + "/readyz")).json()["in_flight"]:
+    while (again := httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS)).json()["in_flight"]:
         assert time.monotonic() - stopped < 30, again.json()
         time.sleep(0.02)
     recovered = time.monotonic() - stopped
-    served_after = httpx.post(served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH)
+    served_after = httpx.post(
+        served.url + "/v1/audio/speech", json=SPEECH, headers=AUTH, verify=LOOPBACK_TLS
+    )
     for sock in stalled:
         sock.close()
 
@@ -260,7 +270,7 @@ def test_a_client_that_hangs_up_while_sending_its_body_is_a_499(
     assert line["level"] == "info"
     assert errors_in(served) == []
     assert "Traceback" not in served.log
-    assert httpx.get(served.url + "/healthz").status_code == 200
+    assert httpx.get(served.url + "/healthz", verify=LOOPBACK_TLS).status_code == 200
 
 
 def test_a_client_that_hangs_up_mid_stream_is_a_499(
@@ -272,7 +282,7 @@ def test_a_client_that_hangs_up_mid_stream_is_a_499(
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
     (line,) = access_lines(served, "/v1/audio/speech")
-    while (ready := httpx.get(served.url + "/readyz").json())["in_flight"]:
+    while (ready := httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS).json())["in_flight"]:
         time.sleep(0.02)
 
     assert line["status"] == 499
@@ -297,12 +307,19 @@ def test_a_whole_chat_answer_over_its_cap_is_refused_before_it_is_built(
         "messages": [{"role": "user", "content": "Long enough to pass the cap. " * 20}],
     }
 
-    whole = httpx.post(served.url + "/v1/chat/completions", json=chat, headers=AUTH, timeout=30)
+    whole = httpx.post(
+        served.url + "/v1/chat/completions",
+        json=chat,
+        headers=AUTH,
+        timeout=30,
+        verify=LOOPBACK_TLS,
+    )
     streamed = httpx.post(
         served.url + "/v1/chat/completions",
         json={**chat, "stream": True},
         headers=AUTH,
         timeout=30,
+        verify=LOOPBACK_TLS,
     )
 
     assert whole.status_code == 502

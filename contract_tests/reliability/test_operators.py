@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import SPEECH, ServeProcess, call
 from shim.testing import MockUpstream
 from tests.redis_server import RedisServer
@@ -62,7 +63,7 @@ def test_two_replicas_sharing_redis_enforce_one_limit(
         assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert _generations(tts_mock) == limit
     # The usage both replicas recorded is one ledger.
-    usage = httpx.get(replicas[1].url + "/v1/usage", headers=auth).json()
+    usage = httpx.get(replicas[1].url + "/v1/usage", headers=auth, verify=LOOPBACK_TLS).json()
     assert usage["day"]["requests"] == limit
     assert usage["day"]["characters"] == limit * len(SPEECH["input"])
 

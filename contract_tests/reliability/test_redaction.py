@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess
 from shim.logs import JSONFormatter
 from shim.testing import MockUpstream, ShimServer
@@ -81,7 +82,7 @@ def _exchange(
 ) -> list[str]:
     """Run every exchange with ``token`` as the bearer; return all that came back."""
     seen: list[str] = []
-    with httpx.Client(base_url=base, timeout=20) as client:
+    with httpx.Client(base_url=base, timeout=20, verify=LOOPBACK_TLS) as client:
         for steps, method, path, body in exchanges:
             push([_fill(step, key) for step in steps])
             content = body if isinstance(body, str) else json.dumps(body) if body else None

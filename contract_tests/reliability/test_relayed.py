@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contract_tests.conftest import LOOPBACK_TLS
 from shim.testing import MockUpstream, ShimServer
 
 KEY = "sk-relayed-client-key-0001"
@@ -21,6 +22,7 @@ def _speak(shim: ShimServer, **fields: Any) -> httpx.Response:
         json={**BODY, **fields},
         headers={"authorization": f"Bearer {KEY}"},
         timeout=30,
+        verify=LOOPBACK_TLS,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import AUTH, ServeProcess, listening
 from shim.testing import decode_audio
 from tests.figures import record
@@ -37,7 +38,7 @@ class Stream:
         body = {"model": "tts-1", "voice": "alloy", "input": TEXT}
         try:
             with (
-                httpx.Client(timeout=30) as client,
+                httpx.Client(timeout=30, verify=LOOPBACK_TLS) as client,
                 client.stream("POST", self.url + "/v1/audio/speech", json=body, headers=AUTH) as r,
             ):
                 self.status = r.status_code
@@ -116,7 +117,7 @@ def test_a_stream_longer_than_the_grace_period_is_cut(
 
 def test_an_idle_shim_exits_0_at_once(serve_process: Callable[..., ServeProcess]) -> None:
     served = serve_process("--mock")
-    assert httpx.get(served.url + "/readyz").json()["status"] == "ready"
+    assert httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS).json()["status"] == "ready"
 
     signalled = time.monotonic()
     served.terminate()

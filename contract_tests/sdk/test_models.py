@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from contract_tests.conftest import SDK, SDK_VERSION
+from contract_tests.conftest import LOOPBACK_TLS, SDK, SDK_VERSION
 from shim.testing import ShimServer
 
 pytestmark = pytest.mark.live(billed=0)
@@ -54,7 +54,7 @@ def test_the_sdk_finds_a_prefixed_id_however_it_sends_the_slash(tts_shim: ShimSe
 def test_raw_http_finds_the_model_with_a_raw_or_encoded_slash(
     tts_shim: ShimServer, path: str
 ) -> None:
-    with httpx.Client(base_url=tts_shim.base_url) as http:
+    with httpx.Client(base_url=tts_shim.base_url, verify=LOOPBACK_TLS) as http:
         response = http.get(path, headers={"authorization": "Bearer sk-test-key-0000"})
 
     assert response.request.url.raw_path == ("/v1" + path).encode()

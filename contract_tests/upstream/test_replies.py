@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from contract_tests.conftest import LIVE_TEXT, SDK, decode
+from contract_tests.conftest import LIVE_TEXT, LOOPBACK_TLS, SDK, decode
 from contract_tests.upstream.schema import ERROR_STATUSES, check_reply
 from mockserver import RESPONSE_SHAPES
 from mockserver.audio import speech_duration
@@ -31,7 +31,7 @@ SIGNATURES = {"mp3": (b"ID3", b"\xff\xf3", b"\xff\xfb", b"\xff\xf2"), "wav": (b"
 
 def _post(url: str, key: str | None, body: Any, **kwargs: Any) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, verify=LOOPBACK_TLS) as http:
         return http.post(url + "/v1/tts", json=body, headers=headers, **kwargs)
 
 
@@ -63,7 +63,7 @@ def test_a_short_request_gets_a_documented_reply_and_downloadable_audio(aimlapi:
     url = _audio_url(reply)
     assert url is not None or isinstance(reply, bytes), "the reply has no audio to fetch"
     if url is not None:
-        with httpx.Client(timeout=60, follow_redirects=True) as http:
+        with httpx.Client(timeout=60, follow_redirects=True, verify=LOOPBACK_TLS) as http:
             audio = http.get(url)  # no key: the CDN serves by URL
         assert audio.status_code == 200
         assert audio.content.startswith(SIGNATURES["mp3"])
@@ -106,7 +106,7 @@ def test_every_success_shape_the_mock_sends_is_documented(
         url = _audio_url(reply)
         assert url is not None
         assert url.startswith(tts_mock.url + "/generations/")
-        with httpx.Client() as http:
+        with httpx.Client(verify=LOOPBACK_TLS) as http:
             assert http.get(url).content.startswith(b"RIFF")
 
 
