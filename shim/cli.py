@@ -411,14 +411,9 @@ def serve(
             allowed_hosts=_split(allowed_hosts),
             **options,  # type: ignore[arg-type]
         )
-        # serve() refuses these too; here they are answered before the app and its
-        # clients load (0.1 s, not 1 s of CPU). With --mock, the mock's stand-in key
-        # pays for client-keyed calls, so the key check waits for it there.
-        config.check_exposure()
-        if not mock:
-            config.check_keys()
         if mock:
             _mock_command()  # a clear message now, if the mock extra is missing
+        # Imported once the settings parsed; run() checks them before it loads the app.
         from shim.server import run
 
         run(config, mock=mock, mock_port=mock_port)
