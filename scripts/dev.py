@@ -144,17 +144,18 @@ def _bare_env() -> Path:
     return env
 
 
-def _reinstall(env: Path, wheel: Path) -> subprocess.CompletedProcess[str]:
-    """The fresh wheel over the one set-up installed; the dependencies stay."""
-    pip = [_bin(env) / "python", "-m", "pip", "install", "--quiet", "--force-reinstall"]
-    return _capture([*pip, "--no-deps", wheel])
+def _reinstall(env: Path, wheel: Path) -> list[str | Path]:
+    """The command that puts the fresh wheel over the one set-up installed in ``env``;
+    the dependencies stay."""
+    pip = [_bin(env) / "python", "-m", "pip", "install", "--quiet"]
+    return [*pip, "--force-reinstall", "--no-deps", wheel]
 
 
 def test_bare_install(wheel: Path) -> subprocess.CompletedProcess[str]:
     """``pip install tts-shim`` with no extras serves against a real upstream (the mock,
     run from the main venv) and has no numpy (scripts/bare_install_check.py)."""
     env = _bare_env()
-    installed = _reinstall(env, wheel)
+    installed = _capture(_reinstall(env, wheel))
     if installed.returncode:
         return installed
     port = _free_port()
@@ -207,9 +208,7 @@ def test_wheel() -> subprocess.CompletedProcess[str]:
         if not step([python, "-m", "pip", *build]):
             return done(False)
         (wheel,) = dist.glob("tts_shim-*.whl")
-        reinstalled = _reinstall(env, wheel)
-        log.append(reinstalled.stdout)
-        if reinstalled.returncode:
+        if not step(_reinstall(env, wheel)):
             return done(False)
         bare = test_bare_install(wheel)
         log.append(bare.stdout)
