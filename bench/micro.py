@@ -11,12 +11,9 @@ the machine; the differences are what a change would save per request.
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +29,66 @@ async def per_call(n: int, make: Callable[[], Awaitable[Any]]) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
-class _NoCookies(CookieJar):
-    """A jar that keeps nothing: what the shim's upstream clients could be given."""
+async def clients() -> tuple[float, float]:
+    """CPU µs per POST + GET pair at c=16: aiohttp, then httpx's API over aiohttp."""
+    import tempfile
 
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import HttpxAiohttpClient
+
+    from bench.run import TRIVIAL, Proc, free_port
+
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    audio = Path(tempfile.mkdtemp()) / "speech.mp3"
+    audio.write_bytes(bytes(18_000))
+    server = Proc(
+        "trivial",
+        [sys.executable, str(TRIVIAL), "--port", str(port), "--audio", str(audio)],
+        port,
+        audio.parent,
+    )
+    body, headers = b'{"model":"tts-1"}', {"content-type": "application/json"}
+    try:
+        server.wait_ready("/ping")
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+        async def plain() -> None:
+            async with session.post(root + "/v1/audio/speech", data=body, headers=headers) as r:
+                await r.read()
+            async with session.get(root + "/ping") as r:
+                await r.read()
+
+        client = HttpxAiohttpClient(limits=httpx.Limits(max_connections=None))
+
+        async def layered() -> None:
+            r = await client.send(
+                client.build_request(
+                    "POST", root + "/v1/audio/speech", content=body, headers=headers
+                ),
+                stream=True,
+            )
+            await r.aread()
+            await r.aclose()
+            r = await client.send(client.build_request("GET", root + "/ping"), stream=True)
+            await r.aread()
+            await r.aclose()
+
+        ours = await per_call(300, lambda: _gather(plain)) / 16
+        theirs = await per_call(300, lambda: _gather(layered)) / 16
+        await session.close()
+        await client.aclose()
+        return ours, theirs
+    finally:
+        server.stop()
+
+
+async def _gather(make: Callable[[], Awaitable[Any]]) -> None:
+    await asyncio.gather(*(make() for _ in range(16)))
 
 
 async def main() -> None:
-    import httpx
-    from starlette.responses import StreamingResponse
-
-    from shim.config import Config
-    from shim.logs import log_config
     from shim.responses import AudioResponse
     from shim.upstream.retry import with_retries
 
@@ -63,80 +107,41 @@ async def main() -> None:
         )
     )
 
-    # 2. Streaming a response: the shim's AudioResponse against Starlette's own.
-    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/"}
+    # 2. Streaming a response: Starlette watches for the client's disconnect in a task
+    # group beside the body under uvicorn (ASGI spec 2.3); under a 2.4 server it needs none.
+    async def send(message: Any) -> None:
+        pass
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()
         raise AssertionError
 
-    async def send(message: Any) -> None:
-        pass
-
     async def body() -> AsyncIterator[bytes]:
         yield b"x" * 18_000
 
-    async def audio_response() -> None:
-        await AudioResponse(body(), "audio/mpeg")(scope, receive, send)
+    def streamed(spec: str) -> Callable[[], Awaitable[None]]:
+        scope = {"type": "http", "asgi": {"spec_version": spec}, "method": "POST", "path": "/"}
 
-    async def starlette_response() -> None:
-        await StreamingResponse(body(), media_type="audio/mpeg")(scope, receive, send)
+        async def respond() -> None:
+            await AudioResponse(body(), "audio/mpeg")(scope, receive, send)
 
-    rows.append(
-        (
-            "streaming response with disconnect watch (per response)",
-            "Starlette's",
-            await per_call(5_000, audio_response),
-            await per_call(5_000, starlette_response),
-        )
-    )
-
-    # 3. httpx extracts cookies from every reply into the client's jar.
-    request = httpx.Request("GET", "http://127.0.0.1:9/generations/a.mp3?duration_ms=2200")
-    reply = httpx.Response(
-        200, headers={"content-type": "audio/mpeg", "content-length": "18068"}, request=request
-    )
-    default, empty = httpx.Cookies(), httpx.Cookies(_NoCookies())
-
-    async def extract_default() -> None:
-        default.extract_cookies(reply)
-
-    async def extract_none() -> None:
-        empty.extract_cookies(reply)
+        return respond
 
     rows.append(
         (
-            "httpx cookie extraction (per upstream reply)",
-            "a jar keeping none",
-            await per_call(20_000, extract_default),
-            await per_call(20_000, extract_none),
+            "streaming response, uvicorn's ASGI 2.3 (per response)",
+            "ASGI 2.4: no watcher",
+            await per_call(5_000, streamed("2.3")),
+            await per_call(5_000, streamed("2.4")),
         )
     )
 
-    # 4. httpx's own "HTTP Request" INFO line through the shim's JSON formatter, against
-    # the logger at WARNING (as shim.logs.log_config sets it now).
-    config = log_config(Config(log_format="json", log_level="info"))
-    formatter = config["formatters"]["shim"]["()"]()
-    handler = logging.StreamHandler(io.StringIO())
-    handler.setFormatter(formatter)
-    logger = logging.getLogger("bench.micro.httpx")
-    logger.addHandler(handler)
-    logger.propagate = False
-    url = "http://127.0.0.1:9/generations/alloy/1-2.mp3?duration_ms=2200"
-
-    async def line() -> None:
-        logger.info('HTTP Request: %s %s "%s %d %s"', "GET", url, "HTTP/1.1", 200, "OK")
-
-    logger.setLevel(logging.INFO)
-    written = await per_call(20_000, line)
-    logger.setLevel(logging.WARNING)
+    # 3. The two upstream calls of a speech request (POST, then GET of the audio) through
+    # the shim's client, aiohttp, against httpx's API over the same aiohttp connections
+    # (httpx-aiohttp, what the shim used before): the client side's CPU only, the server
+    # being bench/trivial.py in its own process.
     rows.append(
-        (
-            "httpx's INFO line per upstream call, JSON (per call)",
-            "logger at WARNING",
-            written,
-            await per_call(20_000, line),
-        )
+        ("upstream client, the two calls (per request)", "httpx over aiohttp", *await clients())
     )
 
     print(f"{'operation':58} {'today µs':>9}   {'alternative':20} {'µs':>7}")

@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -99,17 +98,11 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(
-    config: Config | None = None,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> Starlette:
+def create_app(config: Config | None = None) -> Starlette:
     """Build the shim.
 
-    The upstream clients and the speech slots are made in the app's lifespan, so the
+    The upstream sessions and the speech slots are made in the app's lifespan, so the
     app must be run by a server (uvicorn) or inside ``app.router.lifespan_context``.
-    ``transport`` replaces the network under the upstream clients: tests pass
-    ``httpx.ASGITransport(mockserver.create_app())`` to run everything in-process.
     """
     config = config or Config()
     keys = Keys(config)
@@ -117,7 +110,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        upstream = Upstream(config, transport)
+        upstream = Upstream(config)
         # Here, so that each worker process opens its own; one Redis pool serves the
         # cache, its single flight and the limit counters.
         redis = connect(config.redis_url) if config.redis_url else None

@@ -107,7 +107,7 @@ class Config:
     #: (bytes, base64 and JSON); streamed answers have ``max_audio_bytes``.
     max_chat_audio_bytes: int = 32 * 1024 * 1024
     #: Proxy for every upstream request; ``None``: ``HTTPS_PROXY``/``HTTP_PROXY``/
-    #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY``, as any httpx program.
+    #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY`` (read at start-up).
     proxy: str | None = None
     #: CA bundle (PEM) trusted for upstream TLS; ``None``: ``SSL_CERT_FILE`` or
     #: ``SSL_CERT_DIR`` when set, else certifi's.

@@ -315,10 +315,9 @@ def aimlapi_mock(
     instead).
 
     Limits: only httpx over its own transports is intercepted (respx patches httpcore).
-    The shim's upstream client runs over aiohttp, so to put this mock under an
-    in-process shim, hand it the mock directly:
-    ``create_app(config, transport=httpx.ASGITransport(upstream.app))``. Replies are
-    buffered, not streamed.
+    The shim's own upstream client is aiohttp, which respx does not patch: to test
+    through a shim, use the ``tts_shim`` fixture (a shim in front of the ``tts_mock``
+    server, both on loopback). Replies are buffered, not streamed.
     """
     try:
         import respx  # noqa: F401

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+from yarl import URL
 
 from shim import logs
 from shim.config import Config
 from shim.errors import APIError
-from shim.upstream.clients import build_client
+from shim.upstream.clients import Proxies, build_session
 from shim.upstream.download import fetch_audio, named_format
 from shim.upstream.generation import post_generation
 from shim.upstream.replies import AudioRef
@@ -31,27 +31,21 @@ _AUDIO_ACCEPT = "audio/*, */*;q=0.5"
 
 class Upstream:
     """Connection pools to the AI/ML API and its CDN, built once per running app
-    (in its lifespan) and reused for every request.
+    (in its lifespan, within its event loop) and reused for every request."""
 
-    ``transport`` replaces the network for tests (``httpx.ASGITransport`` on the mock).
-    """
-
-    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.stats = UpstreamStats()
-        self._api = build_client(
-            config, transport, read_timeout=config.generation_timeout, headers={}
-        )
-        self._cdn = build_client(
-            config,
-            transport,
-            read_timeout=config.download_timeout,
-            headers={"accept": _AUDIO_ACCEPT},
+        self.proxies = Proxies.from_config(config)
+        self._api = build_session(config, read_timeout=config.generation_timeout, headers={})
+        self._api_proxy = self.proxies.for_url(URL(config.tts_url))
+        self._cdn = build_session(
+            config, read_timeout=config.download_timeout, headers={"accept": _AUDIO_ACCEPT}
         )
 
     async def aclose(self) -> None:
-        await self._api.aclose()
-        await self._cdn.aclose()
+        await self._api.close()
+        await self._cdn.close()
 
     async def generate_audio(self, body: dict[str, Any], key: str) -> AudioStream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
@@ -78,7 +72,7 @@ class Upstream:
     async def _generate(self, body: dict[str, Any], key: str) -> AudioRef:
         self.stats.tts_calls += 1
         with logs.upstream_call("generation", len(body.get("text", ""))):  # metrics (issue 13)
-            return await post_generation(self._api, self.config.tts_url, body, key)
+            return await post_generation(self._api, self.config.tts_url, body, key, self._api_proxy)
 
     async def _open(self, ref: AudioRef) -> AudioStream:
         config = self.config
@@ -106,7 +100,7 @@ class Upstream:
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
         with logs.upstream_call("download"):  # metrics (issue 13)
-            response = await fetch_audio(self._cdn, url, origins, ref.request_id)
+            response = await fetch_audio(self._cdn, url, origins, ref.request_id, self.proxies)
             return await open_stream(
                 response,
                 request_id=ref.request_id,

@@ -1,77 +1,114 @@
-"""The one HTTP client the shim talks upstream with: httpx's API over aiohttp.
+"""The one HTTP client the shim talks upstream with: aiohttp, used plainly.
 
-:class:`httpx_aiohttp.HttpxAiohttpClient` is an :class:`httpx.AsyncClient` whose
-connections are aiohttp's. It was chosen by measurement (``docs/benchmarks.md``):
-httpx's own transport (httpcore 1.0) collapses under concurrency, because its pool
-hands one idle connection to every waiting request and all but one then scan the pool
-again (at c=64: 144 req/s, p99 1.5 s, 6 ms of CPU a request); over aiohttp the same
-calls cost about a seventh of the CPU and do not collapse. Being an httpx client, it
-keeps httpx's proxies and TLS settings, and tests can still hand it an
-``httpx.ASGITransport``.
+Chosen by measurement (``docs/benchmarks.md``): httpx's own transport (httpcore 1.0)
+collapses under concurrency (its pool hands one idle connection to every waiting
+request, and all but one then scan the pool again: at c=64, 144 req/s, p99 1.5 s);
+httpx's API over aiohttp's connections does not collapse, but httpx's request,
+header, URL, response and cookie objects, built on top of aiohttp's own, cost about
+three times what aiohttp alone costs per call (``python3 bench/micro.py``).
 
-Two clients are built, one for the AI/ML API and one for its CDN, so that nothing set
-for the API (the key above all) can reach the CDN. Both honour the environment as any
-httpx program does (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
-``SSL_CERT_FILE``, ``SSL_CERT_DIR``), unless ``--proxy`` or ``--ca-bundle`` say otherwise.
+Two sessions are built, one for the AI/ML API and one for its CDN, so that nothing
+set for the API (the key above all) can reach the CDN. Both honour the environment as
+an httpx program does, unless ``--proxy`` or ``--ca-bundle`` say otherwise:
+``HTTPS_PROXY``, ``HTTP_PROXY`` and ``ALL_PROXY`` minus ``NO_PROXY`` (read when the
+session is built, not per request), and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` for the
+trust store (else certifi's).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import re
 import ssl
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
-import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+import certifi
+from yarl import URL
 
 from shim.config import Config
 from shim.errors import APIError
 
-__all__ = ["USER_AGENT", "build_client", "describe", "never_sent", "transport_error"]
+__all__ = [
+    "USER_AGENT",
+    "Proxies",
+    "build_session",
+    "describe",
+    "never_sent",
+    "transport_error",
+]
 
 USER_AGENT = "tts-shim"
 
 
-def build_client(
-    config: Config,
-    transport: httpx.AsyncBaseTransport | None,
-    *,
-    read_timeout: float,
-    headers: dict[str, str],
-) -> httpx.AsyncClient:
-    """A pooled client for one upstream peer.
+def build_session(
+    config: Config, *, read_timeout: float, headers: Mapping[str, str]
+) -> aiohttp.ClientSession:
+    """A pooled session for one upstream peer (call from a running event loop).
 
-    ``transport`` is for tests (``httpx.ASGITransport`` on the mock); passing one
-    turns off httpx's environment proxies, as it should for an in-process peer.
+    Timeouts: ``connect`` (waiting for a pooled connection and opening one) and each
+    read (the reply's head, then every body chunk) get ``read_timeout``.
     """
-    timeout = httpx.Timeout(
-        connect=config.connect_timeout,
-        read=read_timeout,
-        write=config.connect_timeout,
-        pool=config.connect_timeout,
-    )
     # Idle connections are dropped after 4 s: under the 5 s that many servers (uvicorn
     # among them) keep an idle connection open, so a request is not sent on a connection
     # the peer is closing (which, for the billed call, could not be retried).
-    limits = httpx.Limits(max_connections=None, keepalive_expiry=4.0)
-    return HttpxAiohttpClient(
-        transport=transport,
-        proxy=config.proxy,
-        verify=_tls_context(config),
-        trust_env=True,
-        limits=limits,
-        timeout=timeout,
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, ssl=_tls_context(config))
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=config.connect_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=read_timeout,
+        ),
         headers={"user-agent": USER_AGENT, **headers},
-        follow_redirects=False,
+        # The shim sends no cookies and keeps none an upstream sets.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        raise_for_status=False,
     )
 
 
+@dataclass(frozen=True)
+class Proxies:
+    """Which proxy, if any, a request to a URL goes through: ``--proxy`` for every
+    request, else the environment's (``NO_PROXY`` honoured), read once when the
+    session is built; aiohttp's own ``trust_env`` reads it on a thread per request."""
+
+    explicit: str | None
+    environment: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Proxies:
+        found = urllib.request.getproxies_environment()
+        return cls(config.proxy, tuple(sorted(found.items())))
+
+    def for_url(self, url: URL) -> str | None:
+        if self.explicit is not None:
+            return self.explicit
+        if not self.environment:
+            return None
+        return _environment_proxy(self.environment, url.scheme, url.host or "")
+
+
+@functools.lru_cache(maxsize=256)
+def _environment_proxy(
+    environment: tuple[tuple[str, str], ...], scheme: str, host: str
+) -> str | None:
+    # The environment is in the key so that a changed one is read afresh; the bypass
+    # check reads NO_PROXY itself.
+    found = dict(environment)
+    proxy = found.get(scheme) or found.get("all")
+    if proxy is None or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
+
+
 def _tls_context(config: Config) -> ssl.SSLContext:
-    """The trust store for upstream TLS: ``--ca-bundle``, else httpx's own choice
-    (certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set)."""
+    """The trust store for upstream TLS: ``--ca-bundle``, else ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` when set, else certifi's."""
     environ = os.environ
     return _trust_store(config.ca_bundle, environ.get("SSL_CERT_FILE"), environ.get("SSL_CERT_DIR"))
 
@@ -80,52 +117,31 @@ def _tls_context(config: Config) -> ssl.SSLContext:
 def _trust_store(
     ca_bundle: str | None, cert_file: str | None, cert_dir: str | None
 ) -> ssl.SSLContext:
-    # One context per trust store in the process, shared by every client built on it:
-    # loading a CA bundle costs ~30 ms of CPU, a client given a loaded one ~0.1 ms. Each
-    # app builds two clients, and a process may start many apps (tests, reloads). The
-    # two variables are in the key because httpx reads them when it loads the store.
+    # One context per trust store in the process, shared by every session built on it:
+    # loading a CA bundle costs ~30 ms of CPU. Each app builds two sessions, and a
+    # process may start many apps (tests, reloads).
     if ca_bundle is not None:
         return ssl.create_default_context(cafile=ca_bundle)
-    return httpx.create_ssl_context(trust_env=True)
+    if cert_file or cert_dir:
+        return ssl.create_default_context(cafile=cert_file or None, capath=cert_dir or None)
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-#: Failures raised before any byte of the request left: the peer never saw it.
-_NEVER_SENT = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-)
-
-
-#: aiohttp's failures to connect at all (refused, DNS, TLS, proxy, connect timeout).
-_AIOHTTP_NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+#: aiohttp's failures to connect at all (refused, DNS, TLS, proxy, connect timeout):
+#: raised before any byte of the request left, so the peer never saw it.
+_NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
 
 
 def never_sent(exc: BaseException) -> bool:
     """Whether ``exc`` proves the request never reached the peer (so a billed call
     may be sent again without paying twice)."""
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientError):
-        # httpx-aiohttp maps every aiohttp connection error, a server that hung up
-        # after the request included, to ``httpx.ConnectTimeout``: the cause decides.
-        return isinstance(cause, _AIOHTTP_NEVER_SENT)
     return isinstance(exc, _NEVER_SENT)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    # Through httpx-aiohttp a refused or dropped connection is a ConnectTimeout too;
-    # only a real timeout underneath makes it one.
-    if not isinstance(exc, httpx.TimeoutException) or isinstance(exc, httpx.PoolTimeout):
-        return False
-    cause = exc.__cause__
-    return cause is None or isinstance(cause, (TimeoutError, asyncio.TimeoutError))
 
 
 def transport_error(exc: Exception, peer: str, *, retryable: bool) -> APIError:
     """The envelope for a failed exchange with ``peer``: a timeout is a 504,
     anything else (refused, reset, not HTTP) a 502."""
-    if _is_timeout(exc):
+    if isinstance(exc, TimeoutError):
         return APIError(
             504,
             f"Timed out waiting for {peer}.",

@@ -9,44 +9,53 @@ from __future__ import annotations
 
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from shim.config import Origin, parse_origin
 from shim.errors import APIError
-from shim.upstream.clients import transport_error
+from shim.upstream.clients import Proxies, transport_error
 
 __all__ = ["PEER", "fetch_audio", "named_format"]
 
 PEER = "the audio CDN"
 _MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _KNOWN_SUFFIXES = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
 
 async def fetch_audio(
-    client: httpx.AsyncClient, url: str, origins: frozenset[Origin], request_id: str | None
-) -> httpx.Response:
+    session: aiohttp.ClientSession,
+    url: str,
+    origins: frozenset[Origin],
+    request_id: str | None,
+    proxies: Proxies,
+) -> aiohttp.ClientResponse:
     """GET ``url`` and follow redirects within ``origins``; return the 2xx response,
     its body unread."""
     for _ in range(_MAX_REDIRECTS + 1):
         _check_origin(url, origins, request_id)
         try:
-            response = await client.send(client.build_request("GET", url), stream=True)
+            target = URL(url)
+            response = await session.get(
+                target, allow_redirects=False, proxy=proxies.for_url(target)
+            )
         except Exception as exc:
             error = transport_error(exc, PEER, retryable=True)
             error.request_id = request_id
             raise error from exc
-        if response.is_redirect and "location" in response.headers:
-            await response.aclose()
+        if response.status in _REDIRECTS and "location" in response.headers:
+            response.release()
             url = urljoin(url, response.headers["location"])
             continue
-        if response.status_code >= 400:
-            await response.aclose()
+        if response.status >= 400:
+            response.release()
             raise APIError(
                 502,
-                f"The audio CDN answered {response.status_code} for the generated audio.",
+                f"The audio CDN answered {response.status} for the generated audio.",
                 type="server_error",
                 code="audio_download_failed",
-                retryable=response.status_code in (408, 429) or response.status_code >= 500,
+                retryable=response.status in (408, 429) or response.status >= 500,
                 request_id=request_id,
             )
         return response

@@ -16,7 +16,8 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
+from multidict import CIMultiDictProxy
 
 from shim.errors import APIError, clean_request_id, from_upstream
 from shim.upstream.clients import never_sent, transport_error
@@ -32,25 +33,25 @@ _AUDIO_TYPES = ("audio/", "application/octet-stream")
 
 
 async def post_generation(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], key: str
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str, proxy: str | None
 ) -> AudioRef:
     """Send one generation request; return where its audio is."""
-    request = client.build_request(
-        "POST",
-        url,
-        content=json.dumps(body, ensure_ascii=False).encode(),
-        headers={
-            "authorization": f"Bearer {key}",
-            "content-type": "application/json",
-            "accept": "application/json, audio/*",
-        },
-    )
     try:
-        response = await client.send(request, stream=True)
+        response = await session.post(
+            url,
+            data=json.dumps(body, ensure_ascii=False).encode(),
+            headers={
+                "authorization": f"Bearer {key}",
+                "content-type": "application/json",
+                "accept": "application/json, audio/*",
+            },
+            allow_redirects=False,
+            proxy=proxy,
+        )
     except Exception as exc:
         raise transport_error(exc, PEER, retryable=never_sent(exc)) from exc
     request_id = safe_request_id(response.headers.get("x-request-id"), key)
-    if response.status_code >= 400:
+    if response.status >= 400:
         raise await _upstream_error(response, request_id, key)
     if media_type(response).startswith(_AUDIO_TYPES):
         return AudioRef(request_id, response=response)
@@ -85,7 +86,7 @@ def safe_request_id(value: str | None, key: str) -> str | None:
     return cleaned
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date);
     ``None`` when absent or not a finite, non-negative time."""
     if ms := headers.get("retry-after-ms"):
@@ -114,7 +115,9 @@ def _finite(text: str) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-async def _upstream_error(response: httpx.Response, request_id: str | None, key: str) -> APIError:
+async def _upstream_error(
+    response: aiohttp.ClientResponse, request_id: str | None, key: str
+) -> APIError:
     try:
         raw = await _read_capped(response, _MAX_ERROR_BODY) or b""
     except Exception:  # broken off: the status alone will do
@@ -130,23 +133,26 @@ async def _upstream_error(response: httpx.Response, request_id: str | None, key:
         # An upstream that echoes the key must not hand it to the client (or the log).
         message = message.replace(key, "[redacted]")
     return from_upstream(
-        response.status_code,
+        response.status,
         message,
         request_id=request_id or safe_request_id(body_id, key),
         retry_after=retry_after(response.headers),
     )
 
 
-async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
     """The whole body, or ``None`` when it is over ``cap`` bytes."""
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > cap:
+                response.close()  # the rest is not worth reading: drop the connection
                 return None
             parts.append(chunk)
-    finally:
-        await response.aclose()
+    except BaseException:
+        response.close()
+        raise
+    response.release()
     return b"".join(parts)

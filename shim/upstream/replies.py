@@ -13,7 +13,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from shim.errors import APIError
 
@@ -28,7 +28,7 @@ class AudioRef:
     url: str | None = None
     inline: bytes | None = None
     #: A binary reply (the audio itself), its body still unread.
-    response: httpx.Response | None = None
+    response: aiohttp.ClientResponse | None = None
 
 
 def find_audio(payload: Any, request_id: str | None) -> AudioRef:

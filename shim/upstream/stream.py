@@ -11,11 +11,10 @@ announced length is an error, never a short file passed off as complete.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import anyio
-import httpx
+import aiohttp
 
 from shim.errors import APIError
 from shim.upstream.clients import describe
@@ -59,7 +58,8 @@ class AudioStream:
     request_id: str | None
     _head: bytes
     _rest: AsyncIterator[bytes] | None
-    _close: Callable[[], Awaitable[None]] | None
+    #: The reply the audio comes in (``None``: inline audio), released when done.
+    _response: aiohttp.ClientResponse | None
     _max_bytes: int
     _expected: int | None
     _stats: UpstreamStats
@@ -85,7 +85,7 @@ class AudioStream:
                         yield chunk
                 except APIError:
                     raise
-                except Exception as exc:  # httpx's errors: reset, timeout, bad framing
+                except Exception as exc:  # aiohttp's: reset, read timeout, bad framing
                     raise download_error(f"the audio download broke off: {describe(exc)}") from exc
             if self._expected is not None and received < self._expected:
                 raise download_error(
@@ -99,8 +99,9 @@ class AudioStream:
             return
         self._closed = True
         self._stats.open_streams -= 1
-        if self._close is not None:
-            await self._close()
+        if self._response is not None:
+            # Read to the end, its connection goes back to the pool; else it is closed.
+            self._response.release()
 
 
 def identify(head: bytes, content_type: str, named: str | None) -> str | None:
@@ -130,7 +131,7 @@ def identify(head: bytes, content_type: str, named: str | None) -> str | None:
 
 
 async def open_stream(
-    response: httpx.Response,
+    response: aiohttp.ClientResponse,
     *,
     request_id: str | None,
     named: str | None,
@@ -147,7 +148,7 @@ async def open_stream(
     sized = declared.isascii() and declared.isdigit() and not encoded
     expected = int(declared) if sized else None
     if expected is not None and expected > max_bytes:
-        await response.aclose()
+        response.close()
         raise APIError(
             502,
             f"The generated audio is {expected} bytes, over the shim's {max_bytes}-byte cap.",
@@ -155,7 +156,7 @@ async def open_stream(
             code="audio_too_large",
             request_id=request_id,
         )
-    chunks = response.aiter_bytes()
+    chunks: AsyncIterator[bytes] = response.content.iter_any()
     head = b""
     try:
         while len(head) < MIN_AUDIO_BYTES:
@@ -165,21 +166,20 @@ async def open_stream(
                 chunks = _empty()
                 break
     except BaseException as exc:  # cancellation (the deadline) included: never leak it
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
+        response.close()
         if isinstance(exc, Exception):
             raise download_error(f"the audio download failed: {describe(exc)}", retryable) from exc
         raise
     if len(head) > max_bytes:
-        await response.aclose()
+        response.close()
         raise download_error(f"the audio exceeded the {max_bytes}-byte size cap")
     content_type = media_type(response)
     fmt = identify(head, content_type, named)
     if fmt is None or len(head) < MIN_AUDIO_BYTES:
-        await response.aclose()
+        response.close()
         what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
         raise not_audio(what, request_id, retryable)
-    return AudioStream(fmt, request_id, head, chunks, response.aclose, max_bytes, expected, stats)
+    return AudioStream(fmt, request_id, head, chunks, response, max_bytes, expected, stats)
 
 
 def inline_stream(
@@ -204,7 +204,7 @@ def inline_stream(
     return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats)
 
 
-def media_type(response: httpx.Response) -> str:
+def media_type(response: aiohttp.ClientResponse) -> str:
     """The reply's media type, lower case, without parameters."""
     content_type: str = response.headers.get("content-type", "")
     return content_type.split(";", 1)[0].strip().lower()

@@ -1,8 +1,10 @@
-"""In-process fixtures: the shim app in front of the mock AI/ML API, no sockets.
+"""Fixtures: the shim app, in-process, in front of the mock AI/ML API on loopback.
 
-The upstream is the project's one fake: :mod:`mockserver`, reached through
-``httpx.ASGITransport``. Faults and odd replies are queued as scenario steps
-(``upstream.scenario([...])``); what the shim sent is in ``upstream.journal``.
+Tests reach the shim through ``httpx.ASGITransport``; the shim reaches the project's one
+fake upstream, :mod:`mockserver`, over a real socket (its client is aiohttp), on the
+test process's loopback server (:mod:`tests.upstream`). Faults and odd replies are
+queued as scenario steps (``upstream.scenario([...])``); what the shim sent is in
+``upstream.journal``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from mockserver import MockConfig
-from mockserver import create_app as create_mock_app
 from shim import Config, create_app
 from shim.state import State
-from shim.testing import AIMLAPI_URL, CDN_URL, MockUpstream
+from shim.testing import MockUpstream
+from tests.upstream import mock_upstream
 
-CDN = CDN_URL
 #: The bearer token the test clients send (passed through to the mock).
 CLIENT_TOKEN = "sk-client-key-1234"
 
@@ -29,7 +29,7 @@ CLIENT_TOKEN = "sk-client-key-1234"
 @pytest.fixture
 def upstream() -> MockUpstream:
     """A fresh mock AI/ML API and CDN (journal and scenario queue empty)."""
-    return MockUpstream(AIMLAPI_URL, create_mock_app(MockConfig(cdn_url=CDN_URL)))
+    return mock_upstream()
 
 
 def generations(upstream: MockUpstream) -> int:
@@ -72,7 +72,8 @@ async def shim(upstream: MockUpstream) -> AsyncIterator[ShimFactory]:
         def factory(**settings: Any) -> httpx.AsyncClient:
             settings.setdefault("max_retry_wait", 0.01)
             settings.setdefault("cache", False)  # a test that wants one asks for it
-            app = create_app(Config(**settings), transport=httpx.ASGITransport(upstream.app))
+            settings.setdefault("upstream_url", upstream.url)
+            app = create_app(Config(**settings))
             client = httpx.AsyncClient(
                 transport=_RunningApp(app, stack),
                 base_url="http://shim",

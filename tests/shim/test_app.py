@@ -83,7 +83,7 @@ async def test_client_key_check_happens_before_routing(shim: Any, path: str) -> 
 
 
 async def test_an_app_can_be_started_again_after_it_stopped(upstream: MockUpstream) -> None:
-    app = create_app(Config(cache=False), transport=httpx.ASGITransport(upstream.app))
+    app = create_app(Config(cache=False, upstream_url=upstream.url))
     transport = httpx.ASGITransport(app)
     body = {"model": "tts-1", "input": "Again."}
     for _ in range(2):

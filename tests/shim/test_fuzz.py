@@ -3,8 +3,8 @@
 Whatever the body (any JSON value in any field, raw bytes, broken JSON, lone
 surrogates, huge numbers, deep nesting), the content type, the headers, the path or
 the method, the shim answers below 500, and every error is OpenAI's envelope with
-its four keys. The upstream is the mock, in-process, so requests that happen to be
-valid complete with real audio.
+its four keys. The upstream is the mock (on the test process's loopback server), so
+requests that happen to be valid complete with real audio.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mockserver import MockConfig
-from mockserver import create_app as create_mock_app
 from shim import Config, create_app
 from shim.catalog import FORMATS, MODELS, UPSTREAM_VOICES
 from shim.chat import CHAT_FORMATS
-from shim.testing import CDN_URL
 from tests.figures import record
+from tests.upstream import mock_upstream
 
 # Not traced for coverage (pytest-cov's no_cover): in-process, every request here runs
 # thousands of traced lines of shim and mock, which made these tests 3-4x slower; the
@@ -65,9 +64,9 @@ class Harness:
 def harness() -> Iterator[Harness]:
     # Half-second clips at most: a long fuzzed text would otherwise make minutes of audio
     # (one run spent 70 s on a few such examples).
-    mock = httpx.ASGITransport(create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=0.5)))
+    upstream = mock_upstream(MockConfig(max_audio_seconds=0.5))
     apps = [
-        create_app(Config(tts_retries=0, cache=False), transport=mock),
+        create_app(Config(tts_retries=0, cache=False, upstream_url=upstream.url)),
         # private_catalog: every /v1 route, the model and voice lists included, needs the
         # key (by default the lists are open).
         create_app(
@@ -77,8 +76,8 @@ def harness() -> Iterator[Harness]:
                 client_keys=(CLIENT_KEY,),
                 upstream_key="sk-server-fuzz",
                 private_catalog=True,
+                upstream_url=upstream.url,
             ),
-            transport=mock,
         ),
     ]
     clients = [

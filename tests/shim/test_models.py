@@ -13,6 +13,7 @@ import uvicorn
 
 from shim import Config, create_app
 from shim.catalog import MODELS, UPSTREAM_VOICES
+from shim.testing import free_port
 
 BARE_IDS = ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
 ALL_IDS = BARE_IDS + ["openai/" + i for i in BARE_IDS]
@@ -130,14 +131,11 @@ async def test_the_catalogue_never_calls_upstream(shim: Any, upstream: Any) -> N
 # -- through a real socket: the server, not the test client, decodes the path ----------
 
 
-def _refuse(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"the catalogue reached upstream: {request.url}")
-
-
 @pytest.fixture(params=["h11", "httptools"])
 def served(request: pytest.FixtureRequest) -> Iterator[str]:
     """The shim under uvicorn on a loopback port; yields its root URL."""
-    app = create_app(Config(cache=False), transport=httpx.MockTransport(_refuse))
+    # The upstream is a closed port: a catalogue answer that went upstream would be a 502.
+    app = create_app(Config(cache=False, upstream_url=f"http://127.0.0.1:{free_port()}"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)  # connections wait in the backlog until uvicorn accepts them

@@ -8,8 +8,8 @@ behaviour cannot drift apart:
 * negative (data the schema forbids): must be refused with a 4xx.
 
 Either way: no 5xx, and the status codes, content types and bodies the document
-promises. The upstream is the mock AI/ML API and its CDN, in-process through
-``httpx.ASGITransport``.
+promises. The upstream is the mock AI/ML API and its CDN, on the test process's
+loopback server (:mod:`tests.upstream`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -35,18 +34,16 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from mockserver import MockConfig  # noqa: E402
-from mockserver import create_app as create_mock_app  # noqa: E402
 from shim import Config, create_app  # noqa: E402
-from shim.testing import CDN_URL  # noqa: E402
 from tests.figures import record  # noqa: E402
+from tests.upstream import mock_upstream  # noqa: E402
 
 # Schemathesis's ASGI client runs the app's lifespan around every call, and the shim
 # builds its upstream client there, so each call gets a fresh one over the same mock.
 # Half-second clips at most: long generated texts would otherwise make minutes of audio,
 # and what is checked here is the answer, not how long it plays.
-mock = create_mock_app(MockConfig(cdn_url=CDN_URL, max_audio_seconds=0.5))
-upstream = httpx.ASGITransport(mock)
-app = create_app(Config(tts_retries=0, cache=False), transport=upstream)
+upstream = mock_upstream(MockConfig(max_audio_seconds=0.5))
+app = create_app(Config(tts_retries=0, cache=False, upstream_url=upstream.url))
 
 # Examples and fuzzing, positive and negative. Not the "coverage" phase: it builds its
 # boundary cases while pytest collects (30 s of CPU here, in every xdist worker), and

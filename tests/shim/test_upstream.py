@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import httpx
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from mockserver.audio import encode
 from shim import Config
 from shim.errors import APIError
+from shim.responses import StreamAborted
 from shim.testing import MockUpstream, decode_audio, free_port
 from shim.upstream import Upstream
+from shim.upstream.clients import Proxies
 from shim.upstream.generation import retry_after
 from tests.shim.conftest import CLIENT_TOKEN, generations
 
@@ -111,8 +114,6 @@ async def test_the_billed_call_retry_count_is_configurable(
         ({"status": 200, "body": {"audio": 42}}, 502, "no_audio_in_reply"),
         ({"status": 201, "body": {"metadata": {"request_id": "dg-123"}}}, 502, "no_audio_in_reply"),
         ({"fault": "truncated"}, 502, "upstream_unreachable"),
-        # In process the cut shows while the reply is read; on a socket, while it streams.
-        ({"shape": "binary", "fault": "truncated"}, 502, None),
     ],
 )
 async def test_a_2xx_that_is_not_usable_is_final_and_billed_once(
@@ -124,6 +125,18 @@ async def test_a_2xx_that_is_not_usable_is_final_and_billed_once(
     assert response.status_code == status
     assert code is None or response.json()["error"]["code"] == code
     assert response.headers["x-should-retry"] == "false"
+    assert generations(upstream) == 1
+
+
+async def test_audio_cut_off_in_the_generation_reply_is_a_broken_transfer_billed_once(
+    shim: Any, upstream: MockUpstream
+) -> None:
+    # The reply is the audio itself: its first half is streamed before the cut shows.
+    upstream.scenario([{"shape": "binary", "fault": "truncated", "times": 3}])
+
+    with pytest.raises(StreamAborted, match="broke off"):
+        await shim(tts_retries=2, audio_retries=2).post(SPEECH, json=BODY)
+
     assert generations(upstream) == 1
 
 
@@ -162,7 +175,7 @@ async def test_an_upstream_that_was_never_reached_is_tried_again() -> None:
 def test_retry_after_is_read_only_when_it_is_a_sane_time(
     headers: dict[str, str], seconds: float | None
 ) -> None:
-    assert retry_after(httpx.Headers(headers)) == seconds
+    assert retry_after(CIMultiDictProxy(CIMultiDict(headers))) == seconds
 
 
 @pytest.mark.parametrize(
@@ -301,10 +314,13 @@ async def test_audio_from_untrusted_origins_is_never_fetched(
 
 
 async def test_extra_audio_origins_can_be_allowed(shim: Any, upstream: MockUpstream) -> None:
-    client = shim(audio_origins=("https://media.example:8443",))
+    # The same server by another name is another origin: localhost, not 127.0.0.1.
+    other = upstream.url.replace("127.0.0.1", "localhost")
+    origin = "/".join(other.split("/", 3)[:3])
+    client = shim(audio_origins=(origin,))
     await client.post(SPEECH, json=BODY)
     path = upstream.downloads[-1]["path"]
-    upstream.scenario([{"audio_url": f"https://media.example:8443{path}"}])
+    upstream.scenario([{"audio_url": f"{other}{path}"}])
 
     response = await client.post(SPEECH, json=BODY)
 
@@ -330,7 +346,8 @@ async def test_a_redirect_within_allowed_origins_is_followed(
 ) -> None:
     await shim().post(SPEECH, json=BODY)
     moved = upstream.downloads[-1]["path"]
-    upstream.scenario([{"route": "audio", "status": 301, "headers": {"location": moved}}])
+    location = upstream.url + moved
+    upstream.scenario([{"route": "audio", "status": 301, "headers": {"location": location}}])
 
     response = await shim().post(SPEECH, json=BODY)
 
@@ -381,3 +398,24 @@ async def test_the_cdn_never_sees_a_key_or_client_headers(
 
     (download,) = upstream.downloads
     assert not {"authorization", "x-secret", "cookie"} & set(download["headers"])
+
+
+# -- proxies ------------------------------------------------------------------------------
+
+
+def test_proxies_are_the_environments_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://tls-proxy:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://any-proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    proxies = Proxies.from_config(Config())
+    monkeypatch.setenv("HTTPS_PROXY", "http://later:1")  # read once: not seen
+
+    assert proxies.for_url(URL("https://api.aimlapi.com/v1/tts")) == "http://tls-proxy:3128"
+    assert proxies.for_url(URL("http://cdn.example/a.mp3")) == "http://any-proxy:3128"
+    assert proxies.for_url(URL("https://internal.example/a.mp3")) is None
+    # --proxy carries everything, NO_PROXY or not.
+    explicit = Proxies.from_config(Config(proxy="http://corp:8080"))
+    assert explicit.for_url(URL("https://internal.example/a.mp3")) == "http://corp:8080"
