@@ -63,11 +63,12 @@ _FIELDS = ("requests", "characters", "micros")
 
 
 def _day(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d")
+    # time.gmtime, not datetime: a third of the cost, and this runs on every request.
+    return time.strftime("%Y-%m-%d", time.gmtime(moment))
 
 
 def _month(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m")
+    return time.strftime("%Y-%m", time.gmtime(moment))
 
 
 def _until_next_day(moment: float) -> float:

@@ -21,7 +21,7 @@ from shim.upstream.clients import Proxies, build_session
 from shim.upstream.download import fetch_audio, named_format
 from shim.upstream.generation import post_generation
 from shim.upstream.replies import AudioRef
-from shim.upstream.retry import with_retries
+from shim.upstream.retry import RetryPolicy
 from shim.upstream.stream import AudioStream, UpstreamStats, inline_stream, open_stream
 
 __all__ = ["Upstream"]
@@ -37,6 +37,8 @@ class Upstream:
         self.config = config
         self.stats = UpstreamStats()
         self.proxies = Proxies.from_config(config)
+        self._generation_retries = RetryPolicy(config.tts_retries, config.max_retry_wait)
+        self._download_retries = RetryPolicy(config.audio_retries, config.max_retry_wait)
         self._api = build_session(config, read_timeout=config.generation_timeout, headers={})
         self._api_proxy = self.proxies.for_url(URL(config.tts_url))
         self._cdn = build_session(
@@ -54,10 +56,7 @@ class Upstream:
     async def generate(self, body: dict[str, Any], key: str) -> AudioRef:
         """The billed call, retried only where it cannot have been billed: where the
         audio of one generation is."""
-        config = self.config
-        return await with_retries(
-            config.tts_retries, config.max_retry_wait, self._generate, body, key
-        )
+        return await self._generation_retries.run(self._generate, body, key)
 
     async def open(self, ref: AudioRef) -> AudioStream:
         """Open a generation's audio (downloading it, retried freely), first bytes in."""
@@ -92,9 +91,7 @@ class Upstream:
                 stats=self.stats,
             )
         assert ref.url is not None
-        return await with_retries(
-            config.audio_retries, config.max_retry_wait, self._download, ref.url, ref
-        )
+        return await self._download_retries.run(self._download, ref.url, ref)
 
     async def _download(self, url: str, ref: AudioRef) -> AudioStream:
         self.stats.audio_calls += 1

@@ -22,37 +22,44 @@ from tenacity import (
 
 from shim.errors import APIError
 
-__all__ = ["with_retries"]
+__all__ = ["RetryPolicy"]
 
 _T = TypeVar("_T")
 _BACKOFF = wait_random_exponential(multiplier=0.05, max=1.0)
 
 
-async def with_retries(
-    retries: int,
-    max_wait: float,
-    attempt: Callable[..., Coroutine[Any, Any, _T]],
-    *args: Any,
-) -> _T:
-    """Run ``attempt(*args)``, and up to ``retries`` more times while it raises a retryable
-    :class:`APIError`. A ``Retry-After`` is waited out when it is at most
-    ``max_wait`` seconds; a longer one ends the retries and reaches the client."""
+class RetryPolicy:
+    """Run an attempt, and up to ``retries`` more times while it raises a retryable
+    :class:`APIError`. A ``Retry-After`` is waited out when it is at most ``max_wait``
+    seconds; a longer one ends the retries and reaches the client.
 
-    def should_retry(exc: BaseException) -> bool:
+    Built once per upstream call kind (tenacity's strategies and their closures are not
+    free); each run gets its own copy, since a tenacity controller keeps the state of
+    the run in progress.
+    """
+
+    def __init__(self, retries: int, max_wait: float) -> None:
+        self.retries = retries
+        self.max_wait = max_wait
+        self._retrying = AsyncRetrying(
+            stop=stop_after_attempt(retries + 1),
+            retry=retry_if_exception(self._should_retry),
+            wait=self._wait,
+            reraise=True,
+        )
+
+    async def run(self, attempt: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+        """``await attempt(*args)``, retried as the policy says."""
+        return await self._retrying.copy()(attempt, *args)
+
+    def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, APIError) or not exc.retryable:
             return False
-        return exc.retry_after is None or exc.retry_after <= max_wait
+        return exc.retry_after is None or exc.retry_after <= self.max_wait
 
-    def wait(state: RetryCallState) -> float:
+    @staticmethod
+    def _wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, APIError) and exc.retry_after is not None:
             return exc.retry_after
         return _BACKOFF(state)
-
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(retries + 1),
-        retry=retry_if_exception(should_retry),
-        wait=wait,
-        reraise=True,
-    )
-    return await retrying(attempt, *args)
