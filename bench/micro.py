@@ -90,7 +90,7 @@ async def _gather(make: Callable[[], Awaitable[Any]]) -> None:
 
 async def main() -> None:
     from shim.responses import AudioResponse
-    from shim.upstream.retry import with_retries
+    from shim.upstream.retry import RetryPolicy
 
     rows: list[tuple[str, str, float, float]] = []
 
@@ -98,11 +98,12 @@ async def main() -> None:
     async def attempt() -> int:
         return 1
 
+    policy = RetryPolicy(2, 1.0)
     rows.append(
         (
             "retry policy, first attempt succeeds (per upstream call)",
             "plain await",
-            await per_call(20_000, lambda: with_retries(2, 1.0, attempt)),
+            await per_call(20_000, lambda: policy.run(attempt)),
             await per_call(20_000, attempt),
         )
     )

@@ -22,6 +22,7 @@ from shim.errors import APIError
 
 __all__ = [
     "AudioResponse",
+    "ClientWatch",
     "SendTimeout",
     "StalledClient",
     "StreamAborted",
@@ -48,7 +49,7 @@ class AudioResponse(StreamingResponse):
     """A chunked response whose body iterator is always closed, and ``on_close``
     awaited, however it ends (finished, failed, client gone or cut), so the upstream
     download stops and the concurrency slot is freed the moment the client goes away.
-    Streaming itself is Starlette's, as is (it watches for the disconnect)."""
+    Streaming itself is Starlette's, as is (:class:`ClientWatch` tells it of the disconnect)."""
 
     def __init__(
         self,
@@ -75,6 +76,77 @@ class AudioResponse(StreamingResponse):
                 await aclose()
             if self._on_close is not None:
                 await self._on_close()
+
+
+class ClientWatch:
+    """ASGI 2.4's promise on uvicorn, which speaks 2.3: once the client has gone, ``send``
+    raises :class:`OSError` and the response stops at once.
+
+    Under 2.3 a server drops what is sent after the client left, so Starlette watches
+    ``receive`` for the disconnect in an anyio task group around every streaming
+    response (~140 µs a response, ``python3 bench/micro.py``); told the server speaks
+    2.4 it streams plainly. This keeps 2.4's promise with one asyncio task per streamed
+    response, started with its first chunk (its request body has been read by then):
+    when the client hangs up mid-stream, the task cancels the response, so the upstream
+    download stops and the slot is freed even while no audio is arriving; the owner of
+    the watch (:class:`shim.middleware.GateMiddleware`) then ends the request quietly.
+    Call :meth:`close` when the app has returned.
+    """
+
+    __slots__ = ("_done", "_owner", "_receive", "_send", "_watcher", "gone")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._watcher: asyncio.Task[None] | None = None
+        self._owner: asyncio.Task[Any] | None = None
+        self._done = False
+        #: The client hung up before the response was complete.
+        self.gone = False
+
+    @staticmethod
+    def needed(scope: Scope) -> bool:
+        """Whether the server speaks ASGI below 2.4 (uvicorn: 2.3)."""
+        spec = str(scope.get("asgi", {}).get("spec_version", "2.0"))
+        return tuple(int(part) for part in spec.split(".")[:2]) < (2, 4)
+
+    @staticmethod
+    def promise(scope: Scope) -> None:
+        """Tell the app (through ``scope``, in place: the outer middleware read what the
+        router adds to it) that the server speaks 2.4."""
+        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
+
+    async def send(self, message: Message) -> None:
+        if self.gone:
+            raise OSError("the client disconnected")
+        if message["type"] == "http.response.body":
+            if not message.get("more_body", False):
+                self._done = True  # from here on a disconnect is the end, not a hang-up
+            elif self._watcher is None:
+                self._owner = asyncio.current_task()
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        await self._send(message)
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass  # the rest of a request body nobody read
+        if not self._done and self._owner is not None:
+            self.gone = True
+            # The owner is suspended inside the app (this task exists only from its first
+            # chunk until the app returns): the cancellation lands there.
+            self._owner.cancel()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def forget_cancel(self) -> None:
+        """The response was cancelled by :meth:`_watch`: take the cancellation back, so
+        the task goes on as if nothing happened (Python 3.11+ counts them)."""
+        uncancel = getattr(self._owner, "uncancel", None)
+        if uncancel is not None:
+            uncancel()
 
 
 class SendTimeout:

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from shim.config import Config
 from shim.errors import APIError
+from shim.keys import Keys
+from shim.middleware import GateMiddleware
 from shim.responses import AudioResponse, SendTimeout, StalledClient, StreamAborted
 
 
@@ -131,3 +134,92 @@ async def test_other_cancellations_pass_through() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     timed.close()
+
+
+# -- the client's disconnect, told as ASGI 2.4 tells it (ClientWatch) ------------------
+
+
+def gated(app: Any) -> GateMiddleware:
+    return GateMiddleware(app, keys=Keys(Config()))
+
+
+GATE_SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "method": "POST",
+    "path": "/v1/audio/speech",
+    "headers": [],
+}
+
+
+async def test_a_client_that_hangs_up_while_upstream_is_silent_ends_the_response() -> None:
+    closed: list[str] = []
+    upstream_silent = asyncio.Event()
+    seen: list[str] = []
+
+    async def first_then_silence() -> AsyncIterator[bytes]:
+        try:
+            yield b"x" * 10
+            await upstream_silent.wait()  # never set: no more audio is coming
+            yield b"never sent"
+        finally:
+            closed.append("iterator")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["asgi"]["spec_version"])
+        await AudioResponse(first_then_silence(), "audio/mpeg", on_close=lambda: _note(closed))(
+            scope, receive, send
+        )
+
+    client = Client()
+
+    async def send(message: dict[str, Any]) -> None:
+        await client.send(message)
+        if message.get("body"):
+            client.gone.set()  # the client hangs up once it has the first chunk
+
+    async def request() -> int:
+        await gated(app)(dict(GATE_SCOPE), client.receive, send)
+        await asyncio.sleep(0)  # a stray cancellation would land here
+        task = asyncio.current_task()
+        return task.cancelling() if hasattr(task, "cancelling") else 0  # type: ignore[union-attr]
+
+    task = asyncio.ensure_future(request())
+    done, _ = await asyncio.wait({task}, timeout=5)  # not wait_for: it would cancel it
+    if not done:
+        task.cancel()
+    assert done, "the response went on waiting for audio after the client left"
+    cancelling = task.result()
+
+    assert seen == ["2.4"]  # Starlette streams without its own watcher
+    assert closed == ["iterator", "on_close"]
+    assert [m.get("body") for m in client.messages[1:]] == [b"x" * 10]
+    assert cancelling == 0
+
+
+async def test_a_finished_response_is_not_cut_by_the_disconnect_that_follows() -> None:
+    closed: list[str] = []
+    client = Client()
+
+    async def closing_upstream() -> None:
+        await asyncio.sleep(0.01)  # closing the download takes a turn of the loop
+        closed.append("on_close")
+
+    async def send(message: dict[str, Any]) -> None:
+        await client.send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            client.gone.set()  # uvicorn answers receive() with a disconnect from now on
+
+    after: list[str] = []
+
+    async def request() -> None:
+        audio = AudioResponse(chunks(3, closed), "audio/mpeg", on_close=closing_upstream)
+        await gated(audio)(dict(GATE_SCOPE), client.receive, send)
+        await asyncio.sleep(0.01)
+        after.append("went on")
+
+    await asyncio.wait_for(request(), 5)
+
+    assert client.messages[-1]["more_body"] is False
+    assert closed == ["iterator", "on_close"]
+    assert after == ["went on"]
