@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""uvicorn's two HTTP/1.1 parsers under the shim, side by side: what each costs per
+"""uvicorn's HTTP/1.1 parsers under the shim, side by side: what each costs per
 request, and what a 100 MB request header costs each (docs/reliability.md).
 
     python3 bench/parsers.py            # ~1 minute
     python3 bench/parsers.py --quick    # ~20 s
 
-For each parser (``httptools``, uvicorn's default when installed, ``h11`` with
-``h11_max_incomplete_event_size``, the setting ``tts-shim serve`` uses, and ``zttp``
-where installed) it starts the shim as its own process in front of the mock
+For each parser (``httptools``, uvicorn's default when installed; ``capped``, httptools
+with the shim's cap on the request head, ``shim.server.HeadCappedHttpTools``, what
+``tts-shim serve`` uses; ``h11`` with ``h11_max_incomplete_event_size``, what it used
+before; and ``zttp`` where installed) it starts the shim as its own process in front of the mock
 (``tts-shim mock``), then:
 
 * drives ``GET /healthz`` and ``POST /v1/audio/speech`` with ``bench/loadgen.py``
@@ -38,6 +39,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import reexec_in_venv  # noqa: E402
+
+reexec_in_venv(__file__)  # before the imports only the project's .venv has
+
 from bench.loadgen import proc_cpu_seconds as cpu_seconds  # noqa: E402
 from bench.run import (  # noqa: E402
     LOADGEN,
@@ -45,13 +50,17 @@ from bench.run import (  # noqa: E402
     VENV_BIN,
     Proc,
     free_port,
-    reexec_in_venv,
     rss_kb,
 )
 
 #: uvicorn's newer ``zttp`` parser is measured too where the ``zttp`` package is installed
 #: (it is not a dependency of the shim).
-PARSERS = ("httptools", "h11", *(("zttp",) if importlib.util.find_spec("zttp") else ()))
+PARSERS = (
+    "httptools",
+    "capped",
+    "h11",
+    *(("zttp",) if importlib.util.find_spec("zttp") else ()),
+)
 #: The header cap ``tts-shim serve`` sets (shim.server.MAX_HEADER_BYTES).
 CAP = 64 * 1024
 ATTACK_BYTES = 100 * 1024 * 1024
@@ -63,16 +72,18 @@ def serve(parser: str, port: int, upstream: str) -> None:
 
     from shim.app import create_app
     from shim.config import Config
+    from shim.server import HeadCappedHttpTools
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"http": parser}
     if parser == "h11":
         options["h11_max_incomplete_event_size"] = CAP
+    elif parser == "capped":
+        options["http"] = HeadCappedHttpTools
     uvicorn.run(
         create_app(Config(upstream_url=upstream, port=port)),
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http=parser,
         log_level="warning",
         access_log=False,
         server_header=False,
@@ -149,7 +160,6 @@ def attack(port: int, pid: int, size: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    reexec_in_venv(__file__)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

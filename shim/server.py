@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shim.config import Config, parse_origin
 from shim.logs import QUIET
@@ -21,7 +22,7 @@ from shim.logs import configure as configure_logging
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-__all__ = ["listening_line", "run", "serve"]
+__all__ = ["MAX_HEADER_BYTES", "HeadCappedHttpTools", "listening_line", "run", "serve"]
 
 logger = logging.getLogger("tts_shim")
 
@@ -30,12 +31,47 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
 
-#: Largest request head (request line and headers) uvicorn buffers before it answers
-#: 400 and closes; h11's default is 16 KiB. Of uvicorn's parsers only h11 has such a
-#: cap to set: under httptools a 100 MB header cost 9 s of CPU and stalled /healthz for
-#: 4.8 s, under h11 < 0.01 s and 6 ms, for ~55-70 us more CPU per request
-#: (bench/parsers.py, docs/reliability.md).
+#: Largest request head (request line and headers) the shim reads before it answers
+#: 400 and closes (give or take one read from the socket).
 MAX_HEADER_BYTES = 64 * 1024
+
+
+class HeadCappedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on the request head.
+
+    httptools is uvicorn's fastest parser (h11 costs ~55-70 µs more CPU a request,
+    ``python3 bench/parsers.py``), but uvicorn sets it no limit: httptools gathers a
+    header value by appending each piece to the last, so a 100 MB header cost 9 s of
+    CPU and stalled ``/healthz`` for 4.8 s (``docs/reliability.md``). Here the bytes
+    that arrive while a request's head is incomplete are counted, and past
+    :data:`MAX_HEADER_BYTES` the connection gets a 400 and is closed. The read in which
+    a request begins is not counted (it may hold the end of the previous request), so
+    the cap is exceeded by one read at most.
+
+    uvicorn is pinned to the minor release this is tested on (``pyproject.toml``).
+    """
+
+    _in_head = False
+    _began = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._began = False
+        super().data_received(data)
+        if not self._in_head or self._began or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self.logger.warning("Request head over %d bytes: connection closed.", MAX_HEADER_BYTES)
+            self.send_400_response("Request header fields too large.")
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._began, self._head_bytes = True, True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
 
 
 class _QuietServer(uvicorn.Server):
@@ -116,8 +152,7 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
         "timeout_graceful_shutdown": config.graceful_timeout,
         "timeout_keep_alive": config.keep_alive_timeout,
         "server_header": False,
-        "http": "h11",
-        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "http": HeadCappedHttpTools,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]

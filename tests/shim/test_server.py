@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import openai._constants
+import pytest
 
+from mockserver import BackgroundServer
 from shim.config import Config
-from shim.server import _uvicorn_config, listening_line
+from shim.server import MAX_HEADER_BYTES, HeadCappedHttpTools, _uvicorn_config, listening_line
 from shim.testing import ShimServer
 
 
@@ -58,3 +61,59 @@ def test_an_ipv6_address_is_bracketed() -> None:
     assert listening_line(Config(host="::1"), 9000).startswith(
         "tts-shim listening on http://[::1]:9000 "
     )
+
+
+# -- the cap on the request head (HeadCappedHttpTools) -------------------------------
+
+
+async def _read_then_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def capped() -> Iterator[int]:
+    with BackgroundServer(_read_then_ok, http=HeadCappedHttpTools, lifespan="off") as server:
+        yield server.port
+
+
+def _exchange(port: int, pieces: list[bytes]) -> list[bytes]:
+    """Send ``pieces``, one write each (the last request should say ``connection:
+    close``); the status lines of the replies, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        try:
+            for piece in pieces:
+                conn.sendall(piece)
+                time.sleep(0.001)  # each its own read on the server, as far as that goes
+        except OSError:
+            pass  # the server closed it: its answer is what counts
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return [part.split(b"\r\n", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+def test_a_head_under_the_cap_arriving_in_many_reads_is_served(capped: int) -> None:
+    pad = b"x-pad: " + b"a" * (MAX_HEADER_BYTES - 2048) + b"\r\n"
+    head = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + pad + b"\r\n"
+    pieces = [head[i : i + 1024] for i in range(0, len(head), 1024)]
+
+    assert _exchange(capped, pieces) == [b"200 OK"]
+
+
+def test_a_head_over_the_cap_is_refused_before_it_ends(capped: int) -> None:
+    head = b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: "
+    pieces = [head] + [b"a" * 1024] * (2 * MAX_HEADER_BYTES // 1024)  # never terminated
+
+    assert _exchange(capped, pieces) == [b"400 Bad Request"]
+
+
+def test_bodies_are_not_heads_and_pipelined_requests_are_served(capped: int) -> None:
+    body = b"b" * (4 * MAX_HEADER_BYTES)
+    first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    second = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    # The second request's head arrives in the same write as the end of the first body.
+    assert _exchange(capped, [first + second]) == [b"200 OK", b"200 OK"]
