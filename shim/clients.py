@@ -82,6 +82,10 @@ class Client:
     limits: Limits
 
 
+#: Every request without a named client key (pass-through, or an open deployment).
+_ANONYMOUS = Client(ANONYMOUS, Limits())
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -214,4 +218,4 @@ class ClientKeys:
 def client_of(scope: MutableMapping[str, Any]) -> Client:
     """The client :meth:`ClientKeys.check` found for this request, else the anonymous one."""
     client = scope.get("state", {}).get(_SCOPE_KEY)
-    return client if isinstance(client, Client) else Client(ANONYMOUS, Limits())
+    return client if isinstance(client, Client) else _ANONYMOUS

@@ -78,6 +78,10 @@ class AudioResponse(StreamingResponse):
                 await self._on_close()
 
 
+#: The ASGI HTTP spec versions before 2.4 (a server that says none speaks 2.0).
+_BEFORE_2_4 = frozenset({"2.0", "2.1", "2.2", "2.3"})
+
+
 class ClientWatch:
     """ASGI 2.4's promise on uvicorn, which speaks 2.3: once the client has gone, ``send``
     raises :class:`OSError` and the response stops at once.
@@ -107,8 +111,7 @@ class ClientWatch:
     @staticmethod
     def needed(scope: Scope) -> bool:
         """Whether the server speaks ASGI below 2.4 (uvicorn: 2.3)."""
-        spec = str(scope.get("asgi", {}).get("spec_version", "2.0"))
-        return tuple(int(part) for part in spec.split(".")[:2]) < (2, 4)
+        return scope.get("asgi", {}).get("spec_version", "2.0") in _BEFORE_2_4
 
     @staticmethod
     def promise(scope: Scope) -> None:
