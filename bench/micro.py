@@ -89,7 +89,7 @@ async def _gather(make: Callable[[], Awaitable[Any]]) -> None:
 
 
 async def main() -> None:
-    from shim.responses import AudioResponse
+    from shim.responses import AudioResponse, ClientWatch
     from shim.upstream.retry import RetryPolicy
 
     rows: list[tuple[str, str, float, float]] = []
@@ -108,8 +108,9 @@ async def main() -> None:
         )
     )
 
-    # 2. Streaming a response: Starlette watches for the client's disconnect in a task
-    # group beside the body under uvicorn (ASGI spec 2.3); under a 2.4 server it needs none.
+    # 2. Streaming a response while watching for the client's disconnect: the shim's
+    # ClientWatch (ASGI 2.4 to Starlette, one asyncio task), against Starlette's own anyio
+    # task group, which it runs under uvicorn's ASGI 2.3.
     async def send(message: Any) -> None:
         pass
 
@@ -124,16 +125,25 @@ async def main() -> None:
         scope = {"type": "http", "asgi": {"spec_version": spec}, "method": "POST", "path": "/"}
 
         async def respond() -> None:
-            await AudioResponse(body(), "audio/mpeg")(scope, receive, send)
+            out: Any = send
+            watch = None
+            if spec == "2.4":
+                watch = ClientWatch(receive, send)
+                out = watch.send
+            try:
+                await AudioResponse(body(), "audio/mpeg")(scope, receive, out)
+            finally:
+                if watch is not None:
+                    watch.close()
 
         return respond
 
     rows.append(
         (
-            "streaming response, uvicorn's ASGI 2.3 (per response)",
-            "ASGI 2.4: no watcher",
-            await per_call(5_000, streamed("2.3")),
+            "streaming response and disconnect watch (per response)",
+            "Starlette's (2.3)",
             await per_call(5_000, streamed("2.4")),
+            await per_call(5_000, streamed("2.3")),
         )
     )
 

@@ -13,7 +13,7 @@ LATENCY_TARGET = 1.5  # shim p50 / two-step p50 at c=1
 RSS_TARGET_MIB = 8.0  # peak RSS growth streaming 128 MB
 TTFB_TARGET_MS = 5.0  # first byte through the shim minus first byte by hand
 #: Not collapsing at c=64: a closed loop at 4x the connections of c=16 keeps at least this
-#: share of c=16's req/s (the old httpx transport fell to a tenth).
+#: share of c=16's req/s (httpx's own transport fell to a tenth).
 COLLAPSE_SHARE = 0.8
 
 PEER_NAMES = {"litellm": "LiteLLM proxy"}
@@ -112,7 +112,7 @@ def markdown(results: dict[str, Any]) -> str:
     add(
         "- **Processes**, all on 127.0.0.1: the mock AI/ML API (`tts-shim mock`), the shim "
         "(`tts-shim serve --upstream-url <mock>`, default settings: its one upstream client, "
-        "httpx's API over aiohttp), and the floor: a trivial Starlette endpoint on uvicorn "
+        "aiohttp), and the floor: a trivial Starlette endpoint on uvicorn "
         "with uvloop and httptools, like the shim (`bench/trivial.py`)"
         + (f"; the {peer_name} (see [the peer](#the-peer-{s['peer']}))." if pkey else ".")
     )
@@ -418,14 +418,14 @@ def _inclusive(prof: dict[str, Any], function: str) -> float | None:
 def analysis(prof: dict[str, Any], cpu: float, concurrency: int) -> str:
     """What the profile says, in µs of the shim's CPU per request, and what would move it."""
     shares = {
-        "client": _share(prof, "httpx", "aiohttp"),
-        "httpx": _share(prof, "httpx: requests", "httpx-aiohttp"),
-        "cookies": _inclusive(prof, "Cookies.extract_cookies") or _share(prof, "httpx: cookie"),
+        "client": _share(prof, "aiohttp"),
         "writer": _share(prof, "aiohttp: writing"),
         "server": _share(prof, "uvicorn", "event loop"),
         "starlette": _share(prof, "Starlette", "anyio"),
         "log": _share(prof, "shim: access log", "logging", "json"),
         "tenacity": _share(prof, "tenacity"),
+        "metrics": _share(prof, "prometheus_client"),
+        "own": _share(prof, "shim: its own code"),
     }
     us = {k: v * cpu for k, v in shares.items()}
 
@@ -436,35 +436,31 @@ def analysis(prof: dict[str, Any], cpu: float, concurrency: int) -> str:
 
 Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
 
-- **The upstream client** ({part("client")}): two calls per request through httpx's API
-  over aiohttp. Within it, httpx's own objects (request, URL, headers, response, the
-  adapter: {part("httpx")}), the cookie extraction httpx runs on every reply
-  (`Cookies.extract_cookies`, inclusive: {part("cookies")}; the shim sends no cookies and
-  needs none), and aiohttp writing the requests, socket writes included ({part("writer")}).
-- **The server side** ({part("server")}): uvicorn's parsing and the shim's own response
-  written as three socket writes (head, one chunk, the terminating chunk), and the event
-  loop's reads and wake-ups for all three exchanges.
-- **tenacity** around each upstream call, which succeeds the first time
-  ({part("tenacity")}); **Starlette's routing and middleware, anyio** ({part("starlette")});
-  **the access log line** ({part("log")}). httpx's own "HTTP Request" INFO lines are no
-  longer written (the `httpx` and `httpcore` loggers are at WARNING in
-  `shim.logs.log_config`: they also carried the CDN's signed query strings).
+- **The upstream client** ({part("client")}): the two calls per request on aiohttp's
+  `ClientSession`, of which writing the requests, socket writes included,
+  {part("writer")}.
+- **The server side** ({part("server")}): uvicorn's parsing (httptools, with the shim's cap
+  on request heads) and the shim's own response written as three socket writes (head, one
+  chunk, the terminating chunk), and the event loop's reads and wake-ups for all three
+  exchanges.
+- **Starlette's routing, error handling and response, anyio** ({part("starlette")});
+  **the shim's own code** ({part("own")}): validation, its four pure-ASGI middleware (request
+  id and keys, the browser gate, the metrics and usage hook, the access log), the data path;
+  **tenacity** around each upstream call, which succeeds the first time
+  ({part("tenacity")}); **the access log line** ({part("log")}); **the metrics**
+  ({part("metrics")}).
 
-What would move it (proposals, not made here; `bench/README.md` has what each saved when
-patched into a running shim):
+What would move it (proposals, not made here):
 
-1. The first attempt of each upstream call as a plain `await`, tenacity only after a
-   retryable failure (`shim/upstream/retry.py`).
-2. No cookie handling on the upstream clients. httpx has no public switch: a `CookieJar`
-   whose `extract_cookies` does nothing, passed as `cookies=`, saves the jar's part only;
-   skipping httpx's compat objects as well takes a `httpx.Cookies` subclass on the client.
-3. A cheaper access-log line: the fixed keys rendered once, the scrubbing pass only over the
-   fields that can carry a key.
-4. A `content-length` on the shim's response when the CDN gives one: uvicorn then writes
+1. tenacity's async controller: most of its cost is tenacity asking, at every step, whether
+   each of its own callbacks is a coroutine function (`inspect`); a first attempt outside
+   tenacity was ruled out (issue 15: one retry path).
+2. A cheaper access-log line: the standard library's `LogRecord` and caller lookup, the JSON
+   encoding and the scrubbing pass are most of it.
+3. A `content-length` on the shim's response when the CDN gives one: uvicorn then writes
    head and body without chunk framing, one socket write fewer.
-5. The large one, a design decision: the two upstream calls on aiohttp's `ClientSession`
-   directly, which removes httpx's layer, the adapter and the cookie handling, at the price
-   of respx and `httpx.ASGITransport` for in-process tests.
+4. Fewer layers: the shim's four middleware each wrap `send`; Starlette adds its own error
+   handling twice per request (the app's and the route's).
 """
 
 

@@ -516,10 +516,7 @@ LAYERS = (
     ("asyncio/runners", "event loop (uvloop, C): epoll, socket reads, callbacks"),
     ("aiohttp/http_writer", "aiohttp: writing upstream requests (incl. their socket writes)"),
     ("aiohttp/", "aiohttp: the upstream connections, requests and replies"),
-    ("httpx_aiohttp/", "httpx-aiohttp: the adapter from httpx's API to aiohttp"),
-    ("http/cookiejar", "httpx: cookie extraction from every upstream reply (stdlib cookiejar)"),
-    ("urllib/request", "httpx: cookie extraction from every upstream reply (stdlib cookiejar)"),
-    ("httpx/", "httpx: requests, responses, headers, URLs, cookies"),
+    ("prometheus_client/", "prometheus_client: the metrics"),
     ("shim/logs", "shim: access log (JSON lines)"),
     ("logging/", "logging module"),
     ("starlette/", "Starlette: routing, middleware, request and response objects"),
@@ -551,8 +548,8 @@ def machine() -> dict[str, str]:
                 model = line.split(":", 1)[1].strip()
                 break
     packages = [
-        "tts-shim", "uvicorn", "starlette", "httpx", "aiohttp", "httpx-aiohttp",
-        "uvloop", "httptools", "tenacity", "anyio", "pydantic",
+        "tts-shim", "uvicorn", "starlette", "aiohttp", "uvloop", "httptools", "tenacity",
+        "anyio", "pydantic", "prometheus-client",
     ]  # fmt: skip
     versions = []
     for name in packages:
