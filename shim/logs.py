@@ -191,7 +191,10 @@ class AccessLogMiddleware:
                     if name.lower() == b"x-request-id":
                         record.upstream_request_id = value.decode("latin-1")
             elif message["type"] == "http.response.body":
-                record.bytes += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                if size and not record.bytes:
+                    record.first_byte = time.perf_counter()  # for the metrics
+                record.bytes += size
                 if not message.get("more_body", False):
                     record.complete = True
             await send(message)

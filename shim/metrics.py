@@ -12,8 +12,10 @@ values. Without it, each app keeps its own registry.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +25,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from shim.logs import RequestLog
@@ -35,6 +38,10 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess"]
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+def _labels(metric: MetricWrapperBase, *values: str) -> Any:
+    return metric.labels(*values)
+
+
 def multiprocess() -> bool:
     """Whether ``prometheus_client`` runs in multiprocess mode in this process."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -45,6 +52,9 @@ class Metrics:
 
     def __init__(self, prices: Prices) -> None:
         self.prices = prices
+        # A metric's child per label values, looked up once: prometheus_client checks the
+        # values and takes a lock on every labels() call (~8 a request).
+        self._child = functools.lru_cache(maxsize=None)(_labels)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -135,32 +145,32 @@ class Metrics:
         status = str(record.status or 500)
         model = record.model or ""
         key = record.client or ""
-        self.requests.labels(route, model, status).inc()
+        self._child(self.requests, route, model, status).inc()
         now = time.perf_counter()
-        self.duration.labels(route).observe(now - record.started)
+        self._child(self.duration, route).observe(now - record.started)
         if record.first_byte is not None:
-            self.first_byte.labels(route).observe(record.first_byte - record.started)
+            self._child(self.first_byte, route).observe(record.first_byte - record.started)
         if record.bytes:
-            self.bytes.labels(route).inc(record.bytes)
+            self._child(self.bytes, route).inc(record.bytes)
         attempts: dict[str, int] = {}
         for kind, outcome in record.upstream_calls:
-            self.upstream_calls.labels(kind, outcome).inc()
+            self._child(self.upstream_calls, kind, outcome).inc()
             attempts[kind] = attempts.get(kind, 0) + 1
         for kind, count in attempts.items():
             if count > 1:
-                self.retries.labels(kind).inc(count - 1)
+                self._child(self.retries, kind).inc(count - 1)
         if record.generated_characters:
-            self.characters.labels(model, key).inc(record.generated_characters)
+            self._child(self.characters, model, key).inc(record.generated_characters)
             micros = self.prices.micros(model, record.generated_characters)
-            self.usd.labels(model, key).inc(micros / MICRO)
+            self._child(self.usd, model, key).inc(micros / MICRO)
         if record.cache_hits:
-            self.cache_hits.labels(model).inc(record.cache_hits)
+            self._child(self.cache_hits, model).inc(record.cache_hits)
             saved = self.prices.micros(model, record.cache_hit_characters)
-            self.saved.labels(model, key).inc(saved / MICRO)
+            self._child(self.saved, model, key).inc(saved / MICRO)
         if record.cache_misses:
-            self.cache_misses.labels(model).inc(record.cache_misses)
+            self._child(self.cache_misses, model).inc(record.cache_misses)
         if refused is not None:
-            self.refused.labels(key, refused).inc()
+            self._child(self.refused, key, refused).inc()
 
     def load(self, in_flight: int, queued: int) -> None:
         """Set the slot gauges (at each request's end and at each scrape)."""

@@ -4,7 +4,7 @@ timeout, and the client's disconnect as ASGI 2.4 reports it)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
+import secrets
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
@@ -19,7 +19,7 @@ __all__ = ["GateMiddleware", "new_request_id", "request_id"]
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{secrets.token_hex(16)}"  # uuid4's 122 random bits and more, for less
 
 
 def request_id(scope: Scope) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shim import logs
 from shim.clients import Client, ClientKeys, client_of
@@ -149,18 +149,8 @@ class OperationsMiddleware:
         if scope["type"] != "http" or record is None:
             await self.app(scope, receive, send)
             return
-
-        async def send_timed(message: Message) -> None:
-            if (
-                message["type"] == "http.response.body"
-                and record.first_byte is None
-                and message.get("body")
-            ):
-                record.first_byte = time.perf_counter()
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_timed)
+            await self.app(scope, receive, send)
         finally:
             ops = _ops(scope)
             if ops is not None:
