@@ -19,12 +19,10 @@ closed request") and ``client_closed: true``; it is not an error of the shim.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import logging.config
 import time
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,24 +137,37 @@ def current() -> RequestLog | None:
     return _current.get()
 
 
-@contextlib.contextmanager
-def upstream_call(kind: str, characters: int = 0) -> Iterator[None]:
+class upstream_call:
     """Record one upstream attempt (``generation`` or ``download``) and its outcome on
-    the current request; a generation of ``characters`` that succeeds counts as billed."""
-    record = _current.get()
-    try:
-        yield
-    except BaseException as exc:
-        if record is not None:
-            code = getattr(exc, "code", None)
-            status = getattr(exc, "status", None)
-            outcome = code or (f"http_{status}" if status else type(exc).__name__)
-            record.upstream_calls.append((kind, str(outcome)))
-        raise
-    if record is not None:
-        record.upstream_calls.append((kind, "ok"))
-        if kind == "generation":
-            record.generated_characters += characters
+    the current request; a generation of ``characters`` that succeeds counts as billed.
+
+    A class, not a ``contextlib.contextmanager``: it runs twice on every request."""
+
+    __slots__ = ("characters", "kind", "record")
+
+    def __init__(self, kind: str, characters: int = 0) -> None:
+        self.kind = kind
+        self.characters = characters
+        self.record = _current.get()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        record = self.record
+        if record is None:
+            return
+        if exc is None:
+            record.upstream_calls.append((self.kind, "ok"))
+            if self.kind == "generation":
+                record.generated_characters += self.characters
+            return
+        code = getattr(exc, "code", None)
+        status = getattr(exc, "status", None)
+        outcome = code or (f"http_{status}" if status else type(exc).__name__)
+        record.upstream_calls.append((self.kind, str(outcome)))
 
 
 def cache_result(hit: bool, characters: int) -> None:
@@ -259,6 +270,11 @@ class _Scrubbing(logging.Formatter):
         return f"{whole}.{int(record.msecs):03d}Z"
 
 
+#: Built once (json.dumps with options builds an encoder per call). ASCII only: a lone
+#: surrogate from a client must not break the log stream.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
+
+
 class JSONFormatter(_Scrubbing):
     """One JSON object a line: ``time``, ``level``, ``logger``, ``message``, the access
     fields when the record has them, and ``exc`` (the traceback) when there is one."""
@@ -277,8 +293,7 @@ class JSONFormatter(_Scrubbing):
             data["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             data["exc"] = record.exc_text
-        # ASCII only: a lone surrogate from a client must not break the log stream.
-        return self.scrub(json.dumps(data, ensure_ascii=True, default=str))
+        return self.scrub(_ENCODER.encode(data))
 
 
 class TextFormatter(_Scrubbing):

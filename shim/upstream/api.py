@@ -40,7 +40,8 @@ class Upstream:
         self._generation_retries = RetryPolicy(config.tts_retries, config.max_retry_wait)
         self._download_retries = RetryPolicy(config.audio_retries, config.max_retry_wait)
         self._api = build_session(config, read_timeout=config.generation_timeout, headers={})
-        self._api_proxy = self.proxies.for_url(URL(config.tts_url))
+        self._tts_url = URL(config.tts_url)  # parsed once, not on every call
+        self._api_proxy = self.proxies.for_url(self._tts_url)
         self._cdn = build_session(
             config, read_timeout=config.download_timeout, headers={"accept": _AUDIO_ACCEPT}
         )
@@ -71,7 +72,7 @@ class Upstream:
     async def _generate(self, body: dict[str, Any], key: str) -> AudioRef:
         self.stats.tts_calls += 1
         with logs.upstream_call("generation", len(body.get("text", ""))):  # metrics (issue 13)
-            return await post_generation(self._api, self.config.tts_url, body, key, self._api_proxy)
+            return await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
 
     async def _open(self, ref: AudioRef) -> AudioStream:
         config = self.config

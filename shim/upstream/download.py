@@ -7,12 +7,12 @@ reached the client), unlike the generation call's.
 
 from __future__ import annotations
 
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
 
-from shim.config import Origin, parse_origin
+from shim.config import Origin
 from shim.errors import APIError
 from shim.upstream.clients import Proxies, transport_error
 
@@ -33,12 +33,14 @@ async def fetch_audio(
 ) -> aiohttp.ClientResponse:
     """GET ``url`` and follow redirects within ``origins``; return the 2xx response,
     its body unread."""
+    # Parsed once: the origin guard checks the very URL object aiohttp connects to, so
+    # no difference between two parsers can let a link past the guard.
+    target = _parsed(url)
     for _ in range(_MAX_REDIRECTS + 1):
-        _check_origin(url, origins, request_id)
+        checked = _check_origin(target, origins, request_id)
         try:
-            target = URL(url)
             response = await session.get(
-                target, allow_redirects=False, proxy=proxies.for_url(target)
+                checked, allow_redirects=False, proxy=proxies.for_url(checked)
             )
         except Exception as exc:
             error = transport_error(exc, PEER, retryable=True)
@@ -46,7 +48,7 @@ async def fetch_audio(
             raise error from exc
         if response.status in _REDIRECTS and "location" in response.headers:
             response.release()
-            url = urljoin(url, response.headers["location"])
+            target = _parsed(response.headers["location"], base=checked)
             continue
         if response.status >= 400:
             response.release()
@@ -74,12 +76,21 @@ def named_format(url: str) -> str | None:
     return suffix if suffix in _KNOWN_SUFFIXES else None
 
 
-def _check_origin(url: str, origins: frozenset[Origin], request_id: str | None) -> None:
+def _parsed(link: str, base: URL | None = None) -> URL | None:
+    """``link`` as aiohttp will use it (resolved against ``base``), or ``None`` if it is
+    not a URL at all."""
     try:
-        origin: Origin | None = parse_origin(url)
-    except ValueError:
-        origin = None
-    if origin not in origins:
+        url = URL(link)
+        return base.join(url) if base is not None else url
+    except (ValueError, TypeError):
+        return None
+
+
+def _check_origin(url: URL | None, origins: frozenset[Origin], request_id: str | None) -> URL:
+    origin: Origin | None = None
+    if url is not None and url.scheme in ("http", "https") and url.raw_host and url.port:
+        origin = (url.scheme, url.raw_host.lower(), url.port)
+    if url is None or origin not in origins:
         shown = "not an http(s) URL" if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
         raise APIError(
             502,
@@ -89,3 +100,4 @@ def _check_origin(url: str, origins: frozenset[Origin], request_id: str | None) 
             code="audio_origin_not_allowed",
             request_id=request_id,
         )
+    return url

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from shim.errors import APIError, clean_request_id, from_upstream
 from shim.upstream.clients import never_sent, transport_error
@@ -30,16 +31,18 @@ PEER = "the AI/ML API"
 _MAX_JSON_REPLY = 4 * 1024 * 1024  # inline base64 audio can make the reply large
 _MAX_ERROR_BODY = 64 * 1024
 _AUDIO_TYPES = ("audio/", "application/octet-stream")
+#: UTF-8 as it is, not \u escapes: the text is most of the body. Built once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 async def post_generation(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str, proxy: str | None
+    session: aiohttp.ClientSession, url: URL, body: dict[str, Any], key: str, proxy: str | None
 ) -> AudioRef:
     """Send one generation request; return where its audio is."""
     try:
         response = await session.post(
             url,
-            data=json.dumps(body, ensure_ascii=False).encode(),
+            data=_ENCODER.encode(body).encode(),
             headers={
                 "authorization": f"Bearer {key}",
                 "content-type": "application/json",

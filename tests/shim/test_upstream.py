@@ -313,6 +313,21 @@ async def test_audio_from_untrusted_origins_is_never_fetched(
     assert _downloads(upstream) == 0
 
 
+async def test_a_link_two_parsers_read_differently_is_refused(
+    shim: Any, upstream: MockUpstream
+) -> None:
+    # urllib reads the trusted mock as this link's host; a browser-style parser, evil.example.
+    # The guard checks the one parse the client connects with, which refuses it outright.
+    trusted = upstream.url.split("://", 1)[1]
+    upstream.scenario([{"audio_url": f"http://evil.example\\@{trusted}/a.wav"}])
+
+    response = await shim().post(SPEECH, json=BODY)
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "audio_origin_not_allowed"
+    assert _downloads(upstream) == 0
+
+
 async def test_extra_audio_origins_can_be_allowed(shim: Any, upstream: MockUpstream) -> None:
     # The same server by another name is another origin: localhost, not 127.0.0.1.
     other = upstream.url.replace("127.0.0.1", "localhost")
