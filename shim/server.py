@@ -39,8 +39,8 @@ MAX_HEADER_BYTES = 64 * 1024
 class HeadCappedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a cap on the request head.
 
-    httptools is uvicorn's fastest parser (h11 costs ~55-70 µs more CPU a request,
-    ``python3 bench/parsers.py``), but uvicorn sets it no limit: httptools gathers a
+    httptools is uvicorn's fastest parser (h11 cost ~270-300 µs more CPU a request in the
+    last ``python3 bench/parsers.py``), but uvicorn sets it no limit: httptools gathers a
     header value by appending each piece to the last, so a 100 MB header cost 9 s of
     CPU and stalled ``/healthz`` for 4.8 s (``docs/reliability.md``). Here the bytes
     that arrive while a request's head is incomplete are counted, and past
