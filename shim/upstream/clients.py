@@ -49,8 +49,9 @@ def build_session(
 ) -> aiohttp.ClientSession:
     """A pooled session for one upstream peer (call from a running event loop).
 
-    Timeouts: ``connect`` (waiting for a pooled connection and opening one) and each
-    read (the reply's head, then every body chunk) get ``read_timeout``.
+    Timeouts: ``--connect-timeout`` to get a connection (from the pool, or a new one)
+    and to open one; ``read_timeout`` for each read (the reply's head, then every body
+    chunk), so a long download runs as long as bytes keep coming.
     """
     # Idle connections are dropped after 4 s: under the 5 s that many servers (uvicorn
     # among them) keep an idle connection open, so a request is not sent on a connection
@@ -74,8 +75,9 @@ def build_session(
 @dataclass(frozen=True)
 class Proxies:
     """Which proxy, if any, a request to a URL goes through: ``--proxy`` for every
-    request, else the environment's (``NO_PROXY`` honoured), read once when the
-    session is built; aiohttp's own ``trust_env`` reads it on a thread per request."""
+    request, else the environment's, read when the app starts (``NO_PROXY`` when a host
+    is first seen), not on every request as aiohttp's own ``trust_env`` does, on a
+    thread."""
 
     explicit: str | None
     environment: tuple[tuple[str, str], ...]
@@ -90,15 +92,15 @@ class Proxies:
             return self.explicit
         if not self.environment:
             return None
-        return _environment_proxy(self.environment, url.scheme, url.host or "")
+        return _environment_proxy(self.environment, url.scheme, url.raw_host or "")
 
 
 @functools.lru_cache(maxsize=256)
 def _environment_proxy(
     environment: tuple[tuple[str, str], ...], scheme: str, host: str
 ) -> str | None:
-    # The environment is in the key so that a changed one is read afresh; the bypass
-    # check reads NO_PROXY itself.
+    # The environment is in the key, so an app started after it changed reads it afresh;
+    # urllib's bypass check reads NO_PROXY (and ``no_proxy``) itself.
     found = dict(environment)
     proxy = found.get(scheme) or found.get("all")
     if proxy is None or urllib.request.proxy_bypass(host):
