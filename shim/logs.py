@@ -368,8 +368,9 @@ def log_config(config: Config) -> dict[str, Any]:
             # Replaced by tts_shim.access; uvicorn's would log query strings.
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
             "tts_shim": {"handlers": [], "level": level, "propagate": True},
-            # Their INFO and DEBUG lines ("HTTP Request: GET <url>") would carry the CDN's
-            # signed query strings, and cost a formatted line per upstream call.
+            # httpx is not the shim's upstream client (aiohttp is), but may run in the same
+            # process (`tts-shim usage`, an embedding app): its INFO and DEBUG lines
+            # ("HTTP Request: GET <url>") carry whole URLs, query strings included.
             "httpx": {"handlers": [], "level": quiet, "propagate": True},
             "httpcore": {"handlers": [], "level": quiet, "propagate": True},
         },

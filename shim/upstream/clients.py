@@ -10,9 +10,9 @@ three times what aiohttp alone costs per call (``python3 bench/micro.py``).
 Two sessions are built, one for the AI/ML API and one for its CDN, so that nothing
 set for the API (the key above all) can reach the CDN. Both honour the environment as
 an httpx program does, unless ``--proxy`` or ``--ca-bundle`` say otherwise:
-``HTTPS_PROXY``, ``HTTP_PROXY`` and ``ALL_PROXY`` minus ``NO_PROXY`` (read when the
-session is built, not per request), and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` for the
-trust store (else certifi's).
+``HTTPS_PROXY``, ``HTTP_PROXY`` and ``ALL_PROXY`` minus ``NO_PROXY`` (read when the app
+starts, not per request: :class:`Proxies`), and ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` for
+the trust store (else certifi's).
 """
 
 from __future__ import annotations
