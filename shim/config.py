@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_CDN_ORIGIN", "DEFAULT_UPSTREAM_URL", "Config", "ConfigError", "Origin"]
+from yarl import URL
+
+__all__ = [
+    "DEFAULT_CDN_ORIGIN",
+    "DEFAULT_UPSTREAM_URL",
+    "Config",
+    "ConfigError",
+    "Origin",
+    "origin_of",
+    "parse_origin",
+]
 
 DEFAULT_UPSTREAM_URL = "https://api.aimlapi.com"
 DEFAULT_CDN_ORIGIN = "https://cdn.aimlapi.com"
@@ -21,17 +31,24 @@ class ConfigError(ValueError):
     """A setting is invalid; the message says which and why."""
 
 
+def origin_of(url: URL) -> Origin | None:
+    """``(scheme, host, port)`` of an http(s) URL as the upstream client parses it (the
+    host in its ASCII form, the port explicit or the scheme's), else ``None``."""
+    if url.scheme not in _DEFAULT_PORTS or not url.raw_host or url.port is None:
+        return None
+    return url.scheme, url.raw_host.lower(), url.port
+
+
 def parse_origin(url: str) -> Origin:
-    """``scheme://host[:port]`` (path ignored) -> ``(scheme, host, port)``."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ConfigError(f"not an http(s) origin: {url!r}")
+    """``scheme://host[:port]`` (path ignored) -> ``(scheme, host, port)``, parsed as the
+    audio links the shim checks against it are (:func:`origin_of`)."""
     try:
-        port = parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError as exc:
-        raise ConfigError(f"bad port in {url!r}") from exc
-    return scheme, parts.hostname.lower(), port
+        origin = origin_of(URL(url.strip()))
+    except ValueError as exc:  # a port out of range, a character no URL may hold
+        raise ConfigError(f"not an http(s) origin: {url!r} ({exc})") from exc
+    if origin is None:
+        raise ConfigError(f"not an http(s) origin: {url!r}")
+    return origin
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")

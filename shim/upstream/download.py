@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from shim.config import Origin
+from shim.config import Origin, origin_of
 from shim.errors import APIError
 from shim.upstream.clients import Proxies, transport_error
 
@@ -87,9 +87,7 @@ def _parsed(link: str, base: URL | None = None) -> URL | None:
 
 
 def _check_origin(url: URL | None, origins: frozenset[Origin], request_id: str | None) -> URL:
-    origin: Origin | None = None
-    if url is not None and url.scheme in ("http", "https") and url.raw_host and url.port:
-        origin = (url.scheme, url.raw_host.lower(), url.port)
+    origin = None if url is None else origin_of(url)
     if url is None or origin not in origins:
         shown = "not an http(s) URL" if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
         raise APIError(

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from yarl import URL
 
-from shim.config import Config, ConfigError, parse_origin
+from shim.config import Config, ConfigError, origin_of, parse_origin
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,16 @@ def test_default_audio_origins_are_the_upstream_and_its_cdn() -> None:
 )
 def test_parse_origin(url: str, origin: tuple[str, str, int]) -> None:
     assert parse_origin(url) == origin
+
+
+def test_a_configured_origin_is_parsed_as_the_links_checked_against_it() -> None:
+    # One parser for both sides: a name configured in Unicode matches the ASCII form a
+    # link (and the client connecting to it) uses.
+    configured = parse_origin("https://Bücher.example")
+
+    assert configured == ("https", "xn--bcher-kva.example", 443)
+    assert origin_of(URL("https://xn--bcher-kva.example/a.wav")) == configured
+    assert origin_of(URL("file:///etc/passwd")) is None
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "not a url", "https://", "http://h:99999"])
