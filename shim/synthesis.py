@@ -101,12 +101,15 @@ class Speech:
         self._first = first
         self._rest = rest
         self._release = release
+        self._rest_done = False  # the downloads ran to their end: nothing left to close
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             yield self._first
             async for chunk in self._rest:
                 yield chunk
+            self._rest_done = True
         except audio.TranscodeError as exc:
             raise _transcode_failed(exc, self.request_id) from exc
         except APIError:
@@ -125,12 +128,17 @@ class Speech:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the downloads and the transcoder; free the slot."""
+        """Stop the downloads and the transcoder; free the slot. Idempotent: the
+        response closes its body and calls its ``on_close``, which may be this too."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            # Shielded: this runs when the response is cancelled (the client left), and
-            # the downloads must still be closed.
-            with anyio.CancelScope(shield=True):
-                await self._rest.aclose()
+            if not self._rest_done:
+                # Shielded: this runs when the response is cancelled (the client left),
+                # and the downloads must still be closed.
+                with anyio.CancelScope(shield=True):
+                    await self._rest.aclose()
         finally:
             release, self._release = self._release, None
             if release is not None:
