@@ -237,14 +237,21 @@ def _emit(record: RequestLog, scope: Scope) -> None:
     route = getattr(scope.get("route"), "path", None)
     # Unmatched paths are the client's words: shortened, and never the query string.
     record.route = route if isinstance(route, str) else record.path[:_MAX_PATH_CHARS]
-    access_logger.log(
+    status = record.shown_status if record.shown_status is not None else "-"
+    # Made here and handed over, not through ``log()``: no caller lookup (a walk up the
+    # stack, on every request) for a line that always comes from this function.
+    line = access_logger.makeRecord(
+        ACCESS_LOGGER,
         level,
+        __file__,
+        0,
         "%s %s %s",
-        record.method,
-        record.route,
-        record.shown_status if record.shown_status is not None else "-",
+        (record.method, record.route, status),
+        None,
+        func="_emit",
         extra={"access": record.fields()},
     )
+    access_logger.handle(line)
 
 
 # -- formatting -----------------------------------------------------------------------

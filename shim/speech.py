@@ -53,8 +53,11 @@ def job_for(state: State, headers: Headers, speech: SpeechRequest) -> Job:
         key=key,
         instructions=speech.instructions,
         speed=speech.speed,
-        # Clients that pay with their own keys share nothing with each other.
-        tenant=tenant_of(key, pass_through=state.config.upstream_key is None),
+        # Clients that pay with their own keys share nothing with each other (a hash
+        # of the key, made only when there is a cache to share).
+        tenant=None
+        if state.cache is None
+        else tenant_of(key, pass_through=state.config.upstream_key is None),
         cache_read=not no_store and "no-cache" not in directives,
         cache_write=not no_store,
     )
