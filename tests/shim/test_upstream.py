@@ -8,6 +8,7 @@ behind it, one test each.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -23,6 +24,7 @@ from shim.testing import MockUpstream, decode_audio, free_port
 from shim.upstream import Upstream
 from shim.upstream.clients import Proxies
 from shim.upstream.generation import retry_after
+from shim.upstream.retry import RetryPolicy
 from tests.shim.conftest import CLIENT_TOKEN, generations
 
 BODY = {"model": "tts-1-hd", "input": "Shapes.", "voice": "nova", "response_format": "wav"}
@@ -434,3 +436,71 @@ def test_proxies_are_the_environments_read_once(monkeypatch: pytest.MonkeyPatch)
     # --proxy carries everything, NO_PROXY or not.
     explicit = Proxies.from_config(Config(proxy="http://corp:8080"))
     assert explicit.for_url(URL("https://internal.example/a.mp3")) == "http://corp:8080"
+
+
+# -- the retry policy ------------------------------------------------------------------
+
+
+def _failing(errors: list[APIError], calls: list[str], name: str) -> Any:
+    """An attempt that raises ``errors`` in turn, then returns ``name``."""
+
+    async def attempt() -> str:
+        calls.append(name)
+        if errors:
+            raise errors.pop(0)
+        return name
+
+    return attempt
+
+
+def _busy() -> APIError:
+    return APIError(503, "busy", retryable=True, retry_after=0)
+
+
+async def test_concurrent_runs_of_one_policy_keep_their_own_counts() -> None:
+    # One tenacity controller serves every run (RetryPolicy's docstring says why that is
+    # safe): runs interleaved on the event loop must not see each other's attempts.
+    policy = RetryPolicy(retries=2, max_wait=1.0)
+    calls: list[str] = []
+    final = APIError(400, "bad")
+    busy = [_busy(), _busy(), _busy()]
+    runs = [
+        policy.run(_failing([_busy(), _busy()], calls, "twice busy")),
+        policy.run(_failing(list(busy), calls, "always busy")),
+        policy.run(_failing([final], calls, "refused")),
+        policy.run(_failing([], calls, "fine")),
+    ]
+
+    outcomes = await asyncio.gather(*runs, return_exceptions=True)
+
+    assert outcomes[0] == "twice busy"
+    assert outcomes[1] is busy[-1]  # the last error, as it was
+    assert outcomes[2] is final
+    assert outcomes[3] == "fine"
+    assert [calls.count(n) for n in ("twice busy", "always busy", "refused", "fine")] == [
+        3,
+        3,
+        1,
+        1,
+    ]
+
+
+async def test_a_retry_after_over_the_limit_ends_the_retries() -> None:
+    policy = RetryPolicy(retries=3, max_wait=0.5)
+    calls: list[str] = []
+    late = APIError(429, "later", retryable=True, retry_after=30)
+
+    with pytest.raises(APIError) as caught:
+        await policy.run(_failing([late], calls, "late"))
+
+    assert caught.value is late
+    assert calls == ["late"]
+
+
+async def test_no_retries_means_one_attempt() -> None:
+    calls: list[str] = []
+
+    with pytest.raises(APIError):
+        await RetryPolicy(retries=0, max_wait=1.0).run(_failing([_busy()], calls, "once"))
+
+    assert calls == ["once"]
