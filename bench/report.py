@@ -446,21 +446,21 @@ Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
 - **Starlette's routing, error handling and response, anyio** ({part("starlette")});
   **the shim's own code** ({part("own")}): validation, its four pure-ASGI middleware (request
   id and keys, the browser gate, the metrics and usage hook, the access log), the data path;
-  **tenacity** around each upstream call, which succeeds the first time
-  ({part("tenacity")}); **the access log line** ({part("log")}); **the metrics**
-  ({part("metrics")}).
+  **tenacity** deciding each upstream call's attempts, the first included (its synchronous
+  controller, driven by `shim.upstream.retry.RetryPolicy`: its async one costs about
+  three times as much, `bench/micro.py`) ({part("tenacity")}); **the access log line**
+  ({part("log")}); **the metrics** ({part("metrics")}).
 
-What would move it (proposals, not made here):
+What would move it further (proposals, not made here):
 
-1. tenacity's async controller: most of its cost is tenacity asking, at every step, whether
-   each of its own callbacks is a coroutine function (`inspect`); a first attempt outside
-   tenacity was ruled out (issue 15: one retry path).
-2. A cheaper access-log line: the standard library's `LogRecord` and caller lookup, the JSON
-   encoding and the scrubbing pass are most of it.
-3. A `content-length` on the shim's response when the CDN gives one: uvicorn then writes
-   head and body without chunk framing, one socket write fewer.
-4. Fewer layers: the shim's four middleware each wrap `send`; Starlette adds its own error
-   handling twice per request (the app's and the route's).
+1. A cheaper access-log line: the standard library's `LogRecord`, the handler's lock, write
+   and flush, the JSON encoding and the scrubbing pass are most of it.
+2. Fewer layers: the shim's four middleware each wrap `send`, and every coroutine in the
+   chain is resumed at each of the request's waits; Starlette adds its own error handling
+   twice per request (the app's and the route's).
+3. The deadline as an asyncio timeout instead of anyio's `fail_after` (~15 µs): only where
+   no anyio shield runs inside it, which anyio's own scope guarantees and a plain asyncio
+   cancellation does not.
 """
 
 

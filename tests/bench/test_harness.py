@@ -164,7 +164,7 @@ def test_profile_reading_turns_shares_into_microseconds() -> None:
     # 140 µs a request: the aiohttp layers hold 35% of it, the writes 10%, tenacity 5%.
     assert "**The upstream client** (35%, ~49 µs)" in text
     assert "socket writes included,\n  10%, ~14 µs." in text
-    assert "(5%, ~7 µs); **the access log line** (0%, ~0 µs)" in text
+    assert "`bench/micro.py`) (5%, ~7 µs); **the access log line**\n  (0%, ~0 µs)" in text
 
 
 def test_peer_config_routes_the_speech_model_to_the_given_endpoint(tmp_path: Path) -> None:
