@@ -440,9 +440,10 @@ Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
   `ClientSession`, of which writing the requests, socket writes included,
   {part("writer")}.
 - **The server side** ({part("server")}): uvicorn's parsing (httptools, with the shim's cap
-  on request heads) and the shim's own response written as three socket writes (head, one
-  chunk, the terminating chunk), and the event loop's reads and wake-ups for all three
-  exchanges.
+  on request heads) and the shim's own response: two socket writes when the audio arrived
+  whole (the head; the audio with the end of the body), more while it streams, each tens of
+  microseconds on loopback, where the kernel delivers to the reader within the write; and
+  the event loop's reads and wake-ups for all three exchanges.
 - **Starlette's routing, error handling and response, anyio** ({part("starlette")});
   **the shim's own code** ({part("own")}): validation, its four pure-ASGI middleware (request
   id and keys, the browser gate, the metrics and usage hook, the access log), the data path;

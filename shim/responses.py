@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from shim.errors import APIError
@@ -26,6 +26,7 @@ __all__ = [
     "SendTimeout",
     "StalledClient",
     "StreamAborted",
+    "WholeAudio",
     "speech_events",
     "sse_event",
 ]
@@ -76,6 +77,19 @@ class AudioResponse(StreamingResponse):
                 await aclose()
             if self._on_close is not None:
                 await self._on_close()
+
+
+class WholeAudio(Response):
+    """Audio that is all in hand, sent as one chunk that ends the response.
+
+    Framed as the streamed audio is (chunked, no ``Content-Length``, as OpenAI's speech
+    replies are), with one socket write fewer than a stream's head, chunk and end, and
+    nothing to watch or cut: the client's disconnect no longer stops anything upstream.
+    """
+
+    def __init__(self, audio: bytes, media_type: str, headers: Mapping[str, str]) -> None:
+        super().__init__(audio, media_type=media_type, headers=headers)
+        del self.headers["content-length"]
 
 
 #: The ASGI HTTP spec versions before 2.4 (a server that says none speaks 2.0).

@@ -14,7 +14,7 @@ from shim.cache import tenant_of
 from shim.catalog import FORMATS
 from shim.contract import MAX_INPUT_CHARS, SpeechRequest
 from shim.operations import admit
-from shim.responses import AudioResponse, speech_events
+from shim.responses import AudioResponse, WholeAudio, speech_events
 from shim.state import State, state_of
 from shim.synthesis import Job, Speech, synthesize
 
@@ -36,6 +36,9 @@ async def create_speech(request: Request) -> Response:
         events = speech_events(audio, usage)
         return AudioResponse(events, "text/event-stream", headers, on_close=audio.aclose)
     content_type = FORMATS[speech.response_format].content_type
+    if audio.whole is not None:
+        await audio.aclose()  # nothing is left to stream: the slot is free now
+        return WholeAudio(audio.whole, content_type, headers)
     return AudioResponse(audio, content_type, headers, on_close=audio.aclose)
 
 

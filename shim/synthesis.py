@@ -98,10 +98,14 @@ class Speech:
     ) -> None:
         self.request_id = clean_request_id(facts.request_id)
         self.cache = facts.cache
+        #: All of the audio, when it was in hand with its first bytes (short speech, the
+        #: usual case): the path behind it has already run to its end.
+        self.whole = first if facts.whole else None
         self._first = first
         self._rest = rest
         self._release = release
-        self._rest_done = False  # the downloads ran to their end: nothing left to close
+        # The downloads ran to their end: nothing left to close.
+        self._rest_done = facts.whole
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -186,6 +190,8 @@ class _Facts:
 
     cache: str = "BYPASS"
     request_id: str | None = None
+    #: The first chunk is all of the audio (see :attr:`_Prepared.whole`).
+    whole: bool = False
 
 
 async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> Speech:
@@ -206,6 +212,12 @@ async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> S
                 first = await chunks.__anext__()
             except StopAsyncIteration:
                 first = b""
+            if facts.whole:
+                # Nothing is left to wait for: finish the path now (the cache entry
+                # committed, the connection back in its pool), so the response can
+                # go out in one piece.
+                async for rest in chunks:
+                    first += rest
     except BaseException as exc:
         # Whatever stopped us (deadline, bad audio, cancellation), the downloads and
         # the transcoder must not outlive the request.
@@ -242,6 +254,9 @@ class _Prepared:
     hit: Hit | None = None
     miss: Miss | None = None
     ref: AudioRef | None = None
+    #: Known once the audio is open: its first chunk is all of it (it had all arrived,
+    #: and needs no conversion).
+    whole: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -258,6 +273,7 @@ class _Prepared:
                 return
             assert self.ref is not None
             stream = await upstream.open(self.ref)
+            self.whole = stream.complete and stream.format == self.format
             try:
                 async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
                     async for chunk in out:
@@ -306,6 +322,7 @@ async def _one_piece(state: State, job: Job, text: str, facts: _Facts) -> AsyncG
     facts.cache, facts.request_id = prepared.cache, prepared.request_id
     async with aclosing(prepared.audio(state.upstream)) as chunks:
         async for chunk in chunks:
+            facts.whole = prepared.whole
             yield chunk
 
 

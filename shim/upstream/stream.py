@@ -63,6 +63,9 @@ class AudioStream:
     _max_bytes: int
     _expected: int | None
     _stats: UpstreamStats
+    #: The first chunk (the bytes read to identify the audio) is all of it: the body
+    #: had ended when they were read, so iterating ends without waiting for the network.
+    complete: bool = False
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -179,7 +182,10 @@ async def open_stream(
         response.close()
         what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
         raise not_audio(what, request_id, retryable)
-    return AudioStream(fmt, request_id, head, chunks, response, max_bytes, expected, stats)
+    complete = response.content.at_eof()
+    return AudioStream(
+        fmt, request_id, head, chunks, response, max_bytes, expected, stats, complete
+    )
 
 
 def inline_stream(
@@ -201,7 +207,7 @@ def inline_stream(
             code="audio_too_large",
             request_id=request_id,
         )
-    return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats)
+    return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, True)
 
 
 def media_type(response: aiohttp.ClientResponse) -> str:
