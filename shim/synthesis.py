@@ -254,8 +254,8 @@ class _Prepared:
     hit: Hit | None = None
     miss: Miss | None = None
     ref: AudioRef | None = None
-    #: Known once the audio is open: its first chunk is all of it (it had all arrived,
-    #: and needs no conversion).
+    #: Known once the audio is open: its first chunk is all of it (a cached entry read
+    #: in one chunk; generated audio that had all arrived and needs no conversion).
     whole: bool = False
     _closed: bool = field(default=False, repr=False)
 
@@ -268,7 +268,9 @@ class _Prepared:
         and committed only when it arrived whole."""
         try:
             if self.hit is not None:
+                size = self.hit.audio.size
                 async for chunk in self.hit.audio.chunks:
+                    self.whole = len(chunk) == size
                     yield chunk
                 return
             assert self.ref is not None

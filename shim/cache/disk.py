@@ -131,6 +131,8 @@ async def _read_rest(handle: IO[bytes], size: int, first: bytes) -> AsyncIterato
         while chunk:
             yield chunk
             sent += len(chunk)
+            if sent >= size:
+                break  # all of it: no read (a thread hop) just to meet the end
             try:
                 chunk = await asyncio.to_thread(handle.read, READ_CHUNK)
             except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.types import Message, Receive, Scope, Send
 
 from shim import Config, create_app
 from shim.state import State
@@ -39,13 +40,22 @@ def generations(upstream: MockUpstream) -> int:
 
 class _RunningApp(httpx.ASGITransport):
     """``httpx.ASGITransport`` that starts the app's lifespan before its first
-    request, as a server would (``ASGITransport`` itself never runs it)."""
+    request, as a server would (``ASGITransport`` itself never runs it), and keeps the
+    ASGI messages the app sends (:func:`sent_messages`)."""
 
     def __init__(self, app: Starlette, stack: contextlib.AsyncExitStack) -> None:
-        super().__init__(app)
+        super().__init__(self._recording)
         self.shim_app = app
+        self.sent: list[Message] = []
         self._stack = stack
         self._started = False
+
+    async def _recording(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def record(message: Message) -> None:
+            self.sent.append(message)
+            await send(message)
+
+        await self.shim_app(scope, receive, record)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._started:
@@ -83,6 +93,13 @@ async def shim(upstream: MockUpstream) -> AsyncIterator[ShimFactory]:
             return client
 
         yield factory
+
+
+def sent_messages(client: httpx.AsyncClient) -> list[Message]:
+    """The ASGI messages the shim behind a ``shim()`` client sent, oldest first."""
+    transport = client._transport
+    assert isinstance(transport, _RunningApp)
+    return transport.sent
 
 
 def state_of(client: httpx.AsyncClient) -> State:

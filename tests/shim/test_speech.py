@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
 from mockserver import speech_duration
 from mockserver.audio import encode
-from shim import Config, create_app
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import CLIENT_TOKEN, sent_bodies
+from tests.shim.conftest import sent_bodies, sent_messages
 
 GOOD = {"model": "tts-1-hd", "input": "Hello there.", "voice": "coral"}
 
@@ -164,49 +163,39 @@ async def test_sse_stream_format(shim: Any, upstream: MockUpstream) -> None:
 # -- framing: one chunk when the audio is in hand, a stream while it arrives ------------
 
 
-async def _asgi_messages(
-    upstream: MockUpstream, body: dict[str, Any]
-) -> tuple[httpx.Response, list[Message]]:
-    """The reply to one speech request, and the ASGI messages the shim sent for it."""
-    app = create_app(Config(upstream_url=upstream.url, cache=False, max_retry_wait=0.01))
-    sent: list[Message] = []
-
-    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
-        async def record(message: Message) -> None:
-            sent.append(message)
-            await send(message)
-
-        await app(scope, receive, record)
-
-    transport = httpx.ASGITransport(app=recording)
-    headers = {"authorization": f"Bearer {CLIENT_TOKEN}"}
-    client = httpx.AsyncClient(transport=transport, base_url="http://shim")
-    async with app.router.lifespan_context(app), client:
-        response = await client.post("/v1/audio/speech", json=body, headers=headers)
-    return response, sent
+def _bodies(client: httpx.AsyncClient) -> list[Message]:
+    """The body messages of the one response ``client`` got (chunked, either way)."""
+    start, *bodies = sent_messages(client)
+    assert start["type"] == "http.response.start"
+    assert b"content-length" not in dict(start["headers"])
+    return bodies
 
 
-async def test_audio_in_hand_is_one_chunk_that_ends_the_response(upstream: MockUpstream) -> None:
+async def test_audio_in_hand_is_one_chunk_that_ends_the_response(
+    shim: Any, upstream: MockUpstream
+) -> None:
     audio = encode("nova", 12_000, "mp3")  # inline in the reply: all of it at once
     upstream.scenario([{"status": 200, "body": {"audio": base64.b64encode(audio).decode()}}])
+    client = shim()
 
-    response, sent = await _asgi_messages(upstream, GOOD)
+    response = await client.post("/v1/audio/speech", json=GOOD)
 
     assert response.status_code == 200
-    start, *bodies = sent
-    assert b"content-length" not in dict(start["headers"])  # chunked, as a stream is
+    bodies = _bodies(client)
     assert [(b["body"], b.get("more_body", False)) for b in bodies] == [(audio, False)]
 
 
-async def test_audio_still_arriving_is_streamed_as_it_comes(upstream: MockUpstream) -> None:
+async def test_audio_still_arriving_is_streamed_as_it_comes(
+    shim: Any, upstream: MockUpstream
+) -> None:
     # The CDN dribbles the file out: the first bytes are not all of it.
     upstream.scenario([{"route": "audio", "fault": "slow-body", "delay_ms": 200}])
+    client = shim()
 
-    response, sent = await _asgi_messages(upstream, GOOD)
+    response = await client.post("/v1/audio/speech", json=GOOD)
 
     assert response.status_code == 200
-    start, *bodies = sent
-    assert b"content-length" not in dict(start["headers"])
+    bodies = _bodies(client)
     assert len(bodies) > 2
     assert all(b.get("more_body") for b in bodies[:-1])
     assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

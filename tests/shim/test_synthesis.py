@@ -15,7 +15,7 @@ import pytest
 from mockserver import speech_duration
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import generations, sent_bodies
+from tests.shim.conftest import generations, sent_bodies, sent_messages
 
 SPEECH = "/v1/audio/speech"
 BODY = {"model": "tts-1-hd", "input": "Pay once per sentence.", "voice": "nova"}
@@ -38,6 +38,20 @@ async def test_twenty_identical_requests_pay_once(cached: Any, upstream: MockUps
     assert {a.content for a in answers} == {answers[0].content}
     assert [a.headers["x-cache"] for a in answers] == ["MISS"] + ["HIT"] * 19
     assert decode_audio(answers[0].content, "mp3").seconds > 1
+
+
+async def test_a_hit_read_in_one_chunk_ends_the_response_with_it(
+    cached: Any, upstream: MockUpstream
+) -> None:
+    client = cached()
+    await client.post(SPEECH, json=BODY)
+    before = len(sent_messages(client))
+
+    hit = await client.post(SPEECH, json=BODY)
+
+    assert hit.headers["x-cache"] == "HIT"
+    bodies = [m for m in sent_messages(client)[before:] if m["type"] == "http.response.body"]
+    assert [(m["body"], m.get("more_body", False)) for m in bodies] == [(hit.content, False)]
 
 
 async def test_concurrent_identical_requests_pay_once(cached: Any, upstream: MockUpstream) -> None:
