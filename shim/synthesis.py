@@ -212,12 +212,13 @@ async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> S
                 first = await chunks.__anext__()
             except StopAsyncIteration:
                 first = b""
-            if facts.whole:
-                # Nothing is left to wait for: finish the path now (the cache entry
-                # committed, the connection back in its pool), so the response can
-                # go out in one piece.
-                async for rest in chunks:
-                    first += rest
+        if facts.whole:
+            # Nothing is left to wait for upstream: finish the path now (the cache entry
+            # committed, the connection back in its pool), so the response can go out in
+            # one piece. Past the deadline's reach: the audio, maybe billed, is in hand,
+            # and the cache's calls have time limits of their own.
+            async for rest in chunks:
+                first += rest
     except BaseException as exc:
         # Whatever stopped us (deadline, bad audio, cancellation), the downloads and
         # the transcoder must not outlive the request.

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from mockserver import speech_duration
+from mockserver.audio import encode
+from shim.cache.disk import _DiskWriter
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
 from tests.shim.conftest import generations, sent_bodies, sent_messages
@@ -52,6 +54,29 @@ async def test_a_hit_read_in_one_chunk_ends_the_response_with_it(
     assert hit.headers["x-cache"] == "HIT"
     bodies = [m for m in sent_messages(client)[before:] if m["type"] == "http.response.body"]
     assert [(m["body"], m.get("more_body", False)) for m in bodies] == [(hit.content, False)]
+
+
+async def test_storing_audio_in_hand_is_not_held_to_the_deadline(
+    cached: Any, upstream: MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The generation takes most of the deadline, storing its audio the rest and more: the
+    # audio, billed and in hand, must still be answered, not turned into a timeout.
+    audio = encode("nova", 12_000, "mp3")
+    inline = {"audio": base64.b64encode(audio).decode()}
+    upstream.scenario([{"status": 200, "body": inline, "delay_ms": 300}])
+    publish = _DiskWriter._publish
+
+    async def slow_publish(self: _DiskWriter, size: int, sha256: str) -> bool:
+        await asyncio.sleep(0.4)
+        return await publish(self, size, sha256)
+
+    monkeypatch.setattr(_DiskWriter, "_publish", slow_publish)
+
+    response = await cached(deadline=0.5).post(SPEECH, json=BODY)
+
+    assert response.status_code == 200
+    assert response.content == audio
+    assert generations(upstream) == 1
 
 
 async def test_concurrent_identical_requests_pay_once(cached: Any, upstream: MockUpstream) -> None:
