@@ -9,6 +9,7 @@ queued as scenario steps (``upstream.scenario([...])``); what the shim sent is i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -41,7 +42,7 @@ def generations(upstream: MockUpstream) -> int:
 class _RunningApp(httpx.ASGITransport):
     """``httpx.ASGITransport`` that starts the app's lifespan before its first
     request, as a server would (``ASGITransport`` itself never runs it), and keeps the
-    ASGI messages the app sends (:func:`sent_messages`)."""
+    ASGI messages the app sends (:func:`last_response`)."""
 
     def __init__(self, app: Starlette, stack: contextlib.AsyncExitStack) -> None:
         super().__init__(self._recording)
@@ -95,11 +96,21 @@ async def shim(upstream: MockUpstream) -> AsyncIterator[ShimFactory]:
         yield factory
 
 
-def sent_messages(client: httpx.AsyncClient) -> list[Message]:
-    """The ASGI messages the shim behind a ``shim()`` client sent, oldest first."""
+def last_response(client: httpx.AsyncClient) -> tuple[Message, list[Message]]:
+    """The ASGI start message and body messages of the last response the shim behind a
+    ``shim()`` client sent."""
     transport = client._transport
     assert isinstance(transport, _RunningApp)
-    return transport.sent
+    sent = transport.sent
+    begins = [i for i, message in enumerate(sent) if message["type"] == "http.response.start"]
+    start, *rest = sent[begins[-1] :]
+    return start, [message for message in rest if message["type"] == "http.response.body"]
+
+
+def inline_audio(audio: bytes, prefix: str = "") -> dict[str, Any]:
+    """A scenario step: a generation reply carrying ``audio`` inline, base64-encoded
+    (after ``prefix``, such as a ``data:`` URL's), so all of it arrives at once."""
+    return {"status": 200, "body": {"audio": prefix + base64.b64encode(audio).decode()}}
 
 
 def state_of(client: httpx.AsyncClient) -> State:

@@ -15,7 +15,7 @@ from mockserver import speech_duration
 from mockserver.audio import encode
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import sent_bodies, sent_messages
+from tests.shim.conftest import inline_audio, last_response, sent_bodies
 
 GOOD = {"model": "tts-1-hd", "input": "Hello there.", "voice": "coral"}
 
@@ -164,9 +164,8 @@ async def test_sse_stream_format(shim: Any, upstream: MockUpstream) -> None:
 
 
 def _bodies(client: httpx.AsyncClient) -> list[Message]:
-    """The body messages of the one response ``client`` got (chunked, either way)."""
-    start, *bodies = sent_messages(client)
-    assert start["type"] == "http.response.start"
+    """The body messages of the response ``client`` got (chunked, either way)."""
+    start, bodies = last_response(client)
     assert b"content-length" not in dict(start["headers"])
     return bodies
 
@@ -175,7 +174,7 @@ async def test_audio_in_hand_is_one_chunk_that_ends_the_response(
     shim: Any, upstream: MockUpstream
 ) -> None:
     audio = encode("nova", 12_000, "mp3")  # inline in the reply: all of it at once
-    upstream.scenario([{"status": 200, "body": {"audio": base64.b64encode(audio).decode()}}])
+    upstream.scenario([inline_audio(audio)])
     client = shim()
 
     response = await client.post("/v1/audio/speech", json=GOOD)

@@ -17,7 +17,7 @@ from mockserver.audio import encode
 from shim.cache.disk import _DiskWriter
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import generations, sent_bodies, sent_messages
+from tests.shim.conftest import generations, inline_audio, last_response, sent_bodies
 
 SPEECH = "/v1/audio/speech"
 BODY = {"model": "tts-1-hd", "input": "Pay once per sentence.", "voice": "nova"}
@@ -47,12 +47,11 @@ async def test_a_hit_read_in_one_chunk_ends_the_response_with_it(
 ) -> None:
     client = cached()
     await client.post(SPEECH, json=BODY)
-    before = len(sent_messages(client))
 
     hit = await client.post(SPEECH, json=BODY)
 
     assert hit.headers["x-cache"] == "HIT"
-    bodies = [m for m in sent_messages(client)[before:] if m["type"] == "http.response.body"]
+    _, bodies = last_response(client)
     assert [(m["body"], m.get("more_body", False)) for m in bodies] == [(hit.content, False)]
 
 
@@ -62,8 +61,7 @@ async def test_storing_audio_in_hand_is_not_held_to_the_deadline(
     # The generation takes most of the deadline, storing its audio the rest and more: the
     # audio, billed and in hand, must still be answered, not turned into a timeout.
     audio = encode("nova", 12_000, "mp3")
-    inline = {"audio": base64.b64encode(audio).decode()}
-    upstream.scenario([{"status": 200, "body": inline, "delay_ms": 300}])
+    upstream.scenario([{**inline_audio(audio), "delay_ms": 300}])
     publish = _DiskWriter._publish
 
     async def slow_publish(self: _DiskWriter, size: int, sha256: str) -> bool:

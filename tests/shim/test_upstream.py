@@ -9,7 +9,6 @@ behind it, one test each.
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from shim.upstream import Upstream
 from shim.upstream.clients import Proxies
 from shim.upstream.generation import retry_after
 from shim.upstream.retry import RetryPolicy
-from tests.shim.conftest import CLIENT_TOKEN, generations
+from tests.shim.conftest import CLIENT_TOKEN, generations, inline_audio
 
 BODY = {"model": "tts-1-hd", "input": "Shapes.", "voice": "nova", "response_format": "wav"}
 SPEECH = "/v1/audio/speech"
@@ -50,9 +49,7 @@ async def test_binary_reply_is_streamed_without_a_cdn(shim: Any, upstream: MockU
 @pytest.mark.parametrize("prefix", ["", "data:audio/wav;base64,"])
 async def test_inline_base64_audio(shim: Any, upstream: MockUpstream, prefix: str) -> None:
     audio = encode("nova", 12_000, "wav")
-    upstream.scenario(
-        [{"status": 200, "body": {"audio": prefix + base64.b64encode(audio).decode()}}]
-    )
+    upstream.scenario([inline_audio(audio, prefix)])
 
     response = await shim().post(SPEECH, json=BODY)
 
