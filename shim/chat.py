@@ -124,7 +124,7 @@ class _Answer:
         yield self._chunk({"role": "assistant", "content": None, "refusal": None})
         yield self._chunk({"audio": {"id": self.audio_id, "transcript": self.chat.speech.input}})
         try:
-            async for data in _whole_triplets(audio):
+            async for data in _whole_samples(audio):
                 yield self._chunk({"audio": {"data": base64.b64encode(data).decode("ascii")}})
         except APIError as exc:
             # Tell the SDK why (it raises on an ``error`` event) before the cut.
@@ -159,14 +159,20 @@ class _Answer:
         return sse_event(chunk)
 
 
-async def _whole_triplets(audio: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Re-cut ``audio`` so every piece but the last is a multiple of 3 bytes long: its
-    base64 then has no padding, and joined fragments still decode. At most two bytes
-    wait for the next chunk."""
+#: Fragments of streamed chat audio are cut at multiples of this many bytes: a multiple
+#: of 3, so the base64 of every fragment but the last has no padding and the strings
+#: join, and of 2, so a ``pcm16`` fragment (and a WAV one after the header, whose chunks
+#: are even-sized) holds whole 16-bit samples that play as they arrive.
+FRAGMENT_ALIGNMENT = 6
+
+
+async def _whole_samples(audio: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Re-cut ``audio`` so every piece but the last is a multiple of
+    :data:`FRAGMENT_ALIGNMENT` bytes long. At most five bytes wait for the next chunk."""
     carry = b""
     async for chunk in audio:
         data = carry + chunk
-        cut = len(data) - len(data) % 3
+        cut = len(data) - len(data) % FRAGMENT_ALIGNMENT
         carry = data[cut:]
         if cut:
             yield data[:cut]

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from mockserver import speech_duration
-from shim.chat import AUDIO_LIFETIME, CHAT_FORMATS, _whole_triplets
+from shim.chat import AUDIO_LIFETIME, CHAT_FORMATS, FRAGMENT_ALIGNMENT, _whole_samples
 from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.shim.conftest import sent_bodies
 
@@ -325,20 +326,22 @@ async def test_without_include_usage_there_is_no_usage_chunk(shim: Any) -> None:
         assert all(e["choices"] for e in events[:-1])
 
 
-async def test_audio_is_re_cut_into_whole_base64_fragments() -> None:
+async def test_audio_is_re_cut_into_whole_base64_fragments_of_whole_samples() -> None:
     audio = bytes(range(256)) * 30
-    # Odd sizes, so fragments must be re-cut to stay whole base64.
+    # Odd sizes, so fragments must be re-cut to stay whole base64 and whole samples.
     pieces = [audio[:1000], audio[1000:1001], audio[1001:5003], audio[5003:]]
 
     async def download() -> AsyncIterator[bytes]:
         for piece in pieces:
             yield piece
 
-    recut = [piece async for piece in _whole_triplets(download())]
+    recut = [piece async for piece in _whole_samples(download())]
     fragments = [base64.b64encode(piece).decode() for piece in recut]
 
     assert len(fragments) >= 3  # passed on as it came, not one buffered blob
     assert b"".join(recut) == audio
+    assert all(len(piece) % FRAGMENT_ALIGNMENT == 0 for piece in recut[:-1])
+    assert all(len(piece) % 2 == 0 for piece in recut[:-1])  # whole 16-bit samples
     # Every fragment but the last is padding-free, so joining the strings works too.
     assert all("=" not in f for f in fragments[:-1])
     assert base64.b64decode("".join(fragments), validate=True) == audio
@@ -451,3 +454,56 @@ async def test_a_whole_answer_has_a_lower_audio_cap_than_a_stream(shim: Any) -> 
     assert "stream" in whole.json()["error"]["message"]
     assert streamed.status_code == 200
     assert len(b"".join(base64.b64decode(f) for f in _fragments(_events(streamed.text)))) > 10_000
+
+
+#: Long enough for the audio to arrive in many reads, so there are many fragments.
+_LONG = "Streamed audio comes in fragments, and a player may use each as it arrives. " * 4
+
+
+def _streamed_fragments(response: httpx.Response) -> list[bytes]:
+    fragments = [base64.b64decode(f, validate=True) for f in _fragments(_events(response.text))]
+    assert len(fragments) >= 3, "expected the audio in several fragments"
+    return fragments
+
+
+def _decodes_alone(fragment: bytes, fmt: str) -> bool:
+    try:
+        return decode_audio(fragment, fmt).frames > 0
+    except Exception:  # PyAV's errors: not decodable on its own
+        return False
+
+
+async def test_every_pcm16_fragment_holds_whole_samples(shim: Any) -> None:
+    body = _with(stream=True, audio={"voice": "verse", "format": "pcm16"}, messages=_user(_LONG))
+
+    fragments = _streamed_fragments(await shim().post("/v1/chat/completions", json=body))
+
+    # As a player would: each fragment straight into samples as it arrives.
+    samples = [np.frombuffer(fragment, np.int16) for fragment in fragments]
+    assert sum(len(s) for s in samples) == round(speech_duration(_LONG) * 24_000)
+    joined = np.concatenate(samples).astype(np.float64) / 32768
+    expected = decode_audio(b"".join(fragments), "pcm16", samples=True).samples
+    assert expected is not None
+    assert np.array_equal(joined, expected)
+
+
+async def test_wav_fragments_after_the_header_hold_whole_samples(shim: Any) -> None:
+    body = _with(stream=True, audio={"voice": "verse", "format": "wav"}, messages=_user(_LONG))
+
+    fragments = _streamed_fragments(await shim().post("/v1/chat/completions", json=body))
+
+    assert fragments[0].startswith(b"RIFF")
+    assert all(len(fragment) % 2 == 0 for fragment in fragments[:-1])
+    assert _decodes_alone(fragments[0], "wav")
+
+
+@pytest.mark.parametrize("fmt", list(CHAT_FORMATS))
+async def test_streamed_fragments_join_into_the_whole_audio(shim: Any, fmt: str) -> None:
+    body = _with(stream=True, audio={"voice": "verse", "format": fmt}, messages=_user(_LONG))
+
+    fragments = _streamed_fragments(await shim().post("/v1/chat/completions", json=body))
+
+    assert all(len(fragment) % FRAGMENT_ALIGNMENT == 0 for fragment in fragments[:-1])
+    decoded = decode_audio(b"".join(fragments), fmt)
+    assert decoded.codec in DECODERS[fmt]
+    assert decoded.seconds == pytest.approx(speech_duration(_LONG), abs=0.1)
