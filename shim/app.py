@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shim.browsers import BrowserGate
-from shim.cache import connect, open_cache
+from shim.cache import check_cache_dir, connect, open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
 from shim.clients import ClientKeys
@@ -107,24 +107,26 @@ def create_app(config: Config | None = None) -> Starlette:
     config = config or Config()
     keys = Keys(config)
     clients = ClientKeys.from_config(config)  # a bad keys file stops start-up here
+    config = check_cache_dir(config)  # so does a --cache-dir that cannot be written
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        upstream = Upstream(config)
-        # Here, so that each worker process opens its own; one Redis pool serves the
-        # cache, its single flight and the limit counters.
-        redis = connect(config.redis_url) if config.redis_url else None
-        cache = open_cache(config, redis)
-        ops = Operations.open(config, clients, redis=redis)
-        state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
-        app.state.shim = state
-        try:
-            yield
-        finally:
-            await ops.aclose()
-            await upstream.aclose()
+        # Whatever was opened is closed again, also when a later step fails: a failed
+        # start-up leaves no upstream session open.
+        async with contextlib.AsyncExitStack() as opened:
+            upstream = Upstream(config)
+            opened.push_async_callback(upstream.aclose)
+            # Here, so that each worker process opens its own; one Redis pool serves the
+            # cache, its single flight and the limit counters.
+            redis = connect(config.redis_url) if config.redis_url else None
+            cache = open_cache(config, redis)
             if cache is not None:
-                await cache.aclose()
+                opened.push_async_callback(cache.aclose)
+            ops = Operations.open(config, clients, redis=redis)
+            opened.push_async_callback(ops.aclose)
+            state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
+            app.state.shim = state
+            yield
 
     app = Starlette(
         routes=routes(),

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from shim.config import DEFAULT_UPSTREAM_URL, Config, ConfigError
+from shim.config import DEFAULT_UPSTREAM_URL, Config, ConfigError, StartupError
 
 __all__ = ["main"]
 
@@ -417,6 +417,8 @@ def serve(
         from shim.server import run
 
         run(config, mock=mock, mock_port=mock_port)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None  # one line: "Error: ...", status 1
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 

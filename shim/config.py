@@ -16,6 +16,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Origin",
+    "StartupError",
     "origin_of",
     "parse_origin",
 ]
@@ -29,6 +30,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 class ConfigError(ValueError):
     """A setting is invalid; the message says which and why."""
+
+
+class StartupError(ConfigError):
+    """The settings are valid but the machine refuses them (a cache directory that
+    cannot be written, a port already taken); the message names the resource and why.
+    ``tts-shim serve`` prints it as one line and exits with status 1."""
 
 
 def origin_of(url: URL) -> Origin | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from shim.config import Config, parse_origin
+from shim.config import Config, StartupError, parse_origin
 from shim.logs import QUIET
 from shim.logs import configure as configure_logging
 
@@ -129,8 +129,12 @@ class _ShimServer(uvicorn.Server):
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -169,36 +173,45 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
     configure_logging(config)
     mock_server: uvicorn.Server | None = None
     mock_socket: socket.socket | None = None
-    if mock:
-        from mockserver import create_app as create_mock_app
+    # A start-up refused on the way closes the sockets it had bound; once the app is
+    # built they are the servers' to close.
+    with contextlib.ExitStack() as on_failure:
+        if mock:
+            from mockserver import create_app as create_mock_app
 
-        mock_socket = _bind("127.0.0.1", mock_port)
-        mock_url = f"http://127.0.0.1:{mock_socket.getsockname()[1]}"
-        config = dataclasses.replace(
-            config,
-            upstream_url=mock_url,
-            # With --upstream-key-header each client sends its own key, even to the mock.
-            upstream_key=config.upstream_key or (None if config.upstream_key_header else MOCK_KEY),
-            trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
-        )
-        mock_server = _QuietServer(
-            _uvicorn_config(
-                create_mock_app(),
+            mock_socket = _bind("127.0.0.1", mock_port)
+            on_failure.callback(mock_socket.close)
+            mock_url = f"http://127.0.0.1:{mock_socket.getsockname()[1]}"
+            config = dataclasses.replace(
                 config,
-                log_level=None,
-                # Stopped only once the shim has drained, so nothing needs it any more.
-                timeout_graceful_shutdown=0.1,
+                upstream_url=mock_url,
+                # With --upstream-key-header each client sends its own key, even to the mock.
+                upstream_key=config.upstream_key
+                or (None if config.upstream_key_header else MOCK_KEY),
+                trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
             )
-        )
-        logger.info("mock upstream on %s (no key or network needed)", mock_url)
-    config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
-    # Imported once the settings passed their checks: a refused start-up answers at once
-    # (0.2 s), without loading the app and its clients (another 0.5 s of CPU).
-    from shim.app import create_app
+            mock_server = _QuietServer(
+                _uvicorn_config(
+                    create_mock_app(),
+                    config,
+                    log_level=None,
+                    # Stopped only once the shim has drained, so nothing needs it any more.
+                    timeout_graceful_shutdown=0.1,
+                )
+            )
+        config.check_keys()  # after --mock, whose stand-in key pays for client-keyed calls
+        # Imported once the settings passed their checks: a refused start-up answers at
+        # once (0.2 s), without loading the app and its clients (another 0.5 s of CPU).
+        from shim.app import create_app
 
-    shim_socket = _bind(config.host, config.port)
+        shim_socket = _bind(config.host, config.port)
+        on_failure.callback(shim_socket.close)
+        app = create_app(config)  # a keys file or cache directory it cannot use stops here
+        on_failure.pop_all()
+    if mock:
+        # Only now, so a refused start-up says nothing but why.
+        logger.info("mock upstream on %s (no key or network needed)", config.upstream_root)
     listening = listening_line(config, shim_socket.getsockname()[1], mock=mock)
-    app = create_app(config)
     shim_server = _ShimServer(_uvicorn_config(app, config), app, listening)
     tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
     if mock_server is not None and mock_socket is not None:

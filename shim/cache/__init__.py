@@ -14,7 +14,14 @@ How the request path uses it::
             await found.commit(expected_size)   # only when whole and verified
 """
 
-from shim.cache.audio_cache import AudioCache, Hit, Miss, open_cache, open_store
+from shim.cache.audio_cache import (
+    AudioCache,
+    Hit,
+    Miss,
+    check_cache_dir,
+    open_cache,
+    open_store,
+)
 from shim.cache.disk import DiskAudioStore, default_cache_dir
 from shim.cache.flight import Flights, Lease, LocalFlights, RedisFlights
 from shim.cache.key import CacheKey, tenant_of
@@ -49,6 +56,7 @@ __all__ = [
     "Outage",
     "RedisAudioStore",
     "RedisFlights",
+    "check_cache_dir",
     "connect",
     "default_cache_dir",
     "open_cache",

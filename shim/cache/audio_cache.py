@@ -9,6 +9,8 @@ back as hits, within a process and, with Redis, across replicas.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -18,10 +20,12 @@ from shim.cache.disk import DiskAudioStore
 from shim.cache.flight import Flights, Lease, LocalFlights, RedisFlights
 from shim.cache.key import CacheKey
 from shim.cache.redis import RedisAudioStore, connect
-from shim.cache.store import AudioStore, AudioWriter, CachedAudio
-from shim.config import Config
+from shim.cache.store import AudioStore, AudioWriter, CachedAudio, CacheUnavailable
+from shim.config import Config, StartupError
 
-__all__ = ["AudioCache", "Hit", "Miss", "open_cache", "open_store"]
+__all__ = ["AudioCache", "Hit", "Miss", "check_cache_dir", "open_cache", "open_store"]
+
+logger = logging.getLogger("tts_shim")
 
 
 @dataclass
@@ -133,6 +137,34 @@ class AudioCache:
     async def aclose(self) -> None:
         """Close the store's connections (at shutdown)."""
         await self.store.aclose()
+
+
+def check_cache_dir(config: Config) -> Config:
+    """``config`` once its embedded cache's directory was opened (and so created), before
+    the app starts.
+
+    A directory given (``--cache-dir``) that cannot be used raises
+    :class:`~shim.config.StartupError` naming it. The default one (the user's cache
+    directory) may be unusable for no fault of the operator (a service account with no
+    home, a read-only home in a container): then a warning, and the shim runs uncached
+    (``config`` with ``cache=False``) rather than not at all.
+    """
+    if not config.cache or config.redis_url:
+        return config
+    try:
+        DiskAudioStore(
+            config.cache_dir, max_bytes=config.cache_max_bytes, ttl=config.cache_ttl
+        ).close()
+    except CacheUnavailable as exc:
+        if config.cache_dir is not None:
+            raise StartupError(f"{exc} (--cache-dir; --no-cache runs without a cache)") from None
+        logger.warning(
+            "%s; serving without a cache. Set --cache-dir (TTS_SHIM_CACHE_DIR) to a "
+            "writable directory to cache, or --no-cache to silence this.",
+            exc,
+        )
+        return dataclasses.replace(config, cache=False)
+    return config
 
 
 def open_store(config: Config, redis: Redis | None = None) -> AudioStore | None:

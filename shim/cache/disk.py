@@ -11,6 +11,8 @@ which is what keeps an aborted write invisible.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
@@ -52,15 +54,11 @@ class DiskAudioStore:
     """
 
     def __init__(self, directory: str | Path | None = None, *, max_bytes: int, ttl: float) -> None:
+        """Open (creating it if need be) the cache in ``directory``; raises
+        :class:`~shim.cache.store.CacheUnavailable`, naming it, if it cannot be used."""
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.ttl = ttl
-        self._cache = diskcache.Cache(
-            str(self.directory),
-            size_limit=max_bytes,
-            eviction_policy="least-recently-used",
-            # SQLite's busy timeout: past it a lookup is a miss, not a stalled request.
-            timeout=2.0,
-        )
+        self._cache = _open_index(self.directory, max_bytes)
 
     @property
     def available(self) -> bool:
@@ -114,6 +112,10 @@ class DiskAudioStore:
 
     async def aclose(self) -> None:
         """Close the index (the directory stays)."""
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose`, for code outside an event loop."""
         self._cache.close()
 
     def _store(self, digest: str, spool: IO[bytes]) -> bool:
@@ -123,6 +125,26 @@ class DiskAudioStore:
         except (OSError, sqlite3.Error, diskcache.Timeout):
             return False  # disk full, or the index locked for too long: not cached
         return stored
+
+
+def _open_index(directory: Path, max_bytes: int) -> diskcache.Cache:
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+        # Made here rather than by diskcache, whose error hides the reason.
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "it is not writable")
+        return diskcache.Cache(
+            str(directory),
+            size_limit=max_bytes,
+            eviction_policy="least-recently-used",
+            # SQLite's busy timeout: past it a lookup is a miss, not a stalled request.
+            timeout=2.0,
+        )
+    except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CacheUnavailable(f"cannot use the cache directory {directory}: {reason}") from None
 
 
 async def _read_rest(handle: IO[bytes], size: int, first: bytes) -> AsyncIterator[bytes]:

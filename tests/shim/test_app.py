@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +14,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from shim import Config, create_app
+from shim.cache import CacheUnavailable
 from shim.testing import MockUpstream
 
 
@@ -109,3 +114,24 @@ async def test_the_cache_and_the_limit_counters_share_one_redis_pool() -> None:
             assert state.cache is not None
             assert state.ops is not None
             assert state.cache.store.client is state.ops.quota.ledger.client
+
+
+async def test_a_start_up_that_fails_closes_the_upstream_sessions_it_opened(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cache"
+    app = create_app(Config(cache_dir=str(directory)))  # usable when the app is made...
+    shutil.rmtree(directory)
+    directory.write_bytes(b"")  # ...and not when it starts, after the upstream sessions
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        with pytest.raises(CacheUnavailable, match=str(directory)):
+            async with app.router.lifespan_context(app):
+                pass
+        gc.collect()  # an unclosed aiohttp session reports itself when collected
+    finally:
+        loop.set_exception_handler(None)
+
+    assert reported == []

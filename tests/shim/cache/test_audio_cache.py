@@ -18,10 +18,11 @@ from shim.cache import (
     Miss,
     RedisAudioStore,
     RedisFlights,
+    check_cache_dir,
     open_cache,
     tenant_of,
 )
-from shim.config import Config
+from shim.config import Config, StartupError
 from tests.redis_server import RedisServer
 from tests.shim.cache.conftest import audio, pieces, redis_store
 
@@ -202,3 +203,56 @@ async def test_open_cache_follows_the_config(tmp_path: Path, redis_server: Redis
     assert (await Upstream().serve(shared))[0] == "MISS"
     assert (await Upstream().serve(shared))[0] == "HIT"
     await shared.aclose()
+
+
+# -- check_cache_dir: the directory, tried before the app starts ------------------------
+
+
+def test_a_given_directory_is_created_and_kept(tmp_path: Path) -> None:
+    config = Config(cache_dir=str(tmp_path / "new" / "audio"))
+
+    assert check_cache_dir(config) is config
+    assert (tmp_path / "new" / "audio").is_dir()
+
+
+def test_a_given_directory_that_cannot_be_used_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    directory = tmp_path / "file" / "audio"  # under a regular file: not even root makes it
+
+    with pytest.raises(StartupError) as refused:
+        check_cache_dir(Config(cache_dir=str(directory)))
+
+    assert f"cannot use the cache directory {directory}: " in str(refused.value)
+    assert "--cache-dir" in str(refused.value)
+
+
+@pytest.mark.parametrize("variable", ["HOME", "XDG_CACHE_HOME"])
+def test_an_unusable_default_directory_warns_and_turns_the_cache_off(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "file"))
+    config = Config(deadline=12)
+
+    with caplog.at_level("WARNING", logger="tts_shim"):
+        checked = check_cache_dir(config)
+
+    assert checked.cache is False
+    assert open_cache(checked) is None
+    assert dataclasses.replace(checked, cache=True) == config  # nothing else changed
+    [warning] = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert str(tmp_path / "file") in warning.getMessage()
+    assert "without a cache" in warning.getMessage()
+
+
+def test_off_or_on_redis_no_directory_is_touched(tmp_path: Path) -> None:
+    off = Config(cache=False, cache_dir=str(tmp_path / "off"))
+    shared = Config(cache_dir=str(tmp_path / "redis"), redis_url="redis://127.0.0.1:1/0")
+
+    assert check_cache_dir(off) is off
+    assert check_cache_dir(shared) is shared
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.cache import CacheCorrupt, DiskAudioStore, default_cache_dir
+from shim.cache import CacheCorrupt, CacheUnavailable, DiskAudioStore, default_cache_dir
 from tests.shim.cache.conftest import audio, put, read
 
 TTL = 3600.0
@@ -117,3 +117,17 @@ def _truncate_the_one_value_file(directory: Path, size: int) -> None:
     (value,) = directory.rglob("*.val")  # diskcache's name for a value kept as a file
     with value.open("r+b") as file:
         file.truncate(size)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_a_directory_that_cannot_be_used_is_named_in_the_error(tmp_path: Path, where: str) -> None:
+    # A path under a regular file cannot be created, even by root (for whom permission
+    # bits do not stop writes).
+    (tmp_path / "file").write_bytes(b"")
+    directory = tmp_path / "file" / "sub" if where == "under a file" else tmp_path / "file"
+
+    with pytest.raises(CacheUnavailable) as refused:
+        DiskAudioStore(directory, max_bytes=10**8, ttl=TTL)
+
+    assert str(refused.value).startswith(f"cannot use the cache directory {directory}: ")
+    assert "\n" not in str(refused.value)
