@@ -5,6 +5,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -259,3 +260,22 @@ def test_an_unusable_default_cache_directory_warns_and_the_shim_serves_uncached(
     assert str(blocker) in warnings[0]
     assert "without a cache" in warnings[0]
     assert not [line for line in seen if "Traceback" in line or "Unclosed" in line]
+
+
+def test_a_port_already_taken_is_one_line_and_an_exit() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "shim", "serve", "--mock", "--port", str(port), "--no-cache"],
+            env=_serve_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
+    assert "Traceback" not in result.stderr
