@@ -9,7 +9,11 @@ is not even cross-origin to the browser. Two checks, before anything else runs:
 * ``Host`` must name the shim (when :attr:`shim.config.Config.host_check`): on a
   loopback bind, the address the connection came in on or ``localhost``, with the
   port; plus any ``--allowed-host``. Otherwise 421 ``host_not_allowed``. A request
-  with no ``Host`` at all (HTTP/1.0) is let through: browsers always send one.
+  with no ``Host`` at all (HTTP/1.0) is let through: browsers always send one. A
+  request-target in absolute form (``GET http://name/path``) must name the shim too
+  (400 ``host_not_allowed``): the server puts its ``host[:port]`` in the scope under
+  :data:`TARGET_HOST`. Two ``Host`` headers are a 400 ``duplicate_host`` whether or not
+  the check is on (RFC 9112, 3.2): the check would read one and the app another.
 * A request that carries an ``Origin`` (browsers send one on every cross-origin
   request and every ``POST``) is refused with 403 ``origin_not_allowed`` unless the
   origin is in ``--cors-origin``. Allowed origins get CORS from Starlette's
@@ -28,7 +32,11 @@ from shim.config import Config
 from shim.errors import APIError, shown
 from shim.middleware import request_id
 
-__all__ = ["EXPOSED_HEADERS", "BrowserGate"]
+__all__ = ["EXPOSED_HEADERS", "TARGET_HOST", "BrowserGate"]
+
+#: Scope key of an absolute-form request target's ``host[:port]`` (``None``: it names
+#: none), set by the server's protocol (:class:`shim.server.HeadCappedHttpTools`).
+TARGET_HOST = "tts_shim.target_host"
 
 #: Response headers a page's script may read: what the OpenAI SDK reads.
 EXPOSED_HEADERS = ("x-request-id", "x-should-retry", "retry-after", "retry-after-ms")
@@ -63,19 +71,15 @@ class BrowserGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = origin = None
+        hosts: list[str] = []
+        origin = None
         for name, value in scope["headers"]:
             if name == b"host":
-                host = value.decode("latin-1")
+                hosts.append(value.decode("latin-1"))
             elif name == b"origin":
                 origin = value.decode("latin-1")
-        if self.host_check and host is not None and not self._host_allowed(host, scope):
-            error = APIError(
-                421,
-                f"This tts-shim does not answer to the Host {shown(host)}. Call it by its "
-                "address or localhost, or start it with --allowed-host for this name.",
-                code="host_not_allowed",
-            )
+        error = self._host_error(hosts, scope)
+        if error is not None:
             await _refuse(error, scope, receive, send)
             return
         if origin is None:
@@ -91,6 +95,34 @@ class BrowserGate:
             await _refuse(error, scope, receive, send)
             return
         await self.cors(scope, receive, send)
+
+    def _host_error(self, hosts: list[str], scope: Scope) -> APIError | None:
+        """Why the ``Host`` headers (or an absolute-form target) refuse the request."""
+        if len(hosts) > 1:
+            return APIError(
+                400,
+                f"The request has {len(hosts)} Host headers; send exactly one.",
+                code="duplicate_host",
+            )
+        if not self.host_check:
+            return None
+        target = scope.get(TARGET_HOST)
+        if target is not None and not self._host_allowed(target, scope):
+            return APIError(
+                400,
+                f"This tts-shim does not answer to {shown(target)}, the host named in the "
+                "request line. Call it by its address or localhost, or start it with "
+                "--allowed-host for this name.",
+                code="host_not_allowed",
+            )
+        if hosts and not self._host_allowed(hosts[0], scope):
+            return APIError(
+                421,
+                f"This tts-shim does not answer to the Host {shown(hosts[0])}. Call it by "
+                "its address or localhost, or start it with --allowed-host for this name.",
+                code="host_not_allowed",
+            )
+        return None
 
     def _host_allowed(self, host: str, scope: Scope) -> bool:
         host = host.strip().lower()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -71,7 +72,28 @@ class HeadCappedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self.url[:1] != b"/":
+            # An absolute-form target (``GET http://name/path``): uvicorn keeps only its
+            # path, and the name would go unchecked. Rare, so imported only here.
+            from shim.browsers import TARGET_HOST
+
+            self.scope[TARGET_HOST] = _target_host(self.url)  # type: ignore[literal-required]
         super().on_headers_complete()
+
+
+def _target_host(url: bytes) -> str | None:
+    """``host[:port]`` of an absolute-form request target, as a ``Host`` header has it;
+    ``None`` when it names none (``*``, or no URL at all: uvicorn answers that 400)."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if not parsed.host:
+        return None
+    host = parsed.host.decode("latin-1")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if parsed.port is None else f"{host}:{parsed.port}"
 
 
 class _QuietServer(uvicorn.Server):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from shim.browsers import EXPOSED_HEADERS, BrowserGate, _split_host
+from shim.browsers import EXPOSED_HEADERS, TARGET_HOST, BrowserGate, _split_host
 from shim.config import Config
 
 
@@ -119,8 +120,11 @@ async def test_hosts_on_loopback(host: str, allowed: bool) -> None:
     assert inner.calls == (1 if allowed else 0)
 
 
-async def test_a_request_without_host_passes() -> None:
-    # HTTP/1.0 without Host: no browser sends that, so it cannot be DNS rebinding.
+async def _direct(
+    config: Config, headers: list[tuple[bytes, bytes]], **scope: Any
+) -> tuple[int, bytes, Inner]:
+    """Call the gate with a scope of its own (what httpx cannot send: no Host, two
+    Hosts, an absolute-form target); the status, the body and the app behind it."""
     inner = Inner()
     messages: list[Any] = []
 
@@ -130,10 +134,82 @@ async def test_a_request_without_host_passes() -> None:
     async def send(message: Any) -> None:
         messages.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "server": ("x", 1)}
-    await BrowserGate(inner, Config())(scope, receive, send)
+    request = {"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}
+    request.update({"server": ("127.0.0.1", 8000), "scheme": "http", **scope})
+    await BrowserGate(inner, config)(request, receive, send)
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return messages[0]["status"], body, inner
 
-    assert messages[0]["status"] == 200
+
+async def test_a_request_without_host_passes() -> None:
+    # HTTP/1.0 without Host: no browser sends that, so it cannot be DNS rebinding.
+    status, _, _ = await _direct(Config(), [])
+
+    assert status == 200
+
+
+OURS = (b"host", b"127.0.0.1:8000")
+FOREIGN = (b"host", b"evil.example")
+
+
+@pytest.mark.parametrize("hosts", [[FOREIGN, OURS], [OURS, FOREIGN], [OURS, OURS]])
+@pytest.mark.parametrize("settings", [{}, {"allowed_hosts": ("*",)}, {"host": "0.0.0.0"}])
+async def test_two_host_headers_are_a_400_with_or_without_the_check(
+    hosts: list[tuple[bytes, bytes]], settings: dict[str, Any]
+) -> None:
+    # The check would read one of them and the app (Starlette: the first) maybe another.
+    status, body, inner = await _direct(Config(**settings), hosts)
+
+    assert status == 400
+    assert json.loads(body)["error"] == {
+        "message": "The request has 2 Host headers; send exactly one.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "duplicate_host",
+    }
+    assert inner.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("evil.example", 400),
+        ("evil.example:8000", 400),
+        ("127.0.0.1", 400),  # the default port: not the one the shim is on
+        ("127.0.0.1:8000", 200),
+        ("localhost:8000", 200),
+        (None, 200),  # an absolute-form target naming no host (``*``): the Host decides
+    ],
+)
+async def test_an_absolute_form_target_must_name_the_shim(target: str | None, status: int) -> None:
+    got, body, inner = await _direct(Config(), [OURS], **{TARGET_HOST: target})
+
+    assert got == status
+    assert inner.calls == (1 if status == 200 else 0)
+    if status == 400:
+        error = json.loads(body)["error"]
+        assert error["code"] == "host_not_allowed"
+        assert target is not None
+        assert target in error["message"]
+
+
+@pytest.mark.parametrize("settings", [{"allowed_hosts": ("*",)}, {"host": "0.0.0.0"}])
+async def test_a_foreign_absolute_form_target_passes_with_the_check_off(
+    settings: dict[str, Any],
+) -> None:
+    status, _, inner = await _direct(Config(**settings), [OURS], **{TARGET_HOST: "evil.example"})
+
+    assert status == 200
+    assert inner.calls == 1
+
+
+async def test_an_allowed_host_may_be_named_in_the_request_line() -> None:
+    config = Config(host="0.0.0.0", allowed_hosts=("tts.internal",))
+
+    allowed, _, _ = await _direct(config, [OURS], **{TARGET_HOST: "tts.internal:9"})
+    refused, _, _ = await _direct(config, [OURS], **{TARGET_HOST: "evil.example"})
+
+    assert (allowed, refused) == (200, 400)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ not the embedded mock's)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import openai._constants
 import pytest
 
 from mockserver import BackgroundServer
+from shim import create_app
 from shim.config import Config
 from shim.server import MAX_HEADER_BYTES, HeadCappedHttpTools, _uvicorn_config, listening_line
 from shim.testing import ShimServer
@@ -117,3 +119,75 @@ def test_bodies_are_not_heads_and_pipelined_requests_are_served(capped: int) -> 
     second = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     # The second request's head arrives in the same write as the end of the first body.
     assert _exchange(capped, [first + second]) == [b"200 OK", b"200 OK"]
+
+
+# -- Host: two headers, or a foreign host in the request line (real sockets) -----------
+
+
+@pytest.fixture(params=[(), ("*",)], ids=["host-check", "no-host-check"])
+def shim_port(request: pytest.FixtureRequest) -> Iterator[tuple[int, bool]]:
+    """A shim app served as ``tts-shim serve`` serves it (this protocol), on loopback;
+    its port and whether it checks ``Host``."""
+    config = Config(cache=False, allowed_hosts=request.param)
+    with BackgroundServer(create_app(config), http=HeadCappedHttpTools) as server:
+        yield server.port, config.host_check
+
+
+def _ask(port: int, head: str) -> tuple[int, dict[str, Any]]:
+    """Send one request head (``{port}`` filled in) on a fresh connection; the status
+    and the JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.format(port=port).encode() + b"connection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    return int(head_part.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        "host: evil.test\r\nhost: 127.0.0.1:{port}\r\n",  # foreign first, ours last
+        "host: 127.0.0.1:{port}\r\nhost: evil.test\r\n",
+        "host: 127.0.0.1:{port}\r\nhost: 127.0.0.1:{port}\r\n",
+    ],
+    ids=["foreign-first", "ours-first", "ours-twice"],
+)
+def test_two_host_headers_are_a_400_envelope(shim_port: tuple[int, bool], hosts: str) -> None:
+    port, _ = shim_port
+
+    status, body = _ask(port, "GET /v1/models HTTP/1.1\r\n" + hosts)
+
+    assert status == 400
+    assert body["error"]["code"] == "duplicate_host"
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_a_foreign_host_in_the_request_line_is_a_400_when_hosts_are_checked(
+    shim_port: tuple[int, bool],
+) -> None:
+    port, checked = shim_port
+
+    status, body = _ask(
+        port, "GET http://evil.test/v1/models HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+    )
+
+    if checked:
+        assert status == 400
+        assert body["error"]["code"] == "host_not_allowed"
+        assert "evil.test" in body["error"]["message"]
+    else:
+        assert status == 200
+        assert body["object"] == "list"
+
+
+def test_the_shim_named_in_the_request_line_is_served(shim_port: tuple[int, bool]) -> None:
+    port, _ = shim_port
+
+    status, body = _ask(
+        port, "GET http://127.0.0.1:{port}/v1/models HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+    )
+
+    assert status == 200
+    assert body["object"] == "list"
