@@ -30,10 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
-from shim.config import Config, ConfigError
+from shim.config import Config, ConfigError, StartupError
 from shim.errors import APIError
 from shim.keys import bearer_token
 
@@ -69,8 +77,32 @@ class Limits(BaseModel):
         return any(value is not None for value in self.model_dump().values())
 
 
+def _sendable(key: str) -> str:
+    """A key must be able to arrive as a bearer token: visible ASCII, no whitespace (the
+    token is stripped, and a header cannot carry a line break or, reliably, non-ASCII)."""
+    for char in key:
+        if not "!" <= char <= "~":
+            # The key itself is never repeated: the message goes to logs.
+            raise PydanticCustomError(
+                "unsendable_key",
+                f"the key has {_kind(char)}, which an Authorization header cannot carry "
+                "in a bearer token; use printable ASCII without spaces",
+            )
+    return key
+
+
+def _kind(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char in "\r\n":
+        return "a line break"
+    if char.isspace():
+        return "whitespace"
+    return "a control character" if char.isascii() else "a non-ASCII character"
+
+
 class _Entry(Limits):
-    key: Annotated[str, StringConstraints(min_length=8)] | None = None
+    key: Annotated[str, StringConstraints(min_length=8), AfterValidator(_sendable)] | None = None
     key_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
 
 
@@ -175,8 +207,11 @@ class ClientKeys:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the keys file {path}: {exc}") from None
-        return {**self._env, **parse_keys_file(text, path)}
+            raise StartupError(f"cannot read the keys file {path}: {exc}") from None
+        try:
+            return {**self._env, **parse_keys_file(text, path)}
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
 
     def reload(self) -> bool:
         """Re-read the keys file; on any error log it, keep the current table and

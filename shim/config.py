@@ -33,9 +33,10 @@ class ConfigError(ValueError):
 
 
 class StartupError(ConfigError):
-    """The settings are valid but the machine refuses them (a cache directory that
-    cannot be written, a port already taken); the message names the resource and why.
-    ``tts-shim serve`` prints it as one line and exits with status 1."""
+    """What a setting names cannot be used: a cache directory that cannot be written, a
+    keys file that does not read or check, a port already taken. The message names it
+    (and the line at fault) and why; ``tts-shim serve`` prints it as one line and exits
+    with status 1."""
 
 
 def origin_of(url: URL) -> Origin | None:

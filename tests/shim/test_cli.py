@@ -279,3 +279,30 @@ def test_a_port_already_taken_is_one_line_and_an_exit() -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [('"            "', "a space"), ('"sk-shim-bad-0002\\n"', "a line break")],
+)
+def test_a_keys_file_key_no_client_could_send_stops_start_up_naming_its_line(
+    tmp_path: Path, key: str, kind: str
+) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[keys.ok]\nkey = "sk-shim-good-0001"\n\n[keys.broken]\nusd_per_day = 1.0\nkey = {key}\n'
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shim", "serve", "--port", "0", "--keys-file", str(keys)],
+        env=_serve_env(AIMLAPI_KEY="sk-server-key-0001", TTS_SHIM_CACHE="false"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {keys} line 6: keys.broken.key: the key has {kind}")
+    assert "Traceback" not in result.stderr
+    assert "sk-shim-bad" not in result.stderr

@@ -74,6 +74,37 @@ def test_a_bad_file_is_refused_with_the_line_at_fault(text: str, line: int, word
     assert words in message
 
 
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ('"            "', "a space"),  # only spaces: long enough, never sendable
+        ('"  sk-shim-aaaa-0001"', "a space"),  # the bearer token is stripped
+        ('"sk-shim aaaa-0001"', "a space"),
+        ('"sk-shim-aaaa-0001\\n"', "a line break"),
+        ('"""sk-shim-aaaa\n0001"""', "a line break"),  # a TOML multi-line string
+        ('"sk-shim-\\taaaa-0001"', "whitespace"),
+        ('"sk-shim-\\u0000aaaa-0001"', "a control character"),
+        ('"sk-shim-äääää-0001"', "a non-ASCII character"),
+        ('"sk-shim-\\u00a0aaaa-0001"', "whitespace"),  # a no-break space
+    ],
+)
+def test_a_key_no_client_could_send_is_refused_with_its_line(key: str, kind: str) -> None:
+    text = f'# keys\n[keys.a]\nusd_per_day = 1.0\nkey = {key}\n[keys.b]\nkey = "sk-shim-b-0002"\n'
+
+    with pytest.raises(ConfigError) as caught:
+        parse_keys_file(text, "keys.toml")
+
+    message = str(caught.value)
+    assert message.startswith("keys.toml line 4: keys.a.key: ")
+    assert f"the key has {kind}" in message
+    assert "aaaa" not in message  # the key is not repeated
+
+
+def test_an_empty_key_is_refused_with_its_line() -> None:
+    with pytest.raises(ConfigError, match=r"^keys.toml line 2: keys.a.key: .*at least 8"):
+        parse_keys_file('[keys.a]\nkey = ""\n', "keys.toml")
+
+
 def test_env_keys_stay_valid_without_limits_and_the_file_wins_a_shared_key(
     tmp_path: Path,
 ) -> None:
