@@ -287,8 +287,11 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shim", "serve", "--port", str(port), *args],
-                # Each process its own empty cache: nothing leaks between tests.
-                env=clean_env(TTS_SHIM_CACHE_DIR=str(Path(tmp.name, "cache")), **(env or {})),
+                # Each process its own empty cache: nothing leaks between tests (unless a
+                # test's env says otherwise).
+                env=clean_env(
+                    **{"TTS_SHIM_CACHE_DIR": str(Path(tmp.name, "cache")), **(env or {})}
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

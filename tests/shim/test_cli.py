@@ -1,24 +1,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from shim.cache import AudioStore, DiskAudioStore, RedisAudioStore, connect
 from shim.cli import main
-from shim.testing import decode_audio
 from tests.redis_server import RedisServer
 
 
@@ -154,155 +144,3 @@ def test_keep_alive_timeout_reaches_the_config(monkeypatch: pytest.MonkeyPatch) 
     assert _serve_arguments(monkeypatch)["config"].keep_alive_timeout == 30.0
     given = _serve_arguments(monkeypatch, "--keep-alive-timeout", "12.5")
     assert given["config"].keep_alive_timeout == 12.5
-
-
-# -- start-up with a cache directory that cannot be used (real `tts-shim serve`) -------
-
-#: The line ``serve`` logs once it answers.
-_LISTENING = re.compile(r"tts-shim listening on (http://\S+) ")
-
-
-def _serve_env(**variables: str) -> dict[str, str]:
-    """The environment of a ``tts-shim serve`` subprocess: none of the shim's settings
-    from this one, ``variables`` on top (this worktree's code stays on the path)."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AIMLAPI_", "TTS_SHIM_")) and name != "XDG_CACHE_HOME"
-    }
-    return {**env, **variables}
-
-
-def _unmakeable(tmp_path: Path) -> Path:
-    """A regular file: nothing can be created under it, not even by root (for whom
-    permission bits stop no write)."""
-    blocker = tmp_path / "file"
-    blocker.write_bytes(b"")
-    return blocker
-
-
-@pytest.mark.parametrize(
-    ("args", "variables"),
-    [
-        (["--cache-dir", "{blocker}/sub"], {}),
-        (["--mock"], {"TTS_SHIM_CACHE_DIR": "{blocker}"}),  # the directory is a file
-    ],
-)
-def test_a_given_cache_directory_that_cannot_be_used_is_one_line_and_an_exit(
-    tmp_path: Path, args: list[str], variables: dict[str, str]
-) -> None:
-    blocker = _unmakeable(tmp_path)
-    args = [arg.format(blocker=blocker) for arg in args]
-    variables = {name: value.format(blocker=blocker) for name, value in variables.items()}
-    directory = args[-1] if "--cache-dir" in args else variables["TTS_SHIM_CACHE_DIR"]
-
-    result = subprocess.run(
-        [sys.executable, "-m", "shim", "serve", "--port", "0", *args],
-        env=_serve_env(**variables),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-    assert result.returncode != 0
-    [line] = result.stderr.splitlines()
-    assert line.startswith(f"Error: cannot use the cache directory {directory}: ")
-    assert "Traceback" not in result.stderr
-    assert "Unclosed" not in result.stderr
-    assert result.stdout == ""
-
-
-def _read_lines(stream: Any, into: queue.Queue[str | None]) -> None:
-    for line in stream:
-        into.put(line.rstrip("\n"))
-    into.put(None)  # the process closed it: it has ended
-
-
-@pytest.mark.parametrize("variable", ["HOME", "XDG_CACHE_HOME"])
-def test_an_unusable_default_cache_directory_warns_and_the_shim_serves_uncached(
-    tmp_path: Path, variable: str
-) -> None:
-    blocker = _unmakeable(tmp_path)  # the home (or cache home) is a file: nothing under it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shim", "serve", "--mock", "--port", "0", "--log-format", "text"],
-        env=_serve_env(**{variable: str(blocker)}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True)
-    reader.start()
-    seen: list[str] = []
-    try:
-        while not (found := _LISTENING.search(seen[-1] if seen else "")):
-            line = lines.get(timeout=60)
-            assert line is not None, "the shim ended before it listened:\n" + "\n".join(seen)
-            seen.append(line)
-        response = httpx.post(
-            found.group(1) + "/v1/audio/speech",
-            json={"model": "tts-1", "voice": "alloy", "input": "Served without a cache."},
-            timeout=30,
-        )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        reader.join(timeout=10)
-
-    assert response.status_code == 200
-    assert response.headers["x-cache"] == "BYPASS"
-    assert decode_audio(response.content, "mp3").seconds > 0.5
-    assert process.returncode == 0
-    while (line := lines.get_nowait()) is not None:
-        seen.append(line)
-    warnings = [line for line in seen if "cannot use the cache directory" in line]
-    assert len(warnings) == 1
-    assert str(blocker) in warnings[0]
-    assert "without a cache" in warnings[0]
-    assert not [line for line in seen if "Traceback" in line or "Unclosed" in line]
-
-
-def test_a_port_already_taken_is_one_line_and_an_exit() -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "shim", "serve", "--mock", "--port", str(port), "--no-cache"],
-            env=_serve_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    assert result.returncode != 0
-    [line] = result.stderr.splitlines()
-    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("key", "kind"),
-    [('"            "', "a space"), ('"sk-shim-bad-0002\\n"', "a line break")],
-)
-def test_a_keys_file_key_no_client_could_send_stops_start_up_naming_its_line(
-    tmp_path: Path, key: str, kind: str
-) -> None:
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[keys.ok]\nkey = "sk-shim-good-0001"\n\n[keys.broken]\nusd_per_day = 1.0\nkey = {key}\n'
-    )
-
-    result = subprocess.run(
-        [sys.executable, "-m", "shim", "serve", "--port", "0", "--keys-file", str(keys)],
-        env=_serve_env(AIMLAPI_KEY="sk-server-key-0001", TTS_SHIM_CACHE="false"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-    assert result.returncode != 0
-    [line] = result.stderr.splitlines()
-    assert line.startswith(f"Error: {keys} line 6: keys.broken.key: the key has {kind}")
-    assert "Traceback" not in result.stderr
-    assert "sk-shim-bad" not in result.stderr
