@@ -299,7 +299,9 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
         started.append(served)
         if wait:
             deadline = time.monotonic() + 20
-            while not listening(port):
+            # Ready once it says so: the socket is bound (and accepts) before the app
+            # and its mock are up, so a connection alone would be too early.
+            while "tts-shim listening on " not in served.log:
                 if proc.poll() is not None:
                     raise AssertionError(f"serve exited with {proc.returncode}:\n{served.log}")
                 if time.monotonic() > deadline:
