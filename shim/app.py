@@ -37,6 +37,7 @@ from shim.responses import StreamAborted
 from shim.speech import create_speech
 from shim.state import State
 from shim.upstream import Upstream
+from shim.upstream.clients import check_trust_store
 
 __all__ = ["create_app", "routes"]
 
@@ -108,6 +109,7 @@ def create_app(config: Config | None = None) -> Starlette:
     keys = Keys(config)
     clients = ClientKeys.from_config(config)  # a bad keys file stops start-up here
     config = check_cache_dir(config)  # so does a --cache-dir that cannot be written
+    check_trust_store(config)  # and a --ca-bundle that cannot be read
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

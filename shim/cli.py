@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from shim.config import DEFAULT_UPSTREAM_URL, Config, ConfigError, StartupError
+from shim.config import Config, ConfigError, Setting, StartupError, settings
 
 __all__ = ["main"]
 
@@ -23,394 +24,89 @@ def main() -> None:
     """OpenAI-compatible text-to-speech over the AI/ML API."""
 
 
-@main.command()
-@click.option(
-    "--host",
-    envvar="TTS_SHIM_HOST",
-    show_envvar=True,
-    default="127.0.0.1",
-    help="Address to listen on. Anything but loopback exposes your key; see --allow-open.",
-)
-@click.option(
-    "--port",
-    envvar="TTS_SHIM_PORT",
-    show_envvar=True,
-    default=8000,
-    type=int,
-    help="Port to listen on.",
-)
-@click.option(
-    "--upstream-url",
-    envvar="AIMLAPI_BASE_URL",
-    show_envvar=True,
-    default=DEFAULT_UPSTREAM_URL,
-    help="AI/ML API root, with or without /v1.",
-)
-@click.option(
-    "--upstream-key",
-    envvar="AIMLAPI_KEY",
-    show_envvar=True,
-    default=None,
-    show_default=False,
-    help="Server-side AI/ML key. Prefer the environment variable: flags show in ps. "
-    "Unset: each client's bearer token is passed through as the key.",
-)
-@click.option(
-    "--client-key",
-    "client_keys",
-    envvar="TTS_SHIM_API_KEYS",
-    show_envvar=True,
-    multiple=True,
-    help="Key clients must send (repeatable; the variable is "
-    "comma-separated). Unset: no client authentication.",
-)
-@click.option(
-    "--audio-origin",
-    "audio_origins",
-    envvar="TTS_SHIM_AUDIO_ORIGINS",
-    show_envvar=True,
-    multiple=True,
-    help="Extra scheme://host[:port] the audio may be fetched from, besides the "
-    "upstream's own origin and https://cdn.aimlapi.com (repeatable).",
-)
-@click.option(
-    "--allow-open",
-    envvar="TTS_SHIM_ALLOW_OPEN",
-    show_envvar=True,
-    is_flag=True,
-    help="Allow a non-loopback address with a server-side key and no client keys.",
-)
-@click.option(
-    "--upstream-key-header",
-    envvar="TTS_SHIM_UPSTREAM_KEY_HEADER",
-    show_envvar=True,
-    default=None,
-    show_default=False,
-    help="With client keys and no AIMLAPI_KEY: the request header in which each client "
-    "sends its own AI/ML key (e.g. X-AIMLAPI-Key), its shim key being the bearer token.",
-)
-@click.option(
-    "--cors-origin",
-    "cors_origins",
-    envvar="TTS_SHIM_CORS_ORIGINS",
-    show_envvar=True,
-    multiple=True,
-    help="Web page origin (scheme://host[:port], or *) allowed to call the shim from a "
-    "browser (repeatable; the variable is comma-separated). Unset: requests carrying any "
-    "Origin are refused with 403.",
-)
-@click.option(
-    "--allowed-host",
-    "allowed_hosts",
-    envvar="TTS_SHIM_ALLOWED_HOSTS",
-    show_envvar=True,
-    multiple=True,
-    help="Extra Host name[:port] to answer to (repeatable; * for any). On loopback the "
-    "bound address and localhost are allowed, other Hosts get 421; on other addresses "
-    "the check is off unless this is set.",
-)
-@click.option(
-    "--send-timeout",
-    envvar="TTS_SHIM_SEND_TIMEOUT",
-    show_envvar=True,
-    default=30.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds a client may take no data before its response is cut and its slot freed.",
-)
-@click.option(
-    "--mock/--no-mock",
-    envvar="TTS_SHIM_MOCK",
-    show_envvar=True,
-    default=False,
-    help="Run the bundled mock upstream in this process and use it: no key, no network.",
-)
-@click.option(
-    "--mock-port",
-    envvar="TTS_SHIM_MOCK_PORT",
-    show_envvar=True,
-    default=0,
-    type=click.IntRange(0, 65535),
-    help="With --mock: the loopback port of the embedded mock upstream (0: a free one).",
-)
-@click.option(
-    "--private-catalog",
-    envvar="TTS_SHIM_PRIVATE_CATALOG",
-    show_envvar=True,
-    is_flag=True,
-    help="With client keys, require one for /v1/models and /v1/audio/voices|models too. "
-    "Off: these static lists answer without a key (Open WebUI reads them without one).",
-)
-@click.option(
-    "--tts-retries",
-    envvar="TTS_SHIM_TTS_RETRIES",
-    show_envvar=True,
-    default=1,
-    type=click.IntRange(0, 5),
-    help="Retries of the billed generation call (429, 5xx, connection errors).",
-)
-@click.option(
-    "--audio-retries",
-    envvar="TTS_SHIM_AUDIO_RETRIES",
-    show_envvar=True,
-    default=2,
-    type=click.IntRange(0, 10),
-    help="Retries of the audio download, before any byte reached the client.",
-)
-@click.option(
-    "--max-retry-wait",
-    envvar="TTS_SHIM_MAX_RETRY_WAIT",
-    show_envvar=True,
-    default=5.0,
-    type=click.FloatRange(0),
-    help="Longest Retry-After (seconds) the shim waits out itself; longer ones go to the client.",
-)
-@click.option(
-    "--connect-timeout",
-    envvar="TTS_SHIM_CONNECT_TIMEOUT",
-    show_envvar=True,
-    default=5.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds to open a connection upstream.",
-)
-@click.option(
-    "--generation-timeout",
-    envvar="TTS_SHIM_GENERATION_TIMEOUT",
-    show_envvar=True,
-    default=60.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds to wait for the generation reply.",
-)
-@click.option(
-    "--download-timeout",
-    envvar="TTS_SHIM_DOWNLOAD_TIMEOUT",
-    show_envvar=True,
-    default=30.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Longest silence (seconds) while downloading audio.",
-)
-@click.option(
-    "--deadline",
-    envvar="TTS_SHIM_DEADLINE",
-    show_envvar=True,
-    default=90.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds from request to first audio byte, retries included.",
-)
-@click.option(
-    "--max-audio-bytes",
-    envvar="TTS_SHIM_MAX_AUDIO_BYTES",
-    show_envvar=True,
-    default=256 * 1024 * 1024,
-    type=click.IntRange(1),
-    help="Largest audio the shim will relay.",
-)
-@click.option(
-    "--max-chat-audio-bytes",
-    envvar="TTS_SHIM_MAX_CHAT_AUDIO_BYTES",
-    show_envvar=True,
-    default=32 * 1024 * 1024,
-    type=click.IntRange(1),
-    help="Largest audio in a non-streamed chat answer (held whole in memory); stream for more.",
-)
-@click.option(
-    "--max-body-bytes",
-    envvar="TTS_SHIM_MAX_BODY_BYTES",
-    show_envvar=True,
-    default=1024 * 1024,
-    type=click.IntRange(1),
-    help="Largest request body accepted (413 above).",
-)
-@click.option(
-    "--proxy",
-    envvar="TTS_SHIM_PROXY",
-    show_envvar=True,
-    default=None,
-    help="Proxy URL for upstream requests. Unset: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY "
-    "from the environment, minus NO_PROXY.",
-)
-@click.option(
-    "--ca-bundle",
-    envvar="TTS_SHIM_CA_BUNDLE",
-    show_envvar=True,
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="PEM file of CAs trusted for upstream TLS. Unset: SSL_CERT_FILE / SSL_CERT_DIR "
-    "when set, else the certifi bundle.",
-)
-@click.option(
-    "--max-input-chars",
-    envvar="TTS_SHIM_MAX_INPUT_CHARS",
-    show_envvar=True,
-    default=100_000,
-    type=click.IntRange(1),
-    help="Longest text to speak (characters); 4096 restores OpenAI's limit.",
-)
-@click.option(
-    "--split/--no-split",
-    envvar="TTS_SHIM_SPLIT",
-    show_envvar=True,
-    default=True,
-    help="Split long texts into pieces generated ahead and stitched into one stream "
-    "(off: texts over 4096 characters are refused).",
-)
-@click.option(
-    "--split-threshold",
-    envvar="TTS_SHIM_SPLIT_THRESHOLD",
-    show_envvar=True,
-    default=1000,
-    type=click.IntRange(1),
-    help="Texts longer than this (characters) are split; the first piece is short.",
-)
-@click.option(
-    "--split-parallel",
-    envvar="TTS_SHIM_SPLIT_PARALLEL",
-    show_envvar=True,
-    default=3,
-    type=click.IntRange(1, 16),
-    help="Pieces of one request generated at once.",
-)
-@click.option(
-    "--max-concurrency",
-    envvar="TTS_SHIM_MAX_CONCURRENCY",
-    show_envvar=True,
-    default=64,
-    type=click.IntRange(0),
-    help="Speech and chat requests served at once (upstream call and audio stream); 0: no cap.",
-)
-@click.option(
-    "--max-queue",
-    envvar="TTS_SHIM_MAX_QUEUE",
-    show_envvar=True,
-    default=128,
-    type=click.IntRange(0),
-    help="Requests waiting for a slot when all are busy; more get 429 with Retry-After.",
-)
-@click.option(
-    "--queue-timeout",
-    envvar="TTS_SHIM_QUEUE_TIMEOUT",
-    show_envvar=True,
-    default=10.0,
-    type=click.FloatRange(0),
-    help="Longest wait (seconds) for a slot before a 429.",
-)
-@click.option(
-    "--graceful-timeout",
-    envvar="TTS_SHIM_GRACEFUL_TIMEOUT",
-    show_envvar=True,
-    default=30.0,
-    type=click.FloatRange(0),
-    help="On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
-)
-@click.option(
-    "--keep-alive-timeout",
-    envvar="TTS_SHIM_KEEP_ALIVE_TIMEOUT",
-    show_envvar=True,
-    default=30.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds an idle client connection is kept for its next request.",
-)
-@click.option(
-    "--log-format",
-    envvar="TTS_SHIM_LOG_FORMAT",
-    show_envvar=True,
-    default="json",
-    type=click.Choice(["json", "text"]),
-    help="Log lines as JSON objects or text.",
-)
-@click.option(
-    "--log-level",
-    envvar="TTS_SHIM_LOG_LEVEL",
-    show_envvar=True,
-    default="info",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    help="Least severe log level shown.",
-)
-@click.option(
-    "--cache/--no-cache",
-    envvar="TTS_SHIM_CACHE",
-    show_envvar=True,
-    default=True,
-    help="Cache generated audio, so a repeated request is neither paid nor waited for again.",
-)
-@click.option(
-    "--cache-dir",
-    envvar="TTS_SHIM_CACHE_DIR",
-    show_envvar=True,
-    default=None,
-    show_default=False,
-    help="Directory of the embedded cache. Unset: the user's cache directory.",
-)
-@click.option(
-    "--cache-max-bytes",
-    envvar="TTS_SHIM_CACHE_MAX_BYTES",
-    show_envvar=True,
-    default=1024**3,
-    type=click.IntRange(1),
-    help="Size bound of the embedded cache; least recently used audio is evicted first.",
-)
-@click.option(
-    "--cache-ttl",
-    envvar="TTS_SHIM_CACHE_TTL",
-    show_envvar=True,
-    default=30 * 24 * 3600.0,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds cached audio is kept (default 30 days).",
-)
-@click.option(
-    "--redis-url",
-    envvar="TTS_SHIM_REDIS_URL",
-    show_envvar=True,
-    default=None,
-    show_default=False,
-    help="redis://host:port/db: replicas share the cache and generate each audio once. "
-    "Prefer the environment variable if it holds a password: flags show in ps.",
-)
-@click.option(
-    "--keys-file",
-    envvar="TTS_SHIM_KEYS_FILE",
-    show_envvar=True,
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="TOML file of named client keys with limits (README, 'Keys and limits'); "
-    "re-read on SIGHUP.",
-)
-@click.option(
-    "--metrics-key",
-    envvar="TTS_SHIM_METRICS_KEY",
-    show_envvar=True,
-    default=None,
-    show_default=False,
-    help="Bearer token GET /metrics and GET /usage require. Unset: they are open.",
-)
-@click.option(
-    "--price",
-    "prices",
-    envvar="TTS_SHIM_PRICES",
-    show_envvar=True,
-    multiple=True,
-    callback=lambda _ctx, _param, values: _prices(values),
-    help="MODEL=USD per 1,000 characters, for spend estimates and budgets (repeatable; "
-    "the variable is comma-separated). Defaults: tts-1=0.015, tts-1-hd=0.03, "
-    "gpt-4o-mini-tts=0.015.",
-)
-def serve(
-    mock: bool,
-    mock_port: int,
-    client_keys: tuple[str, ...],
-    audio_origins: tuple[str, ...],
-    cors_origins: tuple[str, ...],
-    allowed_hosts: tuple[str, ...],
-    **options: object,
-) -> None:
+def _prices(values: tuple[str, ...]) -> dict[str, float]:
+    prices: dict[str, float] = {}
+    for item in _split(values):
+        model, _, price = item.partition("=")
+        try:
+            prices[model.strip()] = float(price)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected MODEL=USD, e.g. tts-1=0.015") from None
+    return prices
+
+
+def _option(name: str, setting: Setting, default: Any, kind: Any) -> click.Option:
+    """The ``serve`` option of one setting: the flag, variable, default and help it names."""
+    flag = setting.flag or "--" + name.replace("_", "-")
+    env = setting.env or "TTS_SHIM_" + name.upper()
+    help_text = setting.help
+    if setting.choices:
+        help_text += f" One of: {', '.join(setting.choices)}."
+    shown: bool | str = True if setting.shown is None else setting.shown
+    if setting.secret or default is None or default == () or default == {}:
+        shown = False
+    common: dict[str, Any] = {"envvar": env, "show_envvar": True, "help": help_text}
+    if kind is bool:
+        # The page shows on/off; click would show the switch's name.
+        declared = [f"{flag}/--no-{flag[2:]}", name]
+        return click.Option(declared, default=default, show_default=False, **common)
+    if kind in (int, float):
+        return click.Option([flag, name], type=kind, default=default, show_default=shown, **common)
+    if kind is tuple or kind is dict:
+        # Flags may repeat; their variables hold comma-separated lists.
+        convert = _prices if kind is dict else _split
+        common["help"] += " The variable is comma-separated."
+        return click.Option(
+            [flag, name],
+            multiple=True,
+            callback=lambda _ctx, _param, values: convert(values),
+            show_default=shown,
+            **common,
+        )
+    return click.Option([flag, name], default=default, show_default=shown, **common)
+
+
+def _kind(hint: Any) -> Any:
+    """The Python type a setting's flag parses into, from its field's annotation."""
+    if hint in (bool, int, float):
+        return hint
+    origin = typing.get_origin(hint)
+    return origin if origin in (tuple, dict) else str
+
+
+#: The options of ``serve`` that are not :class:`Config` fields: how it runs, not what
+#: the shim is told. Checked by their settings as the fields are.
+_SERVE_ONLY: dict[str, tuple[Setting, Any]] = {
+    "mock": (
+        Setting("Run the bundled mock upstream in this process and use it: no key, no network."),
+        False,
+    ),
+    "mock_port": (
+        Setting(
+            "With --mock: the loopback port of the embedded mock upstream (0: a free one).",
+            low=0,
+            high=65535,
+        ),
+        0,
+    ),
+}
+
+
+def _serve_options() -> list[click.Parameter]:
+    hints = typing.get_type_hints(Config)
+    options: list[click.Parameter] = [
+        _option(name, how, default, _kind(hints[name])) for name, how, default in settings()
+    ]
+    for name, (setting, default) in _SERVE_ONLY.items():
+        options.append(_option(name, setting, default, type(default)))
+    return options
+
+
+def _serve(mock: bool, mock_port: int, **options: Any) -> None:
     """Serve OpenAI's /v1/audio/speech, /v1/chat/completions and /v1/models."""
     try:
-        config = Config(
-            client_keys=_split(client_keys),
-            audio_origins=_split(audio_origins),
-            cors_origins=_split(cors_origins),
-            allowed_hosts=_split(allowed_hosts),
-            **options,  # type: ignore[arg-type]
-        )
+        _SERVE_ONLY["mock_port"][0].check("mock_port", mock_port)
+        config = Config(**options)
         if mock:
             _mock_command()  # a clear message now, if the mock extra is missing
         # Imported once the settings parsed; run() checks them before it loads the app.
@@ -423,15 +119,41 @@ def serve(
         raise click.UsageError(str(exc)) from exc
 
 
-def _prices(values: tuple[str, ...]) -> dict[str, float]:
-    prices: dict[str, float] = {}
-    for item in _split(values):
-        model, _, price = item.partition("=")
-        try:
-            prices[model.strip()] = float(price)
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: expected MODEL=USD, e.g. tts-1=0.015") from None
-    return prices
+serve = click.Command("serve", callback=_serve, params=_serve_options(), help=_serve.__doc__)
+main.add_command(serve)
+
+
+def settings_page() -> str:
+    """The settings page (``docs/settings.md``), from ``serve``'s own options: so the
+    page and ``tts-shim serve --help`` list the same flags, once each."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from the options of `tts-shim serve` (shim/config.py):",
+        "     python scripts/settings_page.py > docs/settings.md -->",
+        "",
+        "Every setting is a flag of `tts-shim serve` and an environment variable; in code,",
+        "the same names without dashes are the fields of `shim.Config`. A flag wins over",
+        "its variable. Repeatable flags take a comma-separated list in their variable.",
+        "",
+        "| Flag | Variable | Default | What it does |",
+        "| --- | --- | --- | --- |",
+    ]
+    for param in serve.params:
+        if not isinstance(param, click.Option):
+            continue
+        flags = " / ".join(f"`{flag}`" for flag in (*param.opts, *param.secondary_opts))
+        if param.is_flag:
+            default = "on" if param.default else "off"
+        elif isinstance(param.show_default, str):
+            default = param.show_default
+        elif param.show_default is False:
+            default = "none"
+        else:
+            default = f"`{param.default}`"
+        text = (param.help or "").replace("|", "\\|")
+        lines.append(f"| {flags} | `{param.envvar}` | {default} | {text} |")
+    return "\n".join(lines) + "\n"
 
 
 @main.command()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Iterator
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from yarl import URL
@@ -16,9 +18,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "Origin",
+    "Setting",
     "StartupError",
     "origin_of",
     "parse_origin",
+    "settings",
 ]
 
 DEFAULT_UPSTREAM_URL = "https://api.aimlapi.com"
@@ -97,105 +101,315 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How one :class:`Config` field is set from outside, written once: the CLI's option
+    and the settings page are built from it, and :meth:`check` is its validation."""
+
+    help: str
+    #: The flag; ``None``: the field's name, ``--with-dashes``. Booleans get ``--no-...``.
+    flag: str | None = None
+    #: The environment variable; ``None``: ``TTS_SHIM_`` and the field's name, upper case.
+    env: str | None = None
+    #: Inclusive bounds of a number.
+    low: float | None = None
+    high: float | None = None
+    #: A number that must be above zero.
+    positive: bool = False
+    #: The values a string may take.
+    choices: tuple[str, ...] = ()
+    #: The default as the help and the settings page show it (``None``: the value).
+    shown: str | None = None
+    #: Never shown or logged (a key, a URL that may hold a password): no default in the
+    #: help, hidden from the config's repr, and better set in the environment.
+    secret: bool = False
+
+    def check(self, name: str, value: object) -> None:
+        """Raise :class:`ConfigError` when ``value`` is out of this setting's range."""
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{name} must be one of {', '.join(self.choices)}, not {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        if self.positive and not value > 0:
+            raise ConfigError(f"{name} must be positive, not {value!r}")
+        low = -math.inf if self.low is None else self.low
+        high = math.inf if self.high is None else self.high
+        if not low <= value <= high:  # also refuses NaN
+            bounds = f"from {low:g} to {high:g}" if self.high is not None else f">= {low:g}"
+            raise ConfigError(f"{name} must be {bounds}, not {value!r}")
+
+
+def _setting(default: Any, help: str, **how: Any) -> Any:
+    """A :class:`Config` field with its :class:`Setting` (``how``: the Setting's fields)."""
+    setting = Setting(help, **how)
+    if isinstance(default, (dict, list)):
+        return field(
+            default_factory=lambda: type(default)(default),
+            repr=not setting.secret,
+            metadata={"setting": setting},
+        )
+    return field(default=default, repr=not setting.secret, metadata={"setting": setting})
+
+
+def settings() -> Iterator[tuple[str, Setting, Any]]:
+    """``(field name, Setting, default)`` of every :class:`Config` field set from outside,
+    in the order the CLI lists them."""
+    for item in fields(Config):
+        setting = item.metadata.get("setting")
+        if setting is not None:
+            default = item.default if item.default_factory is MISSING else item.default_factory()
+            yield item.name, setting, default
+
+
 @dataclass
 class Config:
     """Everything the shim can be told.
 
     The CLI builds one from flags and environment variables; tests and embedding
-    code build one directly and pass it to :func:`shim.create_app`.
+    code build one directly and pass it to :func:`shim.create_app`. Each field's
+    :class:`Setting` is the one place its flag, variable, help and range are written:
+    ``tts-shim serve`` builds its options from them (:mod:`shim.cli`), the settings page
+    is generated from those options, and the ranges are checked here.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    upstream_url: str = DEFAULT_UPSTREAM_URL
+    # -- listening -------------------------------------------------------------------
+    host: str = _setting(
+        "127.0.0.1",
+        "Address to listen on. Anything but loopback exposes your key; see --allow-open.",
+    )
+    port: int = _setting(8000, "Port to listen on.", low=0, high=65535)
+    # -- the upstream ----------------------------------------------------------------
+    upstream_url: str = _setting(
+        DEFAULT_UPSTREAM_URL, "AI/ML API root, with or without /v1.", env="AIMLAPI_BASE_URL"
+    )
     #: Server-side AI/ML key. ``None``: pass each client's bearer token through.
-    upstream_key: str | None = None
+    upstream_key: str | None = _setting(
+        None,
+        "Server-side AI/ML key. Prefer the environment variable: flags show in ps. "
+        "Unset: each client's bearer token is passed through as the key.",
+        env="AIMLAPI_KEY",
+        secret=True,
+    )
     #: Keys clients must present. Empty: no client authentication.
-    client_keys: tuple[str, ...] = ()
+    client_keys: tuple[str, ...] = _setting(
+        (),
+        "Key clients must send (repeatable). Unset: no client authentication.",
+        flag="--client-key",
+        env="TTS_SHIM_API_KEYS",
+        secret=True,
+    )
     #: Extra origins the audio may be fetched from, besides the upstream's own and the CDN.
-    audio_origins: tuple[str, ...] = ()
-    allow_open: bool = False
-    #: Retries of the billed ``POST /v1/tts`` (429, 5xx and connection errors only).
-    tts_retries: int = 1
-    #: Retries of the CDN download, before any audio byte reached the client.
-    audio_retries: int = 2
-    #: Longest ``Retry-After`` the shim waits out itself before retrying.
-    max_retry_wait: float = 5.0
-    connect_timeout: float = 5.0
-    generation_timeout: float = 60.0
-    download_timeout: float = 30.0
-    #: Overall budget for one request, from arrival to the first audio byte.
-    deadline: float = 90.0
-    max_audio_bytes: int = 256 * 1024 * 1024
-    max_body_bytes: int = 1024 * 1024
-    #: Largest audio in a non-streamed chat answer, which is held whole in memory
-    #: (bytes, base64 and JSON); streamed answers have ``max_audio_bytes``.
-    max_chat_audio_bytes: int = 32 * 1024 * 1024
-    #: Proxy for every upstream request; ``None``: ``HTTPS_PROXY``/``HTTP_PROXY``/
-    #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY`` (read at start-up).
-    proxy: str | None = None
-    #: CA bundle (PEM) trusted for upstream TLS; ``None``: ``SSL_CERT_FILE`` or
-    #: ``SSL_CERT_DIR`` when set, else certifi's.
-    ca_bundle: str | None = None
-    log_format: Literal["json", "text"] = "json"
-    log_level: str = "info"
-    #: Longest input (speech ``input``, chat's spoken text), characters. Above 4096
-    #: (the upstream's own limit) a text is split; with ``split`` off, 4096 applies.
-    max_input_chars: int = 100_000
-    #: Split long texts into pieces generated ahead and stitched into one stream.
-    split: bool = True
-    #: Texts longer than this (characters) are split; the first piece is short.
-    split_threshold: int = 1000
-    #: Pieces of one request generated at once.
-    split_parallel: int = 3
-    #: Speech and chat requests generating or streaming audio at once; 0: no cap.
-    max_concurrency: int = 64
-    #: Requests waiting for a slot when all are taken; beyond it, 429.
-    max_queue: int = 128
-    #: Longest wait for a slot, seconds; then 429.
-    queue_timeout: float = 10.0
-    #: On SIGTERM, seconds in-flight responses get to finish before they are cut.
-    graceful_timeout: float = 30.0
-    #: Seconds an idle client connection stays open for its next request. Longer than
-    #: the SDKs' own pools keep one (httpx, so the Python SDK: 5 s), or a client may send
-    #: on a connection the shim is closing that instant and see it fail.
-    keep_alive_timeout: float = 30.0
-    #: The audio cache (shim/cache): ``False`` turns it off (``--no-cache``).
-    cache: bool = True
-    #: The embedded cache's directory; ``None``: the user's cache directory (platformdirs).
-    cache_dir: str | None = None
-    #: Bound of the embedded cache, index included; least recently used entries go first.
-    cache_max_bytes: int = 1024**3
-    #: Seconds an entry lives (30 days).
-    cache_ttl: float = 30 * 24 * 3600.0
-    #: ``redis://`` / ``rediss://`` / ``unix://`` URL: the cache and its single flight live in
-    #: Redis, shared by replicas. Hidden from repr: it may hold a password.
-    redis_url: str | None = field(default=None, repr=False)
-    #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
-    trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
+    audio_origins: tuple[str, ...] = _setting(
+        (),
+        "Extra scheme://host[:port] the audio may be fetched from, besides the "
+        "upstream's own origin and https://cdn.aimlapi.com (repeatable).",
+        flag="--audio-origin",
+    )
+    allow_open: bool = _setting(
+        False, "Allow a non-loopback address with a server-side key and no client keys."
+    )
     #: Request header that carries the client's own AI/ML key, when the bearer token is
     #: a shim key (``client_keys``) and there is no server-side key. ``None``: not used.
-    upstream_key_header: str | None = None
+    upstream_key_header: str | None = _setting(
+        None,
+        "With client keys and no AIMLAPI_KEY: the request header in which each client "
+        "sends its own AI/ML key (e.g. X-AIMLAPI-Key), its shim key being the bearer token.",
+    )
     #: Web page origins (``scheme://host[:port]``, or ``*``) allowed to call the shim;
     #: a request with any other ``Origin`` is refused (403). Empty: none.
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = _setting(
+        (),
+        "Web page origin (scheme://host[:port], or *) allowed to call the shim from a "
+        "browser (repeatable). Unset: requests carrying any Origin are refused with 403.",
+        flag="--cors-origin",
+    )
     #: Extra ``Host`` names the shim answers to, besides its loopback address and
     #: ``localhost``; setting any turns the check on for a non-loopback bind. ``*``: any.
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "Extra Host name[:port] to answer to (repeatable; * for any). On loopback the "
+        "bound address and localhost are allowed, other Hosts get 421; on other addresses "
+        "the check is off unless this is set.",
+        flag="--allowed-host",
+    )
     #: Seconds a response body may wait for a client that takes no data; then it is cut.
-    send_timeout: float = 30.0
+    send_timeout: float = _setting(
+        30.0,
+        "Seconds a client may take no data before its response is cut and its slot freed.",
+        positive=True,
+    )
     #: With client keys, also require one for the catalogue GETs (``/v1/models``,
     #: ``/v1/models/{id}``, ``/v1/audio/voices``, ``/v1/audio/models``). Off: they answer
     #: anyone, as they reveal only static lists and front ends such as Open WebUI read
     #: them without a key.
-    private_catalog: bool = False
-    # -- operators (issue 13): metrics, named keys with limits, prices ------------------
+    private_catalog: bool = _setting(
+        False,
+        "With client keys, require one for /v1/models and /v1/audio/voices|models too. "
+        "Off: these static lists answer without a key (Open WebUI reads them without one).",
+    )
+    # -- retries and timeouts --------------------------------------------------------
+    #: Retries of the billed ``POST /v1/tts`` (429, 5xx and connection errors only).
+    tts_retries: int = _setting(
+        1, "Retries of the billed generation call (429, 5xx, connection errors).", low=0, high=5
+    )
+    #: Retries of the CDN download, before any audio byte reached the client.
+    audio_retries: int = _setting(
+        2, "Retries of the audio download, before any byte reached the client.", low=0, high=10
+    )
+    #: Longest ``Retry-After`` the shim waits out itself before retrying.
+    max_retry_wait: float = _setting(
+        5.0,
+        "Longest Retry-After (seconds) the shim waits out itself; longer ones go to the client.",
+        low=0,
+    )
+    connect_timeout: float = _setting(5.0, "Seconds to open a connection upstream.", positive=True)
+    generation_timeout: float = _setting(
+        60.0, "Seconds to wait for the generation reply.", positive=True
+    )
+    download_timeout: float = _setting(
+        30.0, "Longest silence (seconds) while downloading audio.", positive=True
+    )
+    #: Overall budget for one request, from arrival to the first audio byte.
+    deadline: float = _setting(
+        90.0, "Seconds from request to first audio byte, retries included.", positive=True
+    )
+    # -- sizes -----------------------------------------------------------------------
+    max_audio_bytes: int = _setting(
+        256 * 1024 * 1024, "Largest audio the shim will relay.", low=1, shown="256 MiB"
+    )
+    #: Largest audio in a non-streamed chat answer, which is held whole in memory
+    #: (bytes, base64 and JSON); streamed answers have ``max_audio_bytes``.
+    max_chat_audio_bytes: int = _setting(
+        32 * 1024 * 1024,
+        "Largest audio in a non-streamed chat answer, held whole in memory (502 "
+        "audio_too_large above it); stream: true has no such cap.",
+        low=1,
+        shown="32 MiB",
+    )
+    max_body_bytes: int = _setting(
+        1024 * 1024, "Largest request body accepted (413 above).", low=1, shown="1 MiB"
+    )
+    # -- how the upstream is reached -------------------------------------------------
+    #: Proxy for every upstream request; ``None``: ``HTTPS_PROXY``/``HTTP_PROXY``/
+    #: ``ALL_PROXY`` from the environment, minus ``NO_PROXY`` (read at start-up).
+    proxy: str | None = _setting(
+        None,
+        "Proxy URL for upstream requests. Unset: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY "
+        "from the environment, minus NO_PROXY.",
+    )
+    #: CA bundle (PEM) trusted for upstream TLS; ``None``: ``SSL_CERT_FILE`` or
+    #: ``SSL_CERT_DIR`` when set, else certifi's.
+    ca_bundle: str | None = _setting(
+        None,
+        "PEM file of CAs trusted for upstream TLS. Unset: SSL_CERT_FILE / SSL_CERT_DIR "
+        "when set, else the certifi bundle.",
+    )
+    # -- logs ------------------------------------------------------------------------
+    log_format: Literal["json", "text"] = _setting(
+        "json", "Log lines as JSON objects or text.", choices=("json", "text")
+    )
+    log_level: str = _setting(
+        "info",
+        "Least severe log level shown.",
+        choices=("critical", "error", "warning", "info", "debug"),
+    )
+    # -- long text -------------------------------------------------------------------
+    #: Longest input (speech ``input``, chat's spoken text), characters. Above 4096
+    #: (the upstream's own limit) a text is split; with ``split`` off, 4096 applies.
+    max_input_chars: int = _setting(
+        100_000, "Longest text to speak (characters); 4096 restores OpenAI's limit.", low=1
+    )
+    #: Split long texts into pieces generated ahead and stitched into one stream.
+    split: bool = _setting(
+        True,
+        "Split long texts into pieces generated ahead and stitched into one stream "
+        "(off: texts over 4096 characters are refused).",
+    )
+    #: Texts longer than this (characters) are split; the first piece is short.
+    split_threshold: int = _setting(
+        1000, "Texts longer than this (characters) are split; the first piece is short.", low=1
+    )
+    #: Pieces of one request generated at once.
+    split_parallel: int = _setting(3, "Pieces of one request generated at once.", low=1, high=16)
+    # -- load and shutdown -----------------------------------------------------------
+    #: Speech and chat requests generating or streaming audio at once; 0: no cap.
+    max_concurrency: int = _setting(
+        64,
+        "Speech and chat requests served at once (upstream call and audio stream); 0: no cap.",
+        low=0,
+    )
+    #: Requests waiting for a slot when all are taken; beyond it, 429.
+    max_queue: int = _setting(
+        128, "Requests waiting for a slot when all are busy; more get 429 with Retry-After.", low=0
+    )
+    #: Longest wait for a slot, seconds; then 429.
+    queue_timeout: float = _setting(10.0, "Longest wait (seconds) for a slot before a 429.", low=0)
+    #: On SIGTERM, seconds in-flight responses get to finish before they are cut.
+    graceful_timeout: float = _setting(
+        30.0,
+        "On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
+        low=0,
+    )
+    #: Seconds an idle client connection stays open for its next request. Longer than
+    #: the SDKs' own pools keep one (httpx, so the Python SDK: 5 s), or a client may send
+    #: on a connection the shim is closing that instant and see it fail.
+    keep_alive_timeout: float = _setting(
+        30.0, "Seconds an idle client connection is kept for its next request.", positive=True
+    )
+    # -- the audio cache (shim/cache) ------------------------------------------------
+    cache: bool = _setting(
+        True,
+        "Cache generated audio, so a repeated request is neither paid nor waited for again.",
+    )
+    #: The embedded cache's directory; ``None``: the user's cache directory (platformdirs).
+    cache_dir: str | None = _setting(
+        None,
+        "Directory of the embedded cache. Unset: the user's cache directory.",
+        shown="the user's cache directory",
+    )
+    #: Bound of the embedded cache, index included; least recently used entries go first.
+    cache_max_bytes: int = _setting(
+        1024**3,
+        "Size bound of the embedded cache; least recently used audio is evicted first.",
+        positive=True,
+        shown="1 GiB",
+    )
+    cache_ttl: float = _setting(
+        30 * 24 * 3600.0,
+        "Seconds cached audio is kept.",
+        positive=True,
+        shown="2592000 (30 days)",
+    )
+    #: ``redis://`` / ``rediss://`` / ``unix://`` URL: the cache and its single flight live in
+    #: Redis, shared by replicas. Hidden from repr: it may hold a password.
+    redis_url: str | None = _setting(
+        None,
+        "redis://host:port/db: replicas share the cache and generate each audio once. "
+        "Prefer the environment variable if it holds a password: flags show in ps.",
+        secret=True,
+    )
+    #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
+    trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
+    # -- operators: metrics, named keys with limits, prices --------------------------
     #: TOML file of named client keys with limits (shim/clients.py); re-read on SIGHUP.
-    keys_file: str | None = None
+    keys_file: str | None = _setting(
+        None,
+        "TOML file of named client keys with limits (see Keys and limits); re-read on SIGHUP.",
+    )
     #: Bearer token ``GET /metrics`` and ``GET /usage`` require; ``None``: open.
-    metrics_key: str | None = field(default=None, repr=False)
+    metrics_key: str | None = _setting(
+        None,
+        "Bearer token GET /metrics and GET /usage require. Unset: they are open.",
+        secret=True,
+    )
     #: USD per 1,000 characters by model, over the defaults of :mod:`shim.prices`.
-    prices: dict[str, float] = field(default_factory=dict)
+    prices: dict[str, float] = _setting(
+        {},
+        "MODEL=USD per 1,000 characters, for spend estimates and budgets (repeatable). "
+        "Defaults: tts-1=0.015, tts-1-hd=0.03, gpt-4o-mini-tts=0.015.",
+        flag="--price",
+        env="TTS_SHIM_PRICES",
+    )
 
     def __post_init__(self) -> None:
         self.upstream_root = self._normalise_root(self.upstream_url)
@@ -204,21 +418,8 @@ class Config:
         origins.update(parse_origin(o) for o in self.audio_origins)
         origins.update(self.trusted_origins)
         self.allowed_audio_origins: frozenset[Origin] = frozenset(origins)
-        for name in ("connect_timeout", "generation_timeout", "download_timeout", "deadline"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.tts_retries < 0 or self.audio_retries < 0:
-            raise ConfigError("retry counts cannot be negative")
-        if self.max_input_chars < 1 or self.split_threshold < 1 or self.split_parallel < 1:
-            raise ConfigError("max_input_chars, split_threshold and split_parallel must be >= 1")
-        if self.max_concurrency < 0 or self.max_queue < 0:
-            raise ConfigError("max_concurrency and max_queue cannot be negative")
-        if self.queue_timeout < 0 or self.graceful_timeout < 0:
-            raise ConfigError("queue_timeout and graceful_timeout cannot be negative")
-        if self.keep_alive_timeout <= 0:
-            raise ConfigError("keep_alive_timeout must be positive")
-        if self.log_format not in ("json", "text"):
-            raise ConfigError(f"log_format must be json or text, not {self.log_format!r}")
+        for name, setting, _ in settings():
+            setting.check(name, getattr(self, name))
         self._check_cache()
         self._check_trust_settings()
         for model, price in self.prices.items():
@@ -226,8 +427,6 @@ class Config:
                 raise ConfigError(f"price of {model} must be a number >= 0")
 
     def _check_cache(self) -> None:
-        if self.cache_max_bytes <= 0 or self.cache_ttl <= 0:
-            raise ConfigError("cache_max_bytes and cache_ttl must be positive")
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
@@ -235,9 +434,7 @@ class Config:
                 raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
 
     def _check_trust_settings(self) -> None:
-        """Normalise and check the key-header, browser and send-timeout settings."""
-        if self.send_timeout <= 0:
-            raise ConfigError("send_timeout must be positive")
+        """Normalise and check the key-header and browser settings."""
         if self.upstream_key_header is not None:
             name = self.upstream_key_header.strip().lower()
             if not _HEADER_NAME.fullmatch(name) or name in _RESERVED_KEY_HEADERS:

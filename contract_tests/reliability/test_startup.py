@@ -105,3 +105,14 @@ def test_a_keys_file_key_no_client_could_send_stops_start_up_naming_its_line(
     line = _refused(served)
     assert line.startswith(f"Error: {keys} line 6: keys.broken.key: the key has {kind}")
     assert "sk-shim-bad" not in served.log
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_one_line_and_an_exit(
+    serve_process: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-bundle.pem"
+
+    served = serve_process("--mock", "--ca-bundle", str(missing), wait=False)
+
+    line = _refused(served)
+    assert line.startswith(f"Error: cannot use the CA bundle {missing}: ")

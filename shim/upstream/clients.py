@@ -29,13 +29,14 @@ import aiohttp
 import certifi
 from yarl import URL
 
-from shim.config import Config
+from shim.config import Config, StartupError
 from shim.errors import APIError
 
 __all__ = [
     "USER_AGENT",
     "Proxies",
     "build_session",
+    "check_trust_store",
     "describe",
     "never_sent",
     "transport_error",
@@ -108,6 +109,12 @@ def _environment_proxy(
     return proxy
 
 
+def check_trust_store(config: Config) -> None:
+    """Load the upstream trust store now, so a ``--ca-bundle`` that cannot be read stops
+    start-up with a :class:`~shim.config.StartupError` naming it (loaded once, kept)."""
+    _tls_context(config)
+
+
 def _tls_context(config: Config) -> ssl.SSLContext:
     """The trust store for upstream TLS: ``--ca-bundle``, else ``SSL_CERT_FILE`` /
     ``SSL_CERT_DIR`` when set, else certifi's."""
@@ -123,7 +130,10 @@ def _trust_store(
     # loading a CA bundle costs ~30 ms of CPU. Each app builds two sessions, and a
     # process may start many apps (tests, reloads).
     if ca_bundle is not None:
-        return ssl.create_default_context(cafile=ca_bundle)
+        try:
+            return ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot use the CA bundle {ca_bundle}: {exc}") from None
     if cert_file or cert_dir:
         return ssl.create_default_context(cafile=cert_file or None, capath=cert_dir or None)
     return ssl.create_default_context(cafile=certifi.where())

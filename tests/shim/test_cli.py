@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from shim.cache import AudioStore, DiskAudioStore, RedisAudioStore, connect
-from shim.cli import main
+from shim.cli import main, settings_page
 from tests.redis_server import RedisServer
 
 
@@ -144,3 +145,43 @@ def test_keep_alive_timeout_reaches_the_config(monkeypatch: pytest.MonkeyPatch) 
     assert _serve_arguments(monkeypatch)["config"].keep_alive_timeout == 30.0
     given = _serve_arguments(monkeypatch, "--keep-alive-timeout", "12.5")
     assert given["config"].keep_alive_timeout == 12.5
+
+
+def test_the_committed_settings_page_is_generated_from_serve() -> None:
+    page = Path(__file__).parents[2] / "docs" / "settings.md"
+
+    assert page.read_text() == settings_page(), "run: python scripts/settings_page.py"
+
+
+def test_help_and_settings_page_list_the_same_flags_once_each() -> None:
+    help_text = CliRunner().invoke(main, ["serve", "--help"]).output
+    page_flags = re.findall(r"`(--[a-z-]+)`", settings_page())
+    help_flags = {flag for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text)}
+
+    assert len(page_flags) == len(set(page_flags))
+    assert set(page_flags) == help_flags - {"--help"}
+    assert {"--cache-dir", "--no-cache", "--mock", "--no-mock", "--tts-retries"} <= set(page_flags)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--tts-retries", "6"], "tts_retries"),
+        (["--deadline", "0"], "deadline"),
+        (["--mock-port", "70000"], "mock_port"),
+    ],
+)
+def test_out_of_range_settings_are_usage_errors(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], named: str
+) -> None:
+    import shim.server
+
+    def run(*_: Any, **__: Any) -> None:
+        raise AssertionError("served with a bad setting")
+
+    monkeypatch.setattr(shim.server, "run", run)
+    result = CliRunner().invoke(main, ["serve", *args])
+
+    assert result.exit_code == 2
+    assert named in result.output
+    assert "Traceback" not in result.output
