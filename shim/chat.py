@@ -207,8 +207,9 @@ async def create_chat_completion(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, state.config.max_body_bytes)
     chat = ChatRequest.from_json(body, state.config.input_limit)
-    await admit(request, chat.speech.model.id, len(chat.speech.input))
-    speech = await synthesize(state, job_for(state, request.headers, chat.speech))
+    job = job_for(state, request.headers, chat.speech)
+    bill = await admit(request, chat.speech.model.id, len(chat.speech.input))
+    speech = await synthesize(state, job, bill)
     headers = audio_headers(speech)
     answer = _Answer(chat)
     if chat.stream:

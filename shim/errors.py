@@ -67,7 +67,9 @@ class APIError(Exception):
 
     ``retryable`` decides ``x-should-retry``: the OpenAI SDK retries 408, 409, 429 and
     5xx unless told not to, and retrying after the billed call succeeded would bill the
-    user again for audio they never received.
+    user again for audio they never received. ``billed`` marks a failed generation that
+    may have been billed all the same (it reached the AI/ML API, and no error status
+    came back): the key's usage counts it.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class APIError(Exception):
         retry_after: float | None = None,
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
+        billed: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -93,6 +96,7 @@ class APIError(Exception):
         self.retry_after = retry_after
         self.request_id = request_id
         self.headers = dict(headers or {})
+        self.billed = billed
 
     @property
     def request_id(self) -> str | None:

@@ -84,14 +84,12 @@ class RequestLog:
         """The status the log shows: nginx's 499 when the client hung up first."""
         return CLIENT_CLOSED if self.client_closed else self.status
 
-    # What the stages did, for the metrics and the usage ledger (shim/operations.py);
-    # read when the request ends, never shown in the access line.
+    # What the stages did, for the metrics (shim/operations.py); read when the request
+    # ends, never shown in the access line.
     #: The client key's name (shim/clients.py) and the validated request's model and size.
     client: str | None = None
     model: str | None = None
     characters: int = 0
-    #: Characters of the generations that succeeded: what was billed.
-    generated_characters: int = 0
     #: ``(kind, outcome)`` per upstream attempt: kind ``generation`` or ``download``,
     #: outcome ``ok`` or the error's code.
     upstream_calls: list[tuple[str, str]] = field(default_factory=list)
@@ -139,15 +137,15 @@ def current() -> RequestLog | None:
 
 class upstream_call:
     """Record one upstream attempt (``generation`` or ``download``) and its outcome on
-    the current request; a generation of ``characters`` that succeeds counts as billed.
+    the current request. (What was billed is counted by the request's bill,
+    :class:`shim.quota.Bill`, not here.)
 
     A class, not a ``contextlib.contextmanager``: it runs twice on every request."""
 
-    __slots__ = ("characters", "kind", "record")
+    __slots__ = ("kind", "record")
 
-    def __init__(self, kind: str, characters: int = 0) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.characters = characters
         self.record = _current.get()
 
     def __enter__(self) -> None:
@@ -161,8 +159,6 @@ class upstream_call:
             return
         if exc is None:
             record.upstream_calls.append((self.kind, "ok"))
-            if self.kind == "generation":
-                record.generated_characters += self.characters
             return
         code = getattr(exc, "code", None)
         status = getattr(exc, "status", None)

@@ -159,10 +159,6 @@ class Metrics:
         for kind, count in attempts.items():
             if count > 1:
                 self._child(self.retries, kind).inc(count - 1)
-        if record.generated_characters:
-            self._child(self.characters, model, key).inc(record.generated_characters)
-            micros = self.prices.micros(model, record.generated_characters)
-            self._child(self.usd, model, key).inc(micros / MICRO)
         if record.cache_hits:
             self._child(self.cache_hits, model).inc(record.cache_hits)
             saved = self.prices.micros(model, record.cache_hit_characters)
@@ -171,6 +167,12 @@ class Metrics:
             self._child(self.cache_misses, model).inc(record.cache_misses)
         if refused is not None:
             self._child(self.refused, key, refused).inc()
+
+    def billed(self, model: str, key: str, characters: int, micros: int) -> None:
+        """Add one generation the AI/ML API billed (or may have), when its answer came:
+        counted by the request's :class:`~shim.quota.Bill`, as the usage is."""
+        self._child(self.characters, model, key).inc(characters)
+        self._child(self.usd, model, key).inc(micros / MICRO)
 
     def load(self, in_flight: int, queued: int) -> None:
         """Set the slot gauges (at each request's end and at each scrape)."""

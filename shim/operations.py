@@ -5,9 +5,11 @@ One :class:`Operations` per running app (built in its lifespan, kept on the
 
 * the gate names the client (:meth:`shim.clients.ClientKeys.check`);
 * the handlers call :func:`admit` after validation, before any upstream call: the key's
-  rate limits and budgets are checked and its estimated cost reserved;
-* :class:`OperationsMiddleware` settles the reservation and updates the metrics from
-  the request's record when the response has ended;
+  rate limits are checked and the request's :class:`~shim.quota.Bill` opened, which the
+  data path (:func:`shim.synthesis.synthesize`) reserves against the budgets, once it
+  knows what it will generate, and charges as each generation goes out;
+* :class:`OperationsMiddleware` updates the metrics from the request's record when the
+  response has ended;
 * routes: ``GET /metrics`` (:func:`metrics_endpoint`), ``GET /v1/usage`` (a client's
   own usage, :func:`usage_endpoint`) and ``GET /usage`` (every key, for operators,
   guarded like ``/metrics``; ``tts-shim usage`` reads it).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import signal
@@ -36,7 +39,7 @@ from shim.errors import APIError
 from shim.keys import bearer_token
 from shim.metrics import CONTENT_TYPE_LATEST, Metrics
 from shim.prices import MICRO, Prices
-from shim.quota import Clock, Quota, Reservation, Usage
+from shim.quota import Bill, Clock, Quota, Usage
 
 __all__ = [
     "Operations",
@@ -50,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger("tts_shim")
 
-_RESERVATION = "tts_shim_reservation"
+_BILL = "tts_shim_bill"
 _REFUSED = "tts_shim_refused"
 _NO_STORE = {"cache-control": "no-store"}
 #: Longest usage report, days.
@@ -113,11 +116,12 @@ def _ops(scope: Scope) -> Operations | None:
     return ops if isinstance(ops, Operations) else None
 
 
-async def admit(request: Request, model: str, characters: int) -> None:
-    """The admission stage: note the request's model and size on its record, then check
-    its key's limits and budgets and reserve its estimated cost, or raise a 429.
+async def admit(request: Request, model: str, characters: int) -> Bill | None:
+    """The admission stage: note the request's model and size on its record, check its
+    key's rate limits (or raise a 429) and open its bill, to hand to ``synthesize``,
+    which checks the budgets on what it will generate.
 
-    Call after validation and before any upstream call (``synthesize``)."""
+    Call after validation and before any upstream call."""
     client = client_of(request.scope)
     model = Prices.name(model)
     record = logs.current()
@@ -125,21 +129,26 @@ async def admit(request: Request, model: str, characters: int) -> None:
         record.client, record.model, record.characters = client.name, model, characters
     ops = _ops(request.scope)
     if ops is None:
-        return
+        return None
     try:
-        reservation = await ops.quota.admit(
-            client, characters, ops.prices.micros(model, characters)
+        bill = await ops.quota.admit(
+            client,
+            characters,
+            functools.partial(ops.prices.micros, model),
+            functools.partial(ops.metrics.billed, model, client.name),
         )
     except APIError as exc:
         if exc.status == 429:
             request.scope.setdefault("state", {})[_REFUSED] = exc.code
         raise
-    request.scope.setdefault("state", {})[_RESERVATION] = reservation
+    request.scope.setdefault("state", {})[_BILL] = bill  # for the metrics: refused?
+    return bill
 
 
 class OperationsMiddleware:
-    """When a request ends: settle its reservation to what was generated, and update the
-    metrics from its record. Sits inside :class:`~shim.logs.AccessLogMiddleware`."""
+    """When a request ends: update the metrics from its record. Sits inside
+    :class:`~shim.logs.AccessLogMiddleware`. (Money is not counted here: the data path
+    does that as it spends, see :class:`~shim.quota.Bill`.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -154,23 +163,19 @@ class OperationsMiddleware:
         finally:
             ops = _ops(scope)
             if ops is not None:
-                await self._finish(ops, scope, record)
+                self._finish(ops, scope, record)
 
     @staticmethod
-    async def _finish(ops: Operations, scope: Scope, record: logs.RequestLog) -> None:
+    def _finish(ops: Operations, scope: Scope, record: logs.RequestLog) -> None:
         state = scope.get("state", {})
-        reservation = state.get(_RESERVATION)
-        if isinstance(reservation, Reservation) and record.model is not None:
-            characters = record.generated_characters
-            await ops.quota.settle(
-                reservation, characters, ops.prices.micros(record.model, characters)
-            )
         if record.client is None:
             record.client = client_of(scope).name
+        refused = state.get(_REFUSED)
+        bill = state.get(_BILL)
+        if refused is None and isinstance(bill, Bill):
+            refused = bill.refused
         route = getattr(scope.get("route"), "path", None)
-        ops.metrics.observe(
-            record, route if isinstance(route, str) else "unmatched", state.get(_REFUSED)
-        )
+        ops.metrics.observe(record, route if isinstance(route, str) else "unmatched", refused)
         capacity = getattr(getattr(scope["app"].state, "shim", None), "capacity", None)
         if capacity is not None:
             ops.metrics.load(capacity.in_flight, capacity.queued)

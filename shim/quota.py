@@ -8,11 +8,16 @@ replica, surviving restarts) or in this process (each process counts alone):
   weighted by how much of it the last 60 s still cover. O(1) per check for any cost,
   atomic in Redis (a Lua script), and exact for the first N requests.
 * **Spend** (and the usage report) is a ledger of calendar windows: per key and UTC day,
-  and per key and UTC month, requests, characters and micro-dollars. Admitting a
-  request *reserves* its estimated cost, atomically checked against the key's
-  budgets; when the request ends the reservation is settled to what was generated
-  (a cache hit or a failed generation costs nothing). Budgets are checked on what is
-  reserved, so concurrent requests on several replicas cannot overspend together.
+  and per key and UTC month, requests, characters and micro-dollars. Each request has
+  a :class:`Bill`. Before its first generation, once the cache has said which pieces
+  it holds, the request *reserves* the cost of the others, atomically checked against
+  the key's budgets (a cache hit costs nothing, so it is served at any budget). Each
+  generation is counted as spent the moment it is sent, and taken back only when its
+  answer proves it was not billed (an error status, or never sent); a call in flight
+  when the client leaves runs to its answer, so what the AI/ML API accepted is what
+  the ledger holds, to the character. What was reserved and not spent is given back
+  when the request ends. Budgets are checked on what is reserved, so concurrent
+  requests on several replicas cannot overspend together.
 
 A refused request never reaches the AI/ML API: 429 with OpenAI's envelope,
 ``rate_limit_exceeded`` or ``insufficient_quota``, and the wait until it would pass
@@ -26,8 +31,8 @@ import calendar
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -44,11 +49,11 @@ from shim.prices import MICRO
 
 __all__ = [
     "DAY_RETENTION",
+    "Bill",
     "Ledger",
     "MemoryLedger",
     "Quota",
     "RedisLedger",
-    "Reservation",
     "Usage",
     "sliding_wait",
 ]
@@ -56,6 +61,10 @@ __all__ = [
 logger = logging.getLogger("tts_shim")
 
 Clock = Callable[[], float]
+#: The cost of a number of characters of one request's model, in micro-dollars.
+Price = Callable[[int], int]
+#: Told of each generation billed: its characters and micro-dollars (the metrics).
+OnBilled = Callable[[int, int], None]
 #: Days a day's usage is kept (the usage report looks back at most this far).
 DAY_RETENTION = 400
 _MINUTE = 60
@@ -97,18 +106,6 @@ class Usage:
         return self.micros / MICRO
 
 
-@dataclass
-class Reservation:
-    """What admitting a request put in the ledger, to be settled when it ends."""
-
-    name: str
-    day: str
-    month: str
-    characters: int
-    micros: int
-    settled: bool = field(default=False, repr=False)
-
-
 class Ledger(Protocol):
     """Usage by key and calendar window; one implementation in Redis, one in memory."""
 
@@ -121,9 +118,10 @@ class Ledger(Protocol):
         micros: int,
         day_limit: int | None,
         month_limit: int | None,
+        requests: int = 1,
     ) -> str | None:
-        """Add one request, unless it takes the key over a limit (micro-dollars):
-        then add nothing and return ``"day"`` or ``"month"``."""
+        """Add ``requests``, ``characters`` and ``micros``, unless the micro-dollars take
+        the key over a limit: then add nothing and return ``"day"`` or ``"month"``."""
         ...
 
     async def adjust(
@@ -157,6 +155,7 @@ class MemoryLedger:
         micros: int,
         day_limit: int | None,
         month_limit: int | None,
+        requests: int = 1,
     ) -> str | None:
         daily, monthly = self._get(day, name), self._get(month, name)
         if day_limit is not None and daily.micros + micros > day_limit:
@@ -164,7 +163,7 @@ class MemoryLedger:
         if month_limit is not None and monthly.micros + micros > month_limit:
             return "month"
         for usage in (daily, monthly):
-            usage.requests += 1
+            usage.requests += requests
             usage.characters += characters
             usage.micros += micros
         self._prune(day)
@@ -197,7 +196,8 @@ class MemoryLedger:
 
 
 # KEYS: day hash, month hash. ARGV: name, characters, micros, day limit, month limit
-# (-1: none), day TTL s, month TTL s. Returns 0 (added), 1 (over the day), 2 (month).
+# (-1: none), day TTL s, month TTL s, requests. Returns 0 (added), 1 (over the day),
+# 2 (month).
 _RESERVE = """
 local name = ARGV[1]
 local micros = tonumber(ARGV[3])
@@ -208,7 +208,7 @@ local month = tonumber(redis.call('HGET', KEYS[2], name .. ':micros') or '0')
 if day_limit >= 0 and day + micros > day_limit then return 1 end
 if month_limit >= 0 and month + micros > month_limit then return 2 end
 for i = 1, 2 do
-  redis.call('HINCRBY', KEYS[i], name .. ':requests', 1)
+  redis.call('HINCRBY', KEYS[i], name .. ':requests', ARGV[8])
   redis.call('HINCRBY', KEYS[i], name .. ':characters', ARGV[2])
   redis.call('HINCRBY', KEYS[i], name .. ':micros', micros)
 end
@@ -239,6 +239,7 @@ class RedisLedger:
         micros: int,
         day_limit: int | None,
         month_limit: int | None,
+        requests: int = 1,
     ) -> str | None:
         outcome = await self._reserve(
             keys=[self._key(day), self._key(month)],
@@ -250,6 +251,7 @@ class RedisLedger:
                 -1 if month_limit is None else month_limit,
                 DAY_RETENTION * 86400,
                 (DAY_RETENTION + 62) * 86400,
+                requests,
             ],
         )
         return {0: None, 1: "day", 2: "month"}[int(outcome)]
@@ -307,6 +309,161 @@ def sliding_wait(
     return max(left, left + expiry - (limit - cost + 1) * expiry / current)
 
 
+class Bill:
+    """What one request spends, counted where it is spent.
+
+    The request's path calls, in this order:
+
+    * :meth:`reserve` with the sizes of the pieces it will generate (those the cache
+      does not hold), before the first of them is sent: the cost is checked against
+      the key's budgets (a 429 ``insufficient_quota`` when it does not fit) and held;
+    * :meth:`sending` as each generation attempt goes out: from then on it is spent
+      (out of what is held; a piece nobody reserved, one the cache lost meanwhile, is
+      added without a check), and :meth:`answered` with the attempt's outcome: only
+      an answer that proves it was not billed takes it back;
+    * :meth:`close` when the request is over: what is held and was not spent is given
+      back, and the request itself is counted (unless its budget refused it).
+
+    Only :meth:`reserve` waits for the ledger. Every write runs in a task of its own
+    (:meth:`Quota.write`), so cancelling the request's path (a client that hangs up)
+    skips none of them; :meth:`when_idle` runs a callback once no attempt waits for its
+    answer.
+    """
+
+    def __init__(
+        self,
+        quota: Quota,
+        client: Client,
+        price: Price,
+        moment: float,
+        on_billed: OnBilled | None = None,
+    ) -> None:
+        self.quota = quota
+        self.client = client
+        self.price = price
+        self.on_billed = on_billed
+        # The windows the request is counted in: those of the moment it was admitted.
+        self.day, self.month = _day(moment), _month(moment)
+        #: ``insufficient_quota`` once a budget refused the request.
+        self.refused: str | None = None
+        self._held_characters = 0
+        self._held_micros = 0
+        self._counted = False  # the request is in the ledger's ``requests``
+        self._closed = False
+        self._in_flight = 0  # attempts sent and not yet answered
+        self._idle: list[Callable[[], None]] = []
+
+    async def reserve(self, pieces: Sequence[int]) -> None:
+        """Hold the cost of generating ``pieces`` (their sizes in characters), or raise
+        the 429 (over a budget) or 503 (the ledger is unreachable and the key has
+        limits) :class:`APIError` the client should see."""
+        characters = sum(pieces)
+        if characters:
+            micros = sum(self.price(size) for size in pieces)
+            await asyncio.shield(self.quota.write(self._reserve(characters, micros)))
+
+    def sending(self, characters: int) -> None:
+        """A generation attempt of ``characters`` goes out now: count it as spent."""
+        micros = self.price(characters)
+        taken = min(self._held_characters, characters), min(self._held_micros, micros)
+        self._held_characters -= taken[0]
+        self._held_micros -= taken[1]
+        self._in_flight += 1
+        if characters > taken[0] or micros > taken[1]:
+            self.quota.write(self._add(characters - taken[0], micros - taken[1]))
+
+    def answered(self, characters: int, billed: bool) -> None:
+        """The attempt of ``characters`` has its outcome; ``billed=False`` only when it
+        proves the AI/ML API billed nothing (an error status, or never sent)."""
+        self._in_flight -= 1
+        micros = self.price(characters)
+        if billed:
+            if self.on_billed is not None:
+                self.on_billed(characters, micros)
+        elif self._closed:
+            self.quota.write(self._add(-characters, -micros))
+        else:
+            self._held_characters += characters
+            self._held_micros += micros
+        self._check_idle()
+
+    def close(self) -> None:
+        """The request is over: give back what is held, and count the request. Once."""
+        if self._closed:
+            return
+        self._closed = True
+        characters, micros = self._held_characters, self._held_micros
+        self._held_characters = self._held_micros = 0
+        if characters or micros or not (self._counted or self.refused):
+            self.quota.write(self._add(-characters, -micros))
+        self._check_idle()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no attempt waits for its answer (now, usually)."""
+        self._idle.append(callback)
+        self._check_idle()
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether the key has a budget (a reservation can be refused)."""
+        limits = self.client.limits
+        return limits.usd_per_day is not None or limits.usd_per_month is not None
+
+    def _check_idle(self) -> None:
+        if not self._in_flight:
+            callbacks, self._idle = self._idle, []
+            for callback in callbacks:
+                callback()
+
+    def _requests(self) -> int:
+        """1 for the first write of a request that was not counted yet, else 0."""
+        if self._counted or self.refused:
+            return 0
+        self._counted = True
+        return 1
+
+    async def _reserve(self, characters: int, micros: int) -> None:
+        limits = self.client.limits
+        requests = 0 if self._counted else 1
+        try:
+            refused = await self.quota.ledger.reserve(
+                self.client.name,
+                self.day,
+                self.month,
+                characters,
+                micros,
+                None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
+                None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
+                requests,
+            )
+        except (RedisError, OSError) as exc:
+            if limits.any:
+                raise _unavailable(exc) from exc
+            self.quota._warn_outage("usage not recorded", exc)
+            return
+        if refused is not None:
+            self.refused = "insufficient_quota"
+            budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
+            now = self.quota.clock()
+            wait = _until_next_day(now) if refused == "day" else _until_next_month(now)
+            raise _over_budget(refused, budget or 0.0, wait)
+        self._counted = True
+        if self._closed:  # the request ended while the reservation was on its way
+            await self._add(-characters, -micros)
+        else:
+            self._held_characters += characters
+            self._held_micros += micros
+
+    async def _add(self, characters: int, micros: int) -> None:
+        requests = self._requests()
+        try:
+            await self.quota.ledger.adjust(
+                self.client.name, self.day, self.month, requests, characters, micros
+            )
+        except (RedisError, OSError) as exc:
+            self.quota._warn_outage("usage not recorded", exc)
+
+
 class Quota:
     """The admission check (limits and budgets) and the usage ledger, for one app.
 
@@ -319,6 +476,8 @@ class Quota:
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.clock = clock
         self._warned_at: float | None = None  # monotonic time of the last outage warning
+        #: Ledger writes on their way (the loop holds tasks weakly).
+        self._writes: set[asyncio.Task[None]] = set()
 
     @classmethod
     def open(
@@ -341,38 +500,20 @@ class Quota:
         )
         return cls(RedisLedger(client), storage, clock)
 
-    async def admit(self, client: Client, characters: int, micros: int) -> Reservation:
-        """Check ``client``'s limits for a request of ``characters`` costing ``micros``
-        and reserve it, or raise the 429 :class:`APIError` the client should see."""
-        limits = client.limits
-        now = self.clock()
-        day, month = _day(now), _month(now)
-        try:
-            refused = await self.ledger.reserve(
-                client.name,
-                day,
-                month,
-                characters,
-                micros,
-                None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
-                None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
-            )
-        except (RedisError, OSError) as exc:
-            if limits.any:
-                raise _unavailable(exc) from exc
-            self._warn_outage("usage not recorded", exc)
-            return Reservation(client.name, day, month, 0, 0, settled=True)
-        if refused is not None:
-            budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
-            wait = _until_next_day(now) if refused == "day" else _until_next_month(now)
-            raise _over_budget(refused, budget or 0.0, wait)
-        reservation = Reservation(client.name, day, month, characters, micros)
-        try:
-            await self._rate(client, characters)
-        except BaseException:
-            await self.settle(reservation, 0, 0, count=False)
-            raise
-        return reservation
+    async def admit(
+        self,
+        client: Client,
+        characters: int,
+        price: Price,
+        on_billed: OnBilled | None = None,
+    ) -> Bill:
+        """Check ``client``'s rate limits for a request of ``characters`` (a cache hit
+        counts too) and open its :class:`Bill`, or raise the 429 :class:`APIError` the
+        client should see. ``price`` is the cost of characters of the request's model;
+        the budgets are checked later, by :meth:`Bill.reserve`, on what the request
+        will generate."""
+        await self._rate(client, characters)
+        return Bill(self, client, price, self.clock(), on_billed)
 
     async def _rate(self, client: Client, characters: int) -> None:
         checks = (
@@ -392,25 +533,18 @@ class Quota:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
 
-    async def settle(
-        self, reservation: Reservation, characters: int, micros: int, *, count: bool = True
-    ) -> None:
-        """Correct the reservation to what was generated (``characters``, ``micros``).
-        ``count=False`` takes the request itself back out too (it was refused)."""
-        if reservation.settled:
-            return
-        reservation.settled = True
-        requests = 0 if count else -1
-        d_chars = characters - reservation.characters
-        d_micros = micros - reservation.micros
-        if not (requests or d_chars or d_micros):
-            return
-        try:
-            await self.ledger.adjust(
-                reservation.name, reservation.day, reservation.month, requests, d_chars, d_micros
-            )
-        except (RedisError, OSError) as exc:
-            self._warn_outage("usage not settled", exc)
+    def write(self, write: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a ledger write in a task of its own, which the caller's cancellation does
+        not stop; :meth:`usage`, :meth:`report` and :meth:`aclose` wait for it."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _landed(self) -> None:
+        """Wait for the writes on their way: what this process counted, it reports."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
 
     def _warn_outage(self, what: str, exc: BaseException) -> None:
         """One warning a minute (the cache's interval), not one a request, while Redis
@@ -422,6 +556,7 @@ class Quota:
 
     async def usage(self, name: str) -> dict[str, Usage]:
         """``name``'s usage today and this month (UTC)."""
+        await self._landed()
         now = self.clock()
         today, month = await asyncio.gather(
             self.ledger.usage(name, _day(now)), self.ledger.usage(name, _month(now))
@@ -430,12 +565,14 @@ class Quota:
 
     async def report(self, days: int) -> dict[str, dict[str, Usage]]:
         """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first."""
+        await self._landed()
         now = self.clock()
         wanted = [_day(now - 86400 * back) for back in range(max(1, days))]
         reports = await asyncio.gather(*(self.ledger.day_report(day) for day in wanted))
         return dict(zip(wanted, reports, strict=True))
 
     async def aclose(self) -> None:
+        await self._landed()
         await self.ledger.aclose()
 
 

@@ -26,8 +26,9 @@ async def create_speech(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, state.config.max_body_bytes)
     speech = SpeechRequest.from_json(body, state.config.input_limit)
-    await admit(request, speech.model.id, len(speech.input))  # key limits, budget
-    audio = await synthesize(state, job_for(state, request.headers, speech))
+    job = job_for(state, request.headers, speech)
+    bill = await admit(request, speech.model.id, len(speech.input))  # key limits
+    audio = await synthesize(state, job, bill)  # budget: on what the cache lacks
     headers = audio_headers(audio)
     if speech.stream_format == "sse":
         # Speech is billed per character, so usage counts characters (see README).

@@ -5,13 +5,19 @@ and differ only in how they wrap the bytes. It reads top to bottom::
 
     take a speech slot                  (or wait in line, or 429)     shim.limits
     plan: the text in pieces            (one piece when short)        shim.split
+    reserve what the cache lacks        (the budget: 429)             shim.quota
     for each piece, in order of need, at most --split-parallel ahead:
         cache lookup ── hit ──▶ stored audio                          shim.cache
              │ miss: single flight, one generation per key
         the billed generation call      (never paid twice)            shim.upstream
+             counted as it goes out, run to its answer however the request ends
     the first audio bytes in hand, within --deadline
     stream each piece in turn: download, convert, tee into the cache (committed only
     when whole); several pieces stitched into one file                shim.stitch
+
+A cache hit costs nothing, so the budget is checked on the pieces the cache does not
+hold: a one-piece plan reserves after its lookup missed, a longer one after asking the
+cache which of its pieces it holds (:class:`shim.quota.Bill`).
 
 Pieces are the unit of caching: a short request is a one-piece plan whose audio is
 cached in the client's format; the pieces of a long text are made as FLAC (exact at
@@ -33,6 +39,7 @@ import anyio
 from shim import audio, logs
 from shim.cache import CacheKey, Hit, Miss
 from shim.errors import APIError, clean_request_id
+from shim.quota import Bill
 from shim.split import split_text
 from shim.state import State
 from shim.stitch import Piece, stitch
@@ -149,29 +156,51 @@ class Speech:
                 release()
 
 
-async def synthesize(state: State, job: Job) -> Speech:
-    """The audio for ``job`` in ``job.format``, its first bytes in hand.
+async def synthesize(state: State, job: Job, bill: Bill | None = None) -> Speech:
+    """The audio for ``job`` in ``job.format``, its first bytes in hand, paid for
+    through ``bill`` (:func:`shim.operations.admit`'s).
 
     A speech slot is taken first (waiting in line, or a 429) and held until the
-    returned :class:`Speech` is closed. Everything up to the first audio byte must fit
-    in ``--deadline`` seconds, counted once the slot is held; after that, the
-    download's idle timeout governs, so long audio can stream.
+    returned :class:`Speech` is closed and every generation it sent has its answer.
+    Everything up to the first audio byte must fit in ``--deadline`` seconds, counted
+    once the slot is held; after that, the download's idle timeout governs, so long
+    audio can stream.
     """
     record = logs.current()
     waited = time.perf_counter()
-    await state.capacity.acquire()
-    release = state.capacity.release
+    try:
+        await state.capacity.acquire()
+    except BaseException:
+        if bill is not None:
+            bill.close()
+        raise
+    release = _ending(state, bill)
     started = time.perf_counter()
     if record is not None:
         record.queued_ms = (started - waited) * 1000
     try:
-        return await _first_audio(state, job, release)
+        return await _first_audio(state, job, release, bill)
     except BaseException:
         release()
         raise
     finally:
         if record is not None:
             record.upstream_ms = (time.perf_counter() - started) * 1000
+
+
+def _ending(state: State, bill: Bill | None) -> Callable[[], None]:
+    """What ends a request: its bill closed (what it reserved and did not spend given
+    back), then its slot freed, once each generation it sent has its answer (the
+    AI/ML API is still working on those; see shim/upstream/api.py)."""
+
+    def end() -> None:
+        if bill is None:
+            state.capacity.release()
+            return
+        bill.close()
+        bill.when_idle(state.capacity.release)
+
+    return end
 
 
 def plan(state: State, text: str) -> list[str]:
@@ -194,17 +223,22 @@ class _Facts:
     whole: bool = False
 
 
-async def _first_audio(state: State, job: Job, release: Callable[[], None]) -> Speech:
+async def _first_audio(
+    state: State, job: Job, release: Callable[[], None], bill: Bill | None
+) -> Speech:
     texts = plan(state, job.text)
     facts = _Facts()
     record = logs.current()
     if record is not None:
         record.pieces = len(texts)
-    chunks = (
-        _one_piece(state, job, texts[0], facts)
-        if len(texts) == 1
-        else _stitched(state, job, texts, facts)
-    )
+    if len(texts) == 1:
+        chunks = _one_piece(state, job, texts[0], facts, bill)
+    else:
+        if bill is not None:
+            # All of it, before the first piece goes out: a budget that cannot pay for
+            # the whole text refuses it now, not halfway through the audio.
+            await bill.reserve(await _uncached(state, job, texts, bill))
+        chunks = _stitched(state, job, texts, facts, bill)
     deadline = state.config.deadline
     try:
         with anyio.fail_after(deadline):
@@ -301,8 +335,21 @@ class _Prepared:
             await self.miss.abort()
 
 
-async def _prepare(state: State, job: Job, text: str, fmt: str) -> _Prepared:
-    """Look the piece up in the cache; on a miss, generate it (the billed call)."""
+async def _uncached(state: State, job: Job, texts: list[str], bill: Bill) -> list[int]:
+    """The sizes of the pieces of a split text the cache does not hold now (all of
+    them, when the key has no budget to spare the look-ups for)."""
+    if state.cache is None or not job.cache_read or not bill.budgeted:
+        return [len(text) for text in texts]
+    cache = state.cache
+    held = await asyncio.gather(*(cache.holds(job.cache_key(text, PIECE_FORMAT)) for text in texts))
+    return [len(text) for text, found in zip(texts, held, strict=True) if not found]
+
+
+async def _prepare(
+    state: State, job: Job, text: str, fmt: str, bill: Bill | None, reserve: bool
+) -> _Prepared:
+    """Look the piece up in the cache; on a miss, generate it (the billed call), its
+    cost reserved first if ``reserve`` (a one-piece plan: the lookup said it costs)."""
     miss: Miss | None = None
     if state.cache is not None and (job.cache_read or job.cache_write):
         key = job.cache_key(text, fmt)
@@ -312,7 +359,9 @@ async def _prepare(state: State, job: Job, text: str, fmt: str) -> _Prepared:
             return _Prepared(text, fmt, "HIT", hit=found)
         miss = found
     try:
-        ref = await state.upstream.generate(job.body(text, fmt), job.key)
+        if bill is not None and reserve:
+            await bill.reserve([len(text)])
+        ref = await state.upstream.generate(job.body(text, fmt), job.key, bill)
     except BaseException:
         if miss is not None:
             await miss.abort()  # lets a follower waiting on this key try
@@ -320,8 +369,10 @@ async def _prepare(state: State, job: Job, text: str, fmt: str) -> _Prepared:
     return _Prepared(text, fmt, "BYPASS" if miss is None else "MISS", miss=miss, ref=ref)
 
 
-async def _one_piece(state: State, job: Job, text: str, facts: _Facts) -> AsyncGenerator[bytes]:
-    prepared = await _prepare(state, job, text, job.format)
+async def _one_piece(
+    state: State, job: Job, text: str, facts: _Facts, bill: Bill | None
+) -> AsyncGenerator[bytes]:
+    prepared = await _prepare(state, job, text, job.format, bill, reserve=True)
     facts.cache, facts.request_id = prepared.cache, prepared.request_id
     async with aclosing(prepared.audio(state.upstream)) as chunks:
         async for chunk in chunks:
@@ -333,7 +384,7 @@ async def _one_piece(state: State, job: Job, text: str, facts: _Facts) -> AsyncG
 
 
 async def _stitched(
-    state: State, job: Job, texts: list[str], facts: _Facts
+    state: State, job: Job, texts: list[str], facts: _Facts, bill: Bill | None
 ) -> AsyncGenerator[bytes]:
     """The pieces generated ahead (at most ``--split-parallel`` at a time, in order of
     need), streamed strictly in order and stitched into one file."""
@@ -343,7 +394,8 @@ async def _stitched(
     def start_next() -> None:
         if len(tasks) < len(texts):
             text = texts[len(tasks)]
-            tasks.append(asyncio.ensure_future(_prepare(state, job, text, PIECE_FORMAT)))
+            prepare = _prepare(state, job, text, PIECE_FORMAT, bill, reserve=False)
+            tasks.append(asyncio.ensure_future(prepare))
 
     for _ in range(max(1, state.config.split_parallel)):
         start_next()

@@ -134,6 +134,15 @@ class AudioCache:
             if loop.time() >= deadline:
                 return Miss(self.store.writer(digest) if write else None, None)
 
+    async def holds(self, key: CacheKey) -> bool:
+        """Whether the store holds ``key``'s audio now (no single flight: a request that
+        plans ahead, to reserve the cost of what it will generate)."""
+        audio = await self.store.open(key.digest)
+        if audio is None:
+            return False
+        await audio.aclose()
+        return True
+
     async def aclose(self) -> None:
         """Close the store's connections (at shutdown)."""
         await self.store.aclose()

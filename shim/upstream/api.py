@@ -6,11 +6,19 @@ generation request (:mod:`~shim.upstream.generation`, retried only where it cann
 billed), find the audio in the reply (:mod:`~shim.upstream.replies`), then open it
 (:mod:`~shim.upstream.download`, retried freely: downloads are not billed) and hand
 back an :class:`~shim.upstream.stream.AudioStream` whose first bytes have arrived.
+
+A generation attempt, once sent, runs to its answer in a task of its own: a request
+cancelled meanwhile (its client left, its deadline passed) stops waiting for it, and
+starts no further attempt, but the attempt's outcome still reaches the request's
+:class:`Meter`, so what the AI/ML API billed is counted (and an unused audio reply is
+closed).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+from typing import Any, Protocol
 
 from yarl import URL
 
@@ -24,9 +32,19 @@ from shim.upstream.replies import AudioRef
 from shim.upstream.retry import RetryPolicy
 from shim.upstream.stream import AudioStream, UpstreamStats, inline_stream, open_stream
 
-__all__ = ["Upstream"]
+__all__ = ["Meter", "Upstream"]
 
 _AUDIO_ACCEPT = "audio/*, */*;q=0.5"
+
+
+class Meter(Protocol):
+    """What counts one request's generations (:class:`shim.quota.Bill`)."""
+
+    def sending(self, characters: int) -> None:
+        """An attempt of ``characters`` goes out now."""
+
+    def answered(self, characters: int, billed: bool) -> None:
+        """It has its outcome; ``billed=False`` only when that proves nothing was billed."""
 
 
 class Upstream:
@@ -46,6 +64,10 @@ class Upstream:
             config, read_timeout=config.download_timeout, headers={"accept": _AUDIO_ACCEPT}
         )
 
+        #: Generation attempts in flight, and unread replies closing (kept here: the
+        #: loop holds tasks weakly).
+        self._tasks: set[asyncio.Task[Any]] = set()
+
     async def aclose(self) -> None:
         await self._api.close()
         await self._cdn.close()
@@ -54,10 +76,12 @@ class Upstream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
         return await self.open(await self.generate(body, key))
 
-    async def generate(self, body: dict[str, Any], key: str) -> AudioRef:
+    async def generate(
+        self, body: dict[str, Any], key: str, meter: Meter | None = None
+    ) -> AudioRef:
         """The billed call, retried only where it cannot have been billed: where the
-        audio of one generation is."""
-        return await self._generation_retries.run(self._generate, body, key)
+        audio of one generation is. ``meter`` is told of each attempt and its outcome."""
+        return await self._generation_retries.run(self._generate, body, key, meter)
 
     async def open(self, ref: AudioRef) -> AudioStream:
         """Open a generation's audio (downloading it, retried freely), first bytes in."""
@@ -69,13 +93,55 @@ class Upstream:
             exc.request_id = exc.request_id or ref.request_id
             raise
 
-    async def _generate(self, body: dict[str, Any], key: str) -> AudioRef:
+    async def _generate(self, body: dict[str, Any], key: str, meter: Meter | None) -> AudioRef:
         self.stats.tts_calls += 1
-        with logs.upstream_call("generation", len(body.get("text", ""))):  # metrics (issue 13)
-            return await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
+        characters = len(body.get("text", ""))
+        if meter is not None:
+            meter.sending(characters)  # before the task exists: it cannot be missed
+        attempt = asyncio.ensure_future(self._attempt(body, key))
+        self._tasks.add(attempt)
+        attempt.add_done_callback(functools.partial(self._answered, meter, characters))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._drop_reply)  # nobody will read it
+            raise
+
+    async def _attempt(self, body: dict[str, Any], key: str) -> AudioRef:
+        with logs.upstream_call("generation"):  # metrics (issue 13)
+            ref = await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
+        if ref.response is not None:
+            # The reply is the audio itself: its first bytes are read here, as it
+            # arrives, by the task that holds it (and closes it if it is abandoned).
+            try:
+                ref.stream = await self.open(ref)
+            except APIError as exc:
+                exc.billed = True  # a 2xx
+                raise
+        return ref
+
+    def _answered(
+        self, meter: Meter | None, characters: int, attempt: asyncio.Task[AudioRef]
+    ) -> None:
+        self._tasks.discard(attempt)
+        if meter is not None:
+            meter.answered(characters, _billed(attempt))
+
+    def _drop_reply(self, attempt: asyncio.Task[AudioRef]) -> None:
+        """Close the audio reply of an attempt whose request stopped waiting for it."""
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        stream = attempt.result().stream
+        if stream is not None:
+            closing = asyncio.ensure_future(stream.aclose())
+            self._tasks.add(closing)
+            closing.add_done_callback(self._tasks.discard)
 
     async def _open(self, ref: AudioRef) -> AudioStream:
         config = self.config
+        if ref.stream is not None:  # the reply was the audio itself, opened already
+            stream, ref.stream = ref.stream, None
+            return stream
         if ref.response is not None:  # the reply was the audio itself
             return await open_stream(
                 ref.response,
@@ -107,3 +173,12 @@ class Upstream:
                 stats=self.stats,
                 retryable=True,
             )
+
+
+def _billed(attempt: asyncio.Task[AudioRef]) -> bool:
+    """Whether a finished attempt may have been billed: unless its error says it was
+    not (an error status, or never sent). Cut off (at shutdown): it may have been."""
+    if attempt.cancelled():
+        return True
+    error = attempt.exception()
+    return error is None or not isinstance(error, APIError) or error.billed

@@ -5,7 +5,8 @@ failure is marked retryable only when the request provably never reached the AI/
 API (connection refused, connect or pool timeout) or when the API answered 429 or
 5xx with a status line. Anything else (a read timeout after the request went out, a
 2xx whose body is garbage, empty, too large or cut off) may have been billed: it is
-final, for the shim and, through ``x-should-retry: false``, for the client.
+final, for the shim and, through ``x-should-retry: false``, for the client, and
+marked ``billed``, so the key's usage counts it.
 """
 
 from __future__ import annotations
@@ -52,10 +53,23 @@ async def post_generation(
             proxy=proxy,
         )
     except Exception as exc:
-        raise transport_error(exc, PEER, retryable=never_sent(exc)) from exc
+        error = transport_error(exc, PEER, retryable=never_sent(exc))
+        error.billed = not error.retryable
+        raise error from exc
     request_id = safe_request_id(response.headers.get("x-request-id"), key)
     if response.status >= 400:
-        raise await _upstream_error(response, request_id, key)
+        raise await _upstream_error(response, request_id, key)  # billed nothing
+    try:
+        return await _accepted(response, request_id)
+    except APIError as exc:
+        # A 2xx: the generation was made (and billed), whatever came with it; a
+        # redirect (never followed) made nothing.
+        exc.billed = response.status < 300
+        raise
+
+
+async def _accepted(response: aiohttp.ClientResponse, request_id: str | None) -> AudioRef:
+    """Where the audio of a 2xx reply is."""
     if media_type(response).startswith(_AUDIO_TYPES):
         return AudioRef(request_id, response=response)
     try:

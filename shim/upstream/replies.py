@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from shim.errors import APIError
+from shim.upstream.stream import AudioStream
 
 __all__ = ["AudioRef", "error_message", "find_audio"]
 
@@ -29,6 +30,8 @@ class AudioRef:
     inline: bytes | None = None
     #: A binary reply (the audio itself), its body still unread.
     response: aiohttp.ClientResponse | None = None
+    #: That reply opened (its first bytes read): see :class:`shim.upstream.Upstream`.
+    stream: AudioStream | None = None
 
 
 def find_audio(payload: Any, request_id: str | None) -> AudioRef:

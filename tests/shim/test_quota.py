@@ -10,7 +10,7 @@ import pytest
 from shim.clients import Client, Limits
 from shim.errors import APIError
 from shim.prices import MICRO
-from shim.quota import Quota, sliding_wait
+from shim.quota import Bill, Quota, sliding_wait
 from tests.redis_server import RedisServer
 
 
@@ -51,6 +51,22 @@ def _cents(amount: float) -> int:
     return round(amount * MICRO)
 
 
+def _price(characters: int) -> int:
+    """$0.03 per 1,000 characters (tts-1-hd's), in micro-dollars."""
+    return 30 * characters
+
+
+async def _generate(quota: Quota, client: Client, *pieces: int) -> Bill:
+    """One request that reserves ``pieces``, sends each (billed) and ends."""
+    bill = await quota.admit(client, sum(pieces), _price)
+    await bill.reserve(pieces)
+    for size in pieces:
+        bill.sending(size)
+        bill.answered(size, billed=True)
+    bill.close()
+    return bill
+
+
 async def test_over_its_daily_budget_a_key_is_refused_until_the_day_turns(
     quota_factory: type,
 ) -> None:
@@ -59,9 +75,9 @@ async def test_over_its_daily_budget_a_key_is_refused_until_the_day_turns(
     client = Client("mobile-app", Limits(usd_per_day=0.10))
 
     for _ in range(3):  # $0.03 each: $0.09 spent
-        await quota.admit(client, 1000, _cents(0.03))
+        await _generate(quota, client, 1000)
     with pytest.raises(APIError) as caught:
-        await quota.admit(client, 1000, _cents(0.03))
+        await _generate(quota, client, 1000)
 
     error = caught.value
     assert (error.status, error.code, error.type) == (
@@ -76,12 +92,13 @@ async def test_over_its_daily_budget_a_key_is_refused_until_the_day_turns(
     # Still refused a second before midnight; a cheaper request still fits.
     clock.now += 3599
     with pytest.raises(APIError):
-        await quota.admit(client, 1000, _cents(0.03))
-    await quota.admit(client, 300, _cents(0.009))
+        await _generate(quota, client, 1000)
+    await _generate(quota, client, 300)
     clock.now += 1  # 2026-12-02 00:00 UTC
-    await quota.admit(client, 1000, _cents(0.03))
+    await _generate(quota, client, 1000)
     usage = await quota.usage("mobile-app")
     assert (usage["day"].requests, usage["day"].micros) == (1, _cents(0.03))
+    # The refused requests are not counted.
     assert usage["month"].requests == 5
     assert usage["month"].micros == _cents(0.129)
 
@@ -93,34 +110,93 @@ async def test_a_monthly_budget_waits_for_the_first_of_the_next_month(
     quota: Quota = quota_factory(clock)  # type: ignore[call-arg]
     client = Client("batch", Limits(usd_per_month=0.05, usd_per_day=1.0))
 
-    await quota.admit(client, 1000, _cents(0.05))
+    await _generate(quota, client, 1000, 666)  # $0.04998
     with pytest.raises(APIError) as caught:
-        await quota.admit(client, 1, 15)
+        await _generate(quota, client, 1)
 
     assert caught.value.headers["retry-after"] == str(12 * 3600)
     clock.now += 12 * 3600
-    await quota.admit(client, 1, 15)
+    await _generate(quota, client, 1)
 
 
-async def test_a_settled_reservation_costs_what_was_generated(quota_factory: type) -> None:
+async def test_a_bill_keeps_what_was_sent_and_gives_back_the_rest(quota_factory: type) -> None:
     clock = FakeClock(datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc))
     quota: Quota = quota_factory(clock)  # type: ignore[call-arg]
     client = Client("k", Limits(usd_per_day=0.05))
 
-    # A cache hit: reserved $0.03, generated nothing.
-    reservation = await quota.admit(client, 1000, _cents(0.03))
-    await quota.settle(reservation, 0, 0)
-    await quota.settle(reservation, 0, 0)  # settling twice changes nothing
-    # So the budget still has room for another $0.05.
-    await quota.admit(client, 1000, _cents(0.05))
+    # Three pieces reserved ($0.045 held: nothing else fits meanwhile); one sent and
+    # billed, one answered with an error status (not billed), one never sent.
+    bill = await quota.admit(client, 1500, _price)
+    await bill.reserve([500, 500, 500])
+    with pytest.raises(APIError):
+        await _generate(quota, client, 200)
+    bill.sending(500)
+    bill.answered(500, billed=True)
+    bill.sending(500)
+    bill.answered(500, billed=False)
+    bill.close()
+    bill.close()  # closing twice changes nothing
 
     usage = await quota.usage("k")
-    assert (usage["day"].requests, usage["day"].characters) == (2, 1000)
-    assert usage["day"].micros == _cents(0.05)
+    assert (usage["day"].requests, usage["day"].characters) == (1, 500)
+    assert usage["day"].micros == _cents(0.015)
+    # So the budget has room for another $0.035.
+    await _generate(quota, client, 1000, 166)
     report = await quota.report(2)
     assert list(report) == ["2026-12-01", "2026-11-30"]
-    assert report["2026-12-01"]["k"].micros == _cents(0.05)
+    assert report["2026-12-01"]["k"].micros == _cents(0.015) + 30 * 1166
     assert report["2026-11-30"] == {}
+
+
+async def test_a_generation_answered_after_its_request_ended_is_still_counted(
+    quota_factory: type,
+) -> None:
+    # The client left while two attempts were out: the request ended (its bill closed)
+    # before their answers came, one billed, one an error status.
+    clock = FakeClock(datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc))
+    quota: Quota = quota_factory(clock)  # type: ignore[call-arg]
+    client = Client("gone", Limits(usd_per_day=1.0))
+    bill = await quota.admit(client, 3000, _price)
+    await bill.reserve([1000, 1000, 1000])
+    bill.sending(1000)
+    bill.sending(1000)
+    freed: list[str] = []
+    bill.close()
+    bill.when_idle(lambda: freed.append("slot"))
+
+    assert freed == []  # the upstream is still working for this request
+    during = await quota.usage("gone")
+    assert during["day"].characters == 2000  # sent: counted; never sent: given back
+    bill.answered(1000, billed=True)
+    bill.answered(1000, billed=False)
+    assert freed == ["slot"]
+    usage = await quota.usage("gone")
+    assert (usage["day"].requests, usage["day"].characters) == (1, 1000)
+    assert usage["day"].micros == 30 * 1000
+
+
+async def test_a_piece_the_cache_lost_is_charged_without_a_check(quota_factory: type) -> None:
+    # Reserved nothing (the cache held the piece when the request planned), then
+    # generated it: it was sent, so it is counted, budget or not.
+    clock = FakeClock(datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc))
+    quota: Quota = quota_factory(clock)  # type: ignore[call-arg]
+    client = Client("lost", Limits(usd_per_day=0.01))
+    bill = await quota.admit(client, 1000, _price)
+    await bill.reserve([])
+    bill.sending(1000)
+    bill.answered(1000, billed=True)
+    bill.close()
+
+    usage = await quota.usage("lost")
+    assert (usage["day"].requests, usage["day"].micros) == (1, _cents(0.03))
+    with pytest.raises(APIError) as caught:
+        await _generate(quota, client, 1)
+    assert caught.value.code == "insufficient_quota"
+    # A cache hit costs nothing: it still passes.
+    hit = await quota.admit(client, 1000, _price)
+    await hit.reserve([])
+    hit.close()
+    assert (await quota.usage("lost"))["day"].requests == 2
 
 
 async def test_requests_per_minute_refuse_the_next_with_a_retry_after(
@@ -131,16 +207,16 @@ async def test_requests_per_minute_refuse_the_next_with_a_retry_after(
     client = Client("rpm", Limits(requests_per_minute=3))
 
     for _ in range(3):
-        await quota.admit(client, 10, 150)
+        await _generate(quota, client, 10)
     with pytest.raises(APIError) as caught:
-        await quota.admit(client, 10, 150)
+        await quota.admit(client, 10, _price)
 
     error = caught.value
     assert (error.status, error.code) == (429, "rate_limit_exceeded")
     assert error.retryable
     assert error.retry_after is not None
     assert 1 <= error.retry_after <= 120
-    # The refused request was taken back out of the usage.
+    # The refused request is not in the usage.
     usage = await quota.usage("rpm")
     assert usage["day"].requests == 3
 
@@ -150,13 +226,13 @@ async def test_characters_per_minute_count_each_requests_length(quota_factory: t
     quota: Quota = quota_factory(clock)  # type: ignore[call-arg]
     client = Client("cpm", Limits(characters_per_minute=1000))
 
-    await quota.admit(client, 600, 0)
-    await quota.admit(client, 400, 0)
+    await quota.admit(client, 600, _price)
+    await quota.admit(client, 400, _price)
     with pytest.raises(APIError) as caught:
-        await quota.admit(client, 1, 0)
+        await quota.admit(client, 1, _price)
     assert caught.value.code == "rate_limit_exceeded"
     with pytest.raises(APIError) as alone:
-        await quota.admit(client, 1001, 0)
+        await quota.admit(client, 1001, _price)
     # More than the limit in one request can never pass: no point retrying.
     assert not alone.value.retryable
     assert alone.value.retry_after is None
@@ -180,16 +256,19 @@ def test_sliding_wait_finds_when_the_cost_fits() -> None:
 async def test_redis_going_away_warns_once_a_minute_not_once_a_request(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Hits reserved before Redis went away are settled after: each would warn.
+    # Requests that reserved before Redis went away end after it: each would warn.
     with RedisServer() as server:
         quota = Quota.open(server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
         client = Client("k", Limits())
-        reservations = [await quota.admit(client, 100, _cents(0.003)) for _ in range(3)]
+        bills = [await quota.admit(client, 100, _price) for _ in range(3)]
+        for bill in bills:
+            await bill.reserve([100])
         server.stop()
-        for reservation in reservations:
-            await quota.settle(reservation, 0, 0)
-        await quota.admit(client, 100, _cents(0.003))  # not recorded: no warning either
+        for bill in bills:
+            bill.close()
+        late = await quota.admit(client, 100, _price)
+        await late.reserve([100])  # not recorded: no second warning either
         await quota.aclose()
 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["usage not settled: Redis unavailable (ConnectionError)"]
+    assert warnings == ["usage not recorded: Redis unavailable (ConnectionError)"]
