@@ -501,3 +501,59 @@ async def test_no_retries_means_one_attempt() -> None:
         await RetryPolicy(retries=0, max_wait=1.0).run(_failing([_busy()], calls, "once"))
 
     assert calls == ["once"]
+
+
+# -- an attempt sent is run to its answer, and counted ---------------------------------
+
+
+class _Meter:
+    """Records what :meth:`Upstream.generate` tells the request's bill."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def sending(self, characters: int) -> None:
+        self.calls.append(("sending", characters))
+
+    def answered(self, characters: int, billed: bool) -> None:
+        self.calls.append(("answered", characters, billed))
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("step", "billed"),
+    [
+        ({"shape": "binary"}, True),  # the audio itself: opened, then closed unread
+        ({"shape": "url-object"}, True),
+        ({"status": 400}, False),  # an error status: nothing was billed
+        ({"status": 500, "times": 3}, False),  # and no retry, once nobody waits
+    ],
+)
+async def test_an_attempt_its_request_stopped_waiting_for_still_reaches_the_meter(
+    upstream: MockUpstream, step: dict[str, Any], billed: bool
+) -> None:
+    upstream.scenario([{**step, "delay_ms": 300}])
+    upstream_client = Upstream(Config(upstream_url=upstream.url, tts_retries=2))
+    meter = _Meter()
+    body = {"model": "openai/tts-1", "text": "Hello", "voice": "alloy", "response_format": "wav"}
+    try:
+        waiting = asyncio.ensure_future(upstream_client.generate(body, "key", meter))
+        await _until(lambda: generations(upstream) == 1)  # sent, not yet answered
+        waiting.cancel()  # the client left
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert meter.calls == [("sending", 5)]
+
+        await _until(lambda: len(meter.calls) == 2)
+        assert meter.calls == [("sending", 5), ("answered", 5, billed)]
+        await _until(lambda: upstream_client.stats.open_streams == 0)
+        assert upstream_client.stats.open_streams == 0
+        assert generations(upstream) == 1
+    finally:
+        await upstream_client.aclose()
