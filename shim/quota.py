@@ -260,11 +260,14 @@ class RedisLedger:
         self, name: str, day: str, month: str, requests: int, characters: int, micros: int
     ) -> None:
         pipe = self.client.pipeline(transaction=True)
-        for window in (day, month):
+        # The window's first write may be this one (a cache hit's request, say): it sets
+        # the windows' lifetimes as the reservation script does.
+        for window, days in ((day, DAY_RETENTION), (month, DAY_RETENTION + 62)):
             if requests:
                 pipe.hincrby(self._key(window), f"{name}:requests", requests)
             pipe.hincrby(self._key(window), f"{name}:characters", characters)
             pipe.hincrby(self._key(window), f"{name}:micros", micros)
+            pipe.expire(self._key(window), days * 86400)
         await pipe.execute()
 
     async def usage(self, name: str, window: str) -> Usage:
@@ -416,7 +419,7 @@ class Bill:
                 callback()
 
     def _requests(self) -> int:
-        """1 for the first write of a request that was not counted yet, else 0."""
+        """1 for the first write of a request (it counts the request), else 0."""
         if self._counted or self.refused:
             return 0
         self._counted = True
@@ -424,7 +427,7 @@ class Bill:
 
     async def _reserve(self, characters: int, micros: int) -> None:
         limits = self.client.limits
-        requests = 0 if self._counted else 1
+        requests = self._requests()
         try:
             refused = await self.quota.ledger.reserve(
                 self.client.name,
@@ -447,7 +450,6 @@ class Bill:
             now = self.quota.clock()
             wait = _until_next_day(now) if refused == "day" else _until_next_month(now)
             raise _over_budget(refused, budget or 0.0, wait)
-        self._counted = True
         if self._closed:  # the request ended while the reservation was on its way
             await self._add(-characters, -micros)
         else:

@@ -272,3 +272,20 @@ async def test_redis_going_away_warns_once_a_minute_not_once_a_request(
 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["usage not recorded: Redis unavailable (ConnectionError)"]
+
+
+async def test_a_window_whose_first_write_is_a_hit_still_expires(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.client().flushall()
+    quota = Quota.open(redis_server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
+    try:
+        hit = await quota.admit(Client("k", Limits()), 100, _price)
+        await hit.reserve([])  # all of it in the cache
+        hit.close()
+        assert (await quota.usage("k"))["day"].requests == 1
+    finally:
+        await quota.aclose()
+
+    for window in ("2026-12-01", "2026-12"):
+        assert redis_server.client().ttl(f"tts-shim:usage:{window}") > 0
