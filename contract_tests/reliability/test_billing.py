@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import routes, settle
@@ -111,6 +112,7 @@ def test_a_client_that_leaves_after_the_first_chunk_pays_what_went_upstream(
         # Character for character, and cent for cent.
         assert usage["characters"] == sum(accepted)
         assert round(usage["usd"] * MICRO) == sum(_price(size) for size in accepted)
+        assert _metric(shim, "tts_shim_characters_total") == sum(accepted)  # the metrics too
         assert 0 < sent < len(TEXT)  # the hang-up did cut the text short
 
     record("billing_hang_up", ledger=_where(ledger), budget=BUDGET, rounds=rounds)
@@ -126,3 +128,13 @@ def _usage(shim: ShimServer) -> dict[str, Any]:
     reply.raise_for_status()
     day: dict[str, Any] = reply.json()["day"]
     return day
+
+
+def _metric(shim: ShimServer, name: str) -> float:
+    text = httpx.get(shim.url + "/metrics", verify=LOOPBACK_TLS).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("key") == "reader"
+    )
