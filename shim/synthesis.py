@@ -325,12 +325,15 @@ class _Prepared:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Let go of the cache entry (a miss not committed stores nothing)."""
+        """Let go of the cache entry (a miss not committed stores nothing) and of a
+        reply that is the audio itself, if it was never streamed."""
         if self._closed:
             return
         self._closed = True
         if self.hit is not None:
             await self.hit.audio.aclose()
+        if self.ref is not None and self.ref.stream is not None:
+            await self.ref.stream.aclose()
         if self.miss is not None:
             await self.miss.abort()
 

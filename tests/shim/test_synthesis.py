@@ -17,7 +17,7 @@ from mockserver.audio import encode
 from shim.cache.disk import _DiskWriter
 from shim.catalog import FORMATS
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import generations, inline_audio, last_response, sent_bodies
+from tests.shim.conftest import generations, inline_audio, last_response, sent_bodies, state_of
 
 SPEECH = "/v1/audio/speech"
 BODY = {"model": "tts-1-hd", "input": "Pay once per sentence.", "voice": "nova"}
@@ -298,3 +298,29 @@ async def test_a_piece_that_fails_first_is_an_error_answer(
     response = await client.post(SPEECH, json={**BODY, "input": LONG[:6000]})
 
     assert response.status_code == 400
+
+
+async def test_pieces_made_ahead_as_audio_replies_are_closed_when_the_text_fails(
+    shim: Any, short_clips: MockUpstream
+) -> None:
+    # Every reply is the audio itself (opened as it arrives); the first piece's is cut
+    # off mid-body, while the next one has been made ahead and is never streamed.
+    short_clips.scenario(
+        [
+            {"shape": "binary", "fault": "truncated"},
+            {"shape": "binary", "delay_ms": 0, "times": 50},
+        ]
+    )
+    client = shim(tts_retries=0, split_parallel=1)
+    body = {**BODY, "input": LONG[:6000], "response_format": "flac"}
+    response = await client.post(SPEECH, json=body)
+    state = state_of(client)
+    for _ in range(500):
+        if (state.capacity.in_flight, state.upstream.stats.open_streams) == (0, 0):
+            break
+        await asyncio.sleep(0.01)
+
+    assert response.status_code == 502  # before any audio was sent
+    assert response.json()["error"]["code"] == "audio_download_failed"
+    assert generations(short_clips) >= 2
+    assert (state.capacity.in_flight, state.upstream.stats.open_streams) == (0, 0)
