@@ -331,6 +331,8 @@ def test(argv: list[str]) -> int:
     environ = _test_environ()
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
+    with tempfile.TemporaryDirectory() as site:  # the docs site builds, links and all
+        _run(BIN / "mkdocs", "build", "--strict", "--quiet", "--site-dir", site)
     with ThreadPoolExecutor(max_workers=3) as pool:
         # Beside the main run, their output kept for its end: the type check, and (the
         # whole run) the oldest SDK and the wheel.
