@@ -7,8 +7,10 @@ runs them on the newest ``openai`` SDK and again on the oldest the README claims
 
 How a block runs, by default:
 
-* ``python``: in a fresh interpreter (this one: the installed SDK), in a scratch
-  directory, with top-level ``await`` allowed; tracebacks name README.md's own lines.
+* ``python``: as a user runs it: saved to a file in a scratch directory and run by
+  ``python example.py`` (this interpreter: the installed SDK), so code that is not a
+  valid script (a module-level ``await`` or ``async with``) fails; the file's lines are
+  README.md's own, so a traceback's line numbers point into the README.
 * ``sh``: ``bash -euo pipefail`` in a scratch directory, with ``curl`` failing on an
   HTTP error status (``--fail-with-body`` is added), ``AIMLAPI_KEY`` set to a dummy
   key, and the package's console scripts on ``PATH``.
@@ -22,7 +24,7 @@ the package's own pytest fixtures. After a block ran, every audio file it wrote
 An HTML comment on the line before a block changes how it runs:
 
 * ``<!-- readme-test: continues -->``: run it after the Python block before it (and
-  that block's own predecessors), in the same namespace (``client`` carries on);
+  that block's own predecessors), in the same script (``client`` carries on);
 * ``<!-- readme-test: pytest -->``: the block is a user's test file; it is written to
   a scratch project and run by pytest there, the plugin loaded by its entry point;
 * ``<!-- readme-test: server -->``: the block starts a server; it is started (ports
@@ -35,7 +37,6 @@ An HTML comment on the line before a block changes how it runs:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -70,16 +71,8 @@ LIMIT = 120.0
 # traced, they cost half again as much CPU.
 pytestmark = pytest.mark.no_cover
 
-_RUNNER = """
-import ast, asyncio, json, sys
-namespace = {"__name__": "__main__"}
-for line, source in json.load(sys.stdin):
-    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-    code = compile("\\n" * (line - 1) + source, "README.md", "exec", flags=flags)
-    result = eval(code, namespace)
-    if asyncio.iscoroutine(result):
-        asyncio.run(result)
-"""
+#: The file a Python block is saved to and run as (not a module name users import).
+SCRIPT = "example.py"
 
 
 @dataclass(frozen=True)
@@ -184,11 +177,21 @@ def _completed(proc: subprocess.CompletedProcess[str], example: Example) -> None
     )
 
 
+def _script(blocks: list[tuple[int, str]], cwd: Path) -> list[str]:
+    """Save the blocks, in order, as one script whose lines are README.md's lines (blank
+    lines in between), and return the command that runs it as a user would."""
+    lines: list[str] = []
+    for line, source in blocks:
+        assert len(lines) < line, f"README.md:{line}: blocks out of order"
+        lines += [""] * (line - 1 - len(lines)) + source.splitlines()
+    (cwd / SCRIPT).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [sys.executable, SCRIPT]
+
+
 def _run_python(example: Example, env: dict[str, str], cwd: Path, shim: str, mock: str) -> None:
     blocks = [(e.line, _addresses(e.source, shim, mock)) for e in (*example.before, example)]
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER],
-        input=json.dumps(blocks),
+        _script(blocks, cwd),
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -248,23 +251,19 @@ def _run_server(example: Example, env: dict[str, str], cwd: Path) -> None:
     port = free_port()
     source = re.sub(r"\b(?:8000|8100)\b", str(port), example.source)
     if example.language == "python":
-        command = [sys.executable, "-c", _RUNNER]
-        stdin: str | None = json.dumps([(example.line, source)])
+        command = _script([(example.line, source)], cwd)
     else:
-        command, stdin = [_bash(), "-euo", "pipefail", "-c", source], None
+        command = [_bash(), "-euo", "pipefail", "-c", source]
     proc = subprocess.Popen(
         command,
         cwd=cwd,
         env=env,
-        stdin=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # SIGTERM reaches bash's child too
     )
-    assert proc.stdin is not None
-    proc.stdin.write(stdin or "")
-    proc.stdin.close()
     try:
         response = _answers(port, proc)
         # The shim has /healthz; the mock answers it with its own 404 body: HTTP either way.
