@@ -275,12 +275,6 @@ def clear(cache_dir: str | None, redis_url: str | None) -> None:
     click.echo(f"removed {removed} entries")
 
 
-def _add_mock_command() -> None:
-    from mockserver.cli import main as mock_command
-
-    main.add_command(mock_command, name="mock")
-
-
 def _mock_command() -> click.Command:
     # Imported when used: the mock needs numpy, which only the ``mock`` extra installs.
     try:

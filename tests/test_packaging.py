@@ -82,3 +82,13 @@ def test_importing_the_app_loads_neither_pyav_nor_numpy_nor_the_mock() -> None:
     ).stdout.strip()
 
     assert loaded == "[]"
+
+
+def test_the_public_api_is_what_users_use() -> None:
+    import shim
+
+    assert sorted(shim.__all__) == ["Config", "__version__", "create_app"]
+    for name in shim.__all__:
+        assert getattr(shim, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Upstream'"):
+        _ = shim.Upstream  # type: ignore[attr-defined]
