@@ -49,7 +49,7 @@ SAVED = {
 }
 
 
-#: How the README's sentence "Three majors run side by side" spells the count.
+#: How the testing page's sentence "Three majors run side by side" spells the count.
 _COUNT = {2: "Two", 3: "Three", 4: "Four"}
 
 
@@ -123,7 +123,7 @@ def test_the_node_sdk_against_the_shim(package: str, tts_shim: ShimServer, tmp_p
 def test_the_majors_are_stated_the_same_everywhere() -> None:
     manifest = json.loads((HERE / "package.json").read_text())
     lock = json.loads((HERE / "package-lock.json").read_text())["packages"]
-    readme = (HERE.parents[1] / "README.md").read_text()
+    readme = (HERE.parents[1] / "docs" / "testing.md").read_text()
 
     assert tuple(manifest["devDependencies"]) == PACKAGES
     versions = {package: lock[f"node_modules/{package}"]["version"] for package in PACKAGES}
@@ -137,5 +137,5 @@ def test_the_majors_are_stated_the_same_everywhere() -> None:
         assert f"| `{package}` | {major}.x, locked in `package-lock.json` |" in readme
     for package, version in versions.items():
         assert package == f"openai-v{version.split('.')[0]}"
-    # The README's sentence says how many majors the table lists.
+    # The testing page's sentence says how many majors the table lists.
     assert f"{_COUNT[len(PACKAGES)]} majors run side by side" in readme
