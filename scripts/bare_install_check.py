@@ -76,7 +76,7 @@ def user_tests_pass(test_file: Path) -> int:
 
 
 def main(test_file: Path) -> int:
-    assert importlib.util.find_spec("numpy") is None, "numpy is installed without an extra"
+    assert importlib.util.find_spec("numpy") is None, "pip install tts-shim brought numpy"
     import shim.app  # noqa: F401  (what a user's code imports)
 
     assert "av" not in sys.modules, "importing the app loaded PyAV"
