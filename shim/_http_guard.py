@@ -50,7 +50,6 @@ _HOOKS = (
     "data_received",
     "on_message_begin",
     "on_url",
-    "on_header",
     "on_headers_complete",
     "on_body",
     "on_message_complete",
@@ -102,58 +101,71 @@ class _HeadGuard(_Base):
     :data:`MAX_HEADER_BYTES` the client gets a 400 and the connection is closed. Bodies
     are never counted.
 
-    The time limit: a timer from the connection's opening, and from the end of each
-    response, stopped when a head is complete. When it fires on a connection that sent
+    The time limit: a deadline from the connection's opening, and from the end of each
+    response, lifted when a head is complete. When it passes on a connection that sent
     nothing since a response, the connection is left to uvicorn's keep-alive timeout,
-    and the first byte it sends later starts a timer of its own.
+    and the first byte it sends later sets a deadline of its own.
     """
 
     head_timeout = 10.0
 
+    _loop: asyncio.AbstractEventLoop | None = None
     _transport: asyncio.Transport | None = None
+    #: When the head awaited must be complete; ``None``: none is awaited (a request is
+    #: being answered, or the connection idles after a response past its deadline).
+    _deadline: float | None = None
+    #: Whether the deadline is one after a response (then an idle connection may stay).
+    _idle_ok = False
+    #: Whether bytes arrived since the last response ended.
+    _stirred = False
+    #: One timer at a time, re-armed when it fires before a deadline moved later: a
+    #: kept-alive connection does not make and cancel a timer per request.
     _timer: asyncio.TimerHandle | None = None
     #: Requests whose head was read and whose response is not complete.
     _open = 0
-    #: Whether bytes arrived since the timer started after a response.
-    _stirred = False
     _refused = False
     _in_head = False
-    #: The current head: its bytes counted so far, its size as parsed, its target.
+    #: The current head: its bytes counted so far, and its target (the URL).
     _head_bytes = 0
-    _head_size = 0
     _target = b""
     #: Bytes of the current read that belong to anything but a head still incomplete.
     _elsewhere = 0
 
     # -- the time limit ----------------------------------------------------------------
 
-    def _arm(self, *, idle_ok: bool) -> None:
-        self._disarm()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.head_timeout, self._timed_out, idle_ok)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self, idle_ok: bool) -> None:
-        self._timer = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
+    def _await_head(self, *, idle_ok: bool) -> None:
+        loop = self._loop
+        if loop is None:
             return
-        if idle_ok and not (self._stirred or self._in_head):
+        self._deadline = loop.time() + self.head_timeout
+        self._idle_ok = idle_ok
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        deadline, loop, transport = self._deadline, self._loop, self._transport
+        if deadline is None or loop is None or transport is None or transport.is_closing():
+            return
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._check)
+            return
+        self._deadline = None
+        if self._idle_ok and not (self._stirred or self._in_head):
             return  # idle since the response: the keep-alive timeout's to close
         logger.debug("no whole request head within %g s: connection closed", self.head_timeout)
         transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        self._loop = asyncio.get_running_loop()
         self._transport = transport  # type: ignore[assignment]
-        self._arm(idle_ok=False)
+        self._await_head(idle_ok=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -162,7 +174,7 @@ class _HeadGuard(_Base):
         transport = self._transport
         if self._open == 0 and transport is not None and not transport.is_closing():
             self._stirred = False
-            self._arm(idle_ok=True)
+            self._await_head(idle_ok=True)
 
     # -- the cap -----------------------------------------------------------------------
 
@@ -170,8 +182,8 @@ class _HeadGuard(_Base):
         if self._refused:
             return
         self._stirred = True
-        if self._timer is None and self._open == 0:
-            self._arm(idle_ok=False)  # the first bytes after an idle spell
+        if self._deadline is None and self._open == 0:
+            self._await_head(idle_ok=False)  # the first bytes after an idle spell
         self._elsewhere = 0
         super().data_received(data)
         transport = self._transport
@@ -183,25 +195,22 @@ class _HeadGuard(_Base):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = self._head_size = 0
+        self._head_bytes = 0
         self._target = b""
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
         self._target += url
-        self._head_size += len(url)
         super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        self._disarm()
+        self._deadline = None
         self._in_head = False
-        size = self._head_size + _HEAD_FRAMING
+        size = len(self._target) + _HEAD_FRAMING
+        # The scope's headers are complete by now; 4: ": " and CRLF.
+        size += sum(len(name) + len(value) + 4 for name, value in self.scope["headers"])
         # What of this read the head took; the rest of a head still arriving is counted.
         self._elsewhere += max(size - self._head_bytes, 0)
         if size > MAX_HEADER_BYTES:
@@ -228,7 +237,7 @@ class _HeadGuard(_Base):
     def _refuse(self) -> None:
         """Answer 400 and close; the rest of what was read is parsed for nothing."""
         self._refused = True
-        self._disarm()
+        self._deadline = None
         logger.warning("Request head over %d bytes: connection closed.", MAX_HEADER_BYTES)
         self.send_400_response("Request header fields too large.")
 
