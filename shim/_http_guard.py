@@ -85,7 +85,8 @@ def guarded(app: ASGIApp, *, head_timeout: float) -> tuple[ASGIApp, dict[str, An
         logger.warning(
             "this uvicorn's httptools protocol lacks what tts-shim's request-head guard "
             "uses: serving on h11 with its %d KiB head cap; --head-timeout is not "
-            "enforced (idle connections still close after --keep-alive-timeout)",
+            "enforced (only a connection idle after a response is closed, after "
+            "--keep-alive-timeout)",
             MAX_HEADER_BYTES // 1024,
         )
     return _CheckedHead(app), {"http": "h11", "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
