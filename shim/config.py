@@ -356,6 +356,16 @@ class Config:
     keep_alive_timeout: float = _setting(
         30.0, "Seconds an idle client connection is kept for its next request.", positive=True
     )
+    #: Seconds a client has to send a whole request head (request line and headers),
+    #: counted from connecting, or from the end of the previous response on a kept-alive
+    #: connection (a head begun after that idle spell gets as long from its first byte).
+    #: Without it a thousand connections that never finish a head hold every descriptor.
+    head_timeout: float = _setting(
+        10.0,
+        "Seconds a client has to send a whole request head, from connecting or from the "
+        "end of the previous response; then the connection is closed.",
+        positive=True,
+    )
     # -- the audio cache (shim/cache) ------------------------------------------------
     cache: bool = _setting(
         True,
