@@ -74,12 +74,11 @@ def test_redis_going_away_costs_the_cache_not_the_requests(
     answers = [_speak(shim) for _ in range(5)]
 
     assert {a.status_code for a in answers} == {200}
-    assert {a.headers["x-cache"] for a in answers} == {"MISS"}
+    assert {a.headers["x-cache"] for a in answers} == {"BYPASS"}  # served as if uncached
     assert _generations(mock) == 6
     warnings = [line for line in shim.log_lines() if line["level"] == "warning"]
-    cache_outage = [line for line in warnings if "cache" in line["message"].lower()]
-    assert len(cache_outage) == 1, warnings  # one warning, not one per request
-    assert len(warnings) <= 2, warnings  # and the usage ledger's, once too
+    assert len(warnings) == 1, warnings  # one warning, not one per request
+    assert "uncached" in warnings[0]["message"]
 
 
 def test_a_download_cut_in_the_middle_is_not_cached(

@@ -9,7 +9,7 @@ import pytest
 
 from shim.cache import CacheCorrupt, CacheUnavailable, RedisAudioStore
 from tests.redis_server import RedisServer
-from tests.shim.cache.conftest import SMALL_CHUNK, audio, put, read, redis_store
+from tests.shim.cache.conftest import SMALL_CHUNK, audio, put, read, redis_store, until_up
 
 DIGEST = "c" * 64
 
@@ -135,15 +135,23 @@ async def test_redis_stopped_mid_run_degrades_to_no_cache_and_warns_once(
             assert not await put(store, "d" * 64, audio(3000))
     warnings = [r for r in caplog.records if r.name == "tts_shim" and "Redis" in r.message]
     assert len(warnings) == 1
-    assert "once a minute" in warnings[0].message
+    assert "serving without it until it does" in warnings[0].message
+    assert not store.available
 
     with pytest.raises(CacheUnavailable):
         await store.stats()
     with pytest.raises(CacheUnavailable):
         await store.clear()
 
-    # Back on the same port: the cache works again (the data was not persisted).
+    # Back on the same port: the next PING closes the breaker, and the cache works
+    # again (the data was not persisted), with one line saying so.
     redis_server.start()
+    with caplog.at_level(logging.INFO, logger="tts_shim"):
+        await until_up(store.outage)
+    assert [r.message for r in caplog.records if r.levelname == "INFO"] == [
+        "Redis answers again; the cache, the limits and usage use it again"
+    ]
+    assert store.available
     assert await store.open(DIGEST) is None
     assert await put(store, DIGEST, audio(3000))
     assert await read(await store.open(DIGEST)) == audio(3000)
