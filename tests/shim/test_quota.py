@@ -205,5 +205,3 @@ async def test_redis_going_away_warns_once_not_once_a_request_and_refuses_limite
     assert warnings[0].startswith("Redis does not answer (ConnectionError: ")
     assert quota.outage is not None
     assert quota.outage.skipped >= 4  # the rest were not even tried
-
-
