@@ -82,7 +82,8 @@ class DiskAudioStore:
 
     @property
     def available(self) -> bool:
-        """A local directory is always there (a failing disk shows as misses)."""
+        """A local directory is always there (a full disk still serves what it holds;
+        see :attr:`writes`)."""
         return True
 
     async def open(self, digest: str) -> CachedAudio | None:
@@ -191,8 +192,9 @@ def _open_index(directory: Path, max_bytes: int) -> diskcache.Cache:
             timeout=2.0,
         )
     except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CacheUnavailable(f"cannot use the cache directory {directory}: {reason}") from None
+        raise CacheUnavailable(
+            f"cannot use the cache directory {directory}: {_reason(exc)}"
+        ) from None
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:
@@ -201,6 +203,7 @@ def _disk_full(exc: sqlite3.Error) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
+    """What went wrong, in a few words (an OSError's text without its number)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
