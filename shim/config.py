@@ -398,6 +398,15 @@ class Config:
         "Prefer the environment variable if it holds a password: flags show in ps.",
         secret=True,
     )
+    #: Connect and reply timeout of every Redis call. A call past it opens the breaker
+    #: (shim/cache/outage.py): the shim serves without Redis until a PING succeeds.
+    redis_timeout: float = _setting(
+        0.5,
+        "Seconds to connect to Redis and for each of its replies; past it the shim serves "
+        "without Redis (uncached; keys with limits get 503) until Redis answers again.",
+        positive=True,
+        high=60,
+    )
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
     # -- operators: metrics, named keys with limits, prices --------------------------

@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import logging
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from shim.cache.outage import WARNING_INTERVAL
+from shim.cache.outage import Outage, RedisDown
 from shim.clients import Client
 from shim.errors import APIError
 from shim.prices import MICRO
@@ -53,9 +52,8 @@ __all__ = [
     "sliding_wait",
 ]
 
-logger = logging.getLogger("tts_shim")
-
 Clock = Callable[[], float]
+T = TypeVar("T")
 #: Days a day's usage is kept (the usage report looks back at most this far).
 DAY_RETENTION = 400
 _MINUTE = 60
@@ -310,15 +308,24 @@ def sliding_wait(
 class Quota:
     """The admission check (limits and budgets) and the usage ledger, for one app.
 
-    ``storage`` is a ``limits`` async storage (memory or Redis); ``ledger`` the spend.
+    ``storage`` is a ``limits`` async storage (memory or Redis); ``ledger`` the spend;
+    ``outage`` the Redis client's breaker, through which every Redis call goes (``None``
+    in memory). While Redis is down, keys with limits get 503 (never served uncounted),
+    keys without are served and their usage not recorded, and usage reads get 503.
     """
 
-    def __init__(self, ledger: Ledger, storage: Storage, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        storage: Storage,
+        clock: Clock = time.time,
+        outage: Outage | None = None,
+    ) -> None:
         self.ledger = ledger
         self.storage = storage
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.clock = clock
-        self._warned_at: float | None = None  # monotonic time of the last outage warning
+        self.outage = outage
 
     @classmethod
     def open(
@@ -339,28 +346,35 @@ class Quota:
             key_prefix="tts-shim:limits",
             connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
-        return cls(RedisLedger(client), storage, clock)
+        return cls(RedisLedger(client), storage, clock, Outage.of(client))
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """``call`` through the breaker (raises :class:`RedisDown`), or as it is in memory."""
+        return await (call if self.outage is None else self.outage.guard(call))
 
     async def admit(self, client: Client, characters: int, micros: int) -> Reservation:
         """Check ``client``'s limits for a request of ``characters`` costing ``micros``
-        and reserve it, or raise the 429 :class:`APIError` the client should see."""
+        and reserve it, or raise the 429 (or, Redis down, 503) :class:`APIError` the
+        client should see."""
         limits = client.limits
         now = self.clock()
         day, month = _day(now), _month(now)
         try:
-            refused = await self.ledger.reserve(
-                client.name,
-                day,
-                month,
-                characters,
-                micros,
-                None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
-                None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
+            refused = await self._call(
+                self.ledger.reserve(
+                    client.name,
+                    day,
+                    month,
+                    characters,
+                    micros,
+                    None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
+                    None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
+                )
             )
-        except (RedisError, OSError) as exc:
+        except RedisDown as exc:
             if limits.any:
-                raise _unavailable(exc) from exc
-            self._warn_outage("usage not recorded", exc)
+                raise _unavailable("this key's limits") from exc
+            # Served, uncounted; the outage's one warning says so.
             return Reservation(client.name, day, month, 0, 0, settled=True)
         if refused is not None:
             budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
@@ -384,13 +398,16 @@ class Quota:
                 if limit is None:
                     continue
                 item = RateLimitItemPerMinute(limit)
-                if not await self.limiter.hit(item, "tts-shim", client.name, kind, cost=cost):
-                    window = await self.storage.get_sliding_window(  # type: ignore[attr-defined]
-                        item.key_for("tts-shim", client.name, kind), item.get_expiry()
+                hit = self.limiter.hit(item, "tts-shim", client.name, kind, cost=cost)
+                if not await self._call(hit):
+                    window = await self._call(
+                        self.storage.get_sliding_window(  # type: ignore[attr-defined]
+                            item.key_for("tts-shim", client.name, kind), item.get_expiry()
+                        )
                     )
                     raise _over_rate(kind, limit, cost, sliding_wait(window, limit, cost))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        except RedisDown as exc:
+            raise _unavailable("this key's limits") from exc
 
     async def settle(
         self, reservation: Reservation, characters: int, micros: int, *, count: bool = True
@@ -405,37 +422,46 @@ class Quota:
         d_micros = micros - reservation.micros
         if not (requests or d_chars or d_micros):
             return
-        try:
-            await self.ledger.adjust(
-                reservation.name, reservation.day, reservation.month, requests, d_chars, d_micros
+        # Redis down: not settled (the outage's one warning says usage is not recorded).
+        with contextlib.suppress(RedisDown):
+            await self._call(
+                self.ledger.adjust(
+                    reservation.name,
+                    reservation.day,
+                    reservation.month,
+                    requests,
+                    d_chars,
+                    d_micros,
+                )
             )
-        except (RedisError, OSError) as exc:
-            self._warn_outage("usage not settled", exc)
-
-    def _warn_outage(self, what: str, exc: BaseException) -> None:
-        """One warning a minute (the cache's interval), not one a request, while Redis
-        is down."""
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL:
-            self._warned_at = now
-            logger.warning("%s: Redis unavailable (%s)", what, type(exc).__name__)
 
     async def usage(self, name: str) -> dict[str, Usage]:
-        """``name``'s usage today and this month (UTC)."""
+        """``name``'s usage today and this month (UTC); a 503 :class:`APIError` while
+        Redis is down (rather than a wait or figures that are not the truth)."""
         now = self.clock()
-        today, month = await asyncio.gather(
-            self.ledger.usage(name, _day(now)), self.ledger.usage(name, _month(now))
-        )
+        try:
+            today = await self._call(self.ledger.usage(name, _day(now)))
+            month = await self._call(self.ledger.usage(name, _month(now)))
+        except RedisDown as exc:
+            raise _unavailable("usage") from exc
         return {"day": today, "month": month}
 
     async def report(self, days: int) -> dict[str, dict[str, Usage]]:
-        """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first."""
+        """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first; a 503
+        :class:`APIError` while Redis is down."""
         now = self.clock()
         wanted = [_day(now - 86400 * back) for back in range(max(1, days))]
-        reports = await asyncio.gather(*(self.ledger.day_report(day) for day in wanted))
+        try:
+            reports = await asyncio.gather(
+                *(self._call(self.ledger.day_report(day)) for day in wanted)
+            )
+        except RedisDown as exc:
+            raise _unavailable("usage") from exc
         return dict(zip(wanted, reports, strict=True))
 
     async def aclose(self) -> None:
+        if self.outage is not None:
+            await self.outage.aclose()
         await self.ledger.aclose()
 
 
@@ -473,13 +499,13 @@ def _over_budget(window: str, budget: float, wait: float) -> APIError:
     )
 
 
-def _unavailable(exc: BaseException) -> APIError:
-    # A key with limits is never served uncounted: its counters are unreachable.
-    logger.warning("limits store unavailable (%s): refusing limited keys", type(exc).__name__)
+def _unavailable(what: str) -> APIError:
+    # A key with limits is never served uncounted, and usage is never made up: the
+    # counter store is unreachable. The outage's one warning is in the log.
     return APIError(
         503,
-        "The shim cannot check this key's limits right now (its counter store is "
-        "unreachable). Retry shortly.",
+        f"The shim cannot read {what} right now: its counter store (Redis) does not "
+        "answer. Retry shortly.",
         type="server_error",
         code="service_unavailable",
         retryable=True,

@@ -307,7 +307,8 @@ async def _prepare(state: State, job: Job, text: str, fmt: str) -> _Prepared:
     if state.cache is not None and (job.cache_read or job.cache_write):
         key = job.cache_key(text, fmt)
         found = await state.cache.lookup(key, read=job.cache_read, write=job.cache_write)
-        logs.cache_result(isinstance(found, Hit), len(text))
+        if found is not None:  # None: the store is unreachable, served as uncached
+            logs.cache_result(isinstance(found, Hit), len(text))
         if isinstance(found, Hit):
             return _Prepared(text, fmt, "HIT", hit=found)
         miss = found

@@ -177,19 +177,31 @@ def test_sliding_wait_finds_when_the_cost_fits() -> None:
     assert sliding_wait((0, 0.0, 0, 120.0), 10, 11) is None
 
 
-async def test_redis_going_away_warns_once_a_minute_not_once_a_request(
+async def test_redis_going_away_warns_once_not_once_a_request_and_refuses_limited_keys(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Hits reserved before Redis went away are settled after: each would warn.
+    # Hits reserved before Redis went away are settled after: each could warn.
     with RedisServer() as server:
         quota = Quota.open(server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
         client = Client("k", Limits())
+        limited = Client("l", Limits(requests_per_minute=10))
         reservations = [await quota.admit(client, 100, _cents(0.003)) for _ in range(3)]
         server.stop()
         for reservation in reservations:
             await quota.settle(reservation, 0, 0)
-        await quota.admit(client, 100, _cents(0.003))  # not recorded: no warning either
+        served = await quota.admit(client, 100, _cents(0.003))  # not recorded, no warning
+        with pytest.raises(APIError) as refused:
+            await quota.admit(limited, 100, _cents(0.003))  # never served uncounted
+        with pytest.raises(APIError) as usage:
+            await quota.usage("k")  # no figures made up
         await quota.aclose()
 
+    assert served.settled
+    assert (refused.value.status, refused.value.code) == (503, "service_unavailable")
+    assert (usage.value.status, usage.value.code) == (503, "service_unavailable")
+    assert "usage" in usage.value.message
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["usage not settled: Redis unavailable (ConnectionError)"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Redis does not answer (ConnectionError: ")
+    assert quota.outage is not None
+    assert quota.outage.skipped >= 4  # the rest were not even tried
