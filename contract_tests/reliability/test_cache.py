@@ -86,7 +86,8 @@ def test_a_download_cut_in_the_middle_is_not_cached(
     tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
 ) -> None:
     shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path))
-    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_mock.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
 
     with pytest.raises(httpx.HTTPError):
         _speak(shim)
