@@ -253,6 +253,35 @@ def test_audio_cut_every_time_cuts_the_transfer(
     _survived(f"cdn-truncated-{kind}", outcome)
 
 
+NOT_THE_SAME = {
+    # The file behind the link changed between the cut and its resumption.
+    "other-content-type": [cdn(audio_format="wav")],
+    "other-bytes": [cdn(ignore_range=True, body="not the audio that was sent " * 8000)],
+    "wrong-range": [cdn(status=206, headers={"content-range": "bytes 0-99/100"}, body="x" * 100)],
+}
+
+
+@pytest.mark.parametrize("change", list(NOT_THE_SAME), ids=list(NOT_THE_SAME))
+def test_a_resumed_download_of_other_audio_cuts_the_transfer(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer], change: str
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    cut = cdn("cut", cut_after=20_000, headers={"etag": '"v1"'})  # streamed: no length
+    tts_mock.scenario([cut, *NOT_THE_SAME[change]])
+
+    outcome = call(shim.url, json_body={**SPEECH, "input": "Reliability. " * 20})
+
+    assert outcome.status == 200
+    assert not outcome.complete  # never spliced: the transfer is cut instead
+    _, again = routes(tts_mock, "audio")  # and not tried again: it is not the same
+    assert again["headers"]["if-range"] == '"v1"'  # a changed file comes whole, not ranged
+    assert len(routes(tts_mock, "tts")) == 1
+    state = shim.app.state.shim  # type: ignore[attr-defined]
+    settle(state)
+    assert state.upstream.stats.open_streams == 0
+    _survived(f"cdn-resumed-{change}", outcome)
+
+
 def test_truncated_audio_for_a_whole_chat_answer_is_a_502(
     tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
 ) -> None:
