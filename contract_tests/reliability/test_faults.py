@@ -31,6 +31,8 @@ from contract_tests.reliability.conftest import (
     routes,
     settle,
 )
+from mockserver import speech_duration
+from mockserver.audio import encode, samples_for
 from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.figures import record
 
@@ -253,11 +255,41 @@ def test_audio_cut_every_time_cuts_the_transfer(
     _survived(f"cdn-truncated-{kind}", outcome)
 
 
+def test_audio_cut_after_its_last_byte_is_complete(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    # Every byte arrived, the end of the chunked body did not: the resumption asks for
+    # what is past the end, the CDN's 416 says there is nothing, and the audio is whole.
+    duration_ms = round(speech_duration(SPEECH["input"]) * 1000)
+    size = len(encode(SPEECH["voice"], samples_for(duration_ms), "mp3"))
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("cut", cut_after=size)])
+
+    outcome = call(shim.url, json_body=SPEECH)
+
+    assert outcome.status == 200
+    assert outcome.complete
+    assert len(outcome.body) == size
+    _, again = routes(tts_mock, "audio")
+    assert (again["headers"]["range"], again["status"]) == (f"bytes={size}-", 416)
+    _survived("cdn-cut-after-the-last-byte", outcome)
+
+
+#: The first download, cut (with an ETag), then the file behind the link changed.
+FIRST_CUT = cdn("cut", cut_after=20_000, headers={"etag": '"v1"'})  # streamed: no length
 NOT_THE_SAME = {
-    # The file behind the link changed between the cut and its resumption.
-    "other-content-type": [cdn(audio_format="wav")],
-    "other-bytes": [cdn(ignore_range=True, body="not the audio that was sent " * 8000)],
-    "wrong-range": [cdn(status=206, headers={"content-range": "bytes 0-99/100"}, body="x" * 100)],
+    "other-content-type": [FIRST_CUT, cdn(audio_format="wav")],
+    "other-bytes": [FIRST_CUT, cdn(ignore_range=True, body="not the audio sent " * 12000)],
+    "other-etag": [FIRST_CUT, cdn(headers={"etag": '"v2"'})],
+    "wrong-range": [
+        FIRST_CUT,
+        cdn(status=206, headers={"content-range": "bytes 0-99/100"}, body="x" * 100),
+    ],
+    # The first reply announced its length; the second is another size.
+    "other-length": [
+        cdn("truncated", headers={"etag": '"v1"'}),
+        cdn(ignore_range=True, body="not the audio sent " * 12000),
+    ],
 }
 
 
@@ -266,8 +298,7 @@ def test_a_resumed_download_of_other_audio_cuts_the_transfer(
     tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer], change: str
 ) -> None:
     shim = tts_shim_factory(**FAST)
-    cut = cdn("cut", cut_after=20_000, headers={"etag": '"v1"'})  # streamed: no length
-    tts_mock.scenario([cut, *NOT_THE_SAME[change]])
+    tts_mock.scenario(NOT_THE_SAME[change])
 
     outcome = call(shim.url, json_body={**SPEECH, "input": "Reliability. " * 20})
 
@@ -280,6 +311,21 @@ def test_a_resumed_download_of_other_audio_cuts_the_transfer(
     settle(state)
     assert state.upstream.stats.open_streams == 0
     _survived(f"cdn-resumed-{change}", outcome)
+
+
+def test_a_resumption_that_fails_is_tried_again_within_the_retries(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("cut", cut_after=20_000), cdn(status=503)])
+
+    outcome = call(shim.url, json_body={**SPEECH, "input": "Reliability. " * 20})
+
+    assert outcome.status == 200
+    assert outcome.complete
+    assert [e["status"] for e in routes(tts_mock, "audio")] == [200, 503, 206]
+    assert decodes(outcome.body) == pytest.approx(speech_duration("Reliability. " * 20), abs=0.15)
+    _survived("cdn-resumption-503-then-ok", outcome)
 
 
 def test_truncated_audio_for_a_whole_chat_answer_is_a_502(

@@ -178,6 +178,13 @@ async def resumed(
     same audio raises a final 502; a transport error while skipping, a retryable one.
     """
     try:
+        if response.status == 416:  # an error page, in whatever type the CDN likes
+            # Nothing is left from ``offset`` on: all of it had arrived (the body's last
+            # bytes were in, its end was not), if the length agrees.
+            match = _UNSATISFIED_RANGE.match(response.headers.get("content-range", ""))
+            if match is None or int(match[1]) != offset or first.total not in (None, offset):
+                raise _not_the_same("the CDN says the range is past its end")
+            return Resumed(response, empty_chunks(), offset)
         if media_type(response) != first.content_type:
             raise _not_the_same(f"its content type is now {media_type(response) or 'missing'!r}")
         etag = response.headers.get("etag")
@@ -186,13 +193,6 @@ async def resumed(
         if response.status == 206 and "content-encoding" not in response.headers:
             total = _range_total(response.headers.get("content-range", ""), offset, first.total)
             return Resumed(response, response.content.iter_any(), total)
-        if response.status == 416:
-            # Nothing is left from ``offset`` on: all of it had arrived (the body's last
-            # bytes were in, its end was not), if the length agrees.
-            match = _UNSATISFIED_RANGE.match(response.headers.get("content-range", ""))
-            if match is None or int(match[1]) != offset or first.total not in (None, offset):
-                raise _not_the_same("the CDN says the range is past its end")
-            return Resumed(response, empty_chunks(), offset)
         if response.status != 200:
             raise _not_the_same(f"the CDN answered {response.status}")
         total = announced_length(response)
