@@ -323,22 +323,29 @@ async def running(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Sta
             yield client, app.state.shim
 
 
+async def _fail_first_piece(
+    client: httpx.AsyncClient, upstream: MockUpstream, then: dict[str, Any]
+) -> None:
+    """Ask for :data:`THREE_PIECES` with the first piece's audio unreachable (three
+    tries): the request fails before its first byte, all three pieces paid for. The
+    downloads after those get ``then`` (a scenario step, for 10 of them)."""
+    upstream.scenario(
+        [
+            {"route": "audio", "status": 500, "times": 3},
+            {"route": "audio", **then, "times": 10},
+        ]
+    )
+    failed = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
+    assert failed.status_code == 502
+
+
 async def test_a_failed_split_request_keeps_its_paid_pieces_through_shutdown(
     short_clips: MockUpstream, tmp_path: Path
 ) -> None:
     cache = {"cache": True, "cache_dir": str(tmp_path), "upstream_url": short_clips.url}
-    # The first piece's audio cannot be fetched (three tries): the request fails before
-    # its first byte, with all three pieces paid for. Their downloads then take a while,
-    # so they are still under way when the shim is told to stop.
-    short_clips.scenario(
-        [
-            {"route": "audio", "status": 500, "times": 3},
-            {"route": "audio", "delay_ms": 300, "times": 3},
-        ]
-    )
     async with running(**cache) as (client, state):
-        failed = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
-        assert failed.status_code == 502
+        # The pieces' downloads take a while: still under way when the shim stops.
+        await _fail_first_piece(client, short_clips, {"delay_ms": 300})
         waiting = len(state.background)
     # Shutdown waited for the pieces to be stored (--graceful-timeout, 30 s by default).
     assert waiting == 1
@@ -359,16 +366,9 @@ async def test_shutdown_cancels_pieces_still_being_stored_after_the_grace(
     short_clips: MockUpstream, tmp_path: Path
 ) -> None:
     settings = {"cache": True, "cache_dir": str(tmp_path), "upstream_url": short_clips.url}
-    # The first piece fails as above; then every download stalls past the shutdown.
-    short_clips.scenario(
-        [
-            {"route": "audio", "status": 500, "times": 3},
-            {"route": "audio", "delay_ms": 60_000, "times": 10},
-        ]
-    )
     async with running(graceful_timeout=0, **settings) as (client, state):
-        failed = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
-        assert failed.status_code == 502
+        # Every download of the pieces stalls past the shutdown.
+        await _fail_first_piece(client, short_clips, {"delay_ms": 60_000})
         assert len(state.background) == 1
     # Cancelled, and everything it held let go: no stream open, no lease kept.
     assert len(state.background) == 0
