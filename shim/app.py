@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shim.background import Background
 from shim.browsers import BrowserGate
 from shim.cache import DiskAudioStore, Outage, check_cache_dir, connect, open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
@@ -42,6 +43,9 @@ from shim.upstream.clients import check_trust_store
 __all__ = ["create_app", "routes"]
 
 logger = logging.getLogger("tts_shim")
+
+#: Most background tasks (pieces finished into the cache) when --max-concurrency is 0.
+_MAX_BACKGROUND = 64
 
 
 def _request_id(request: Request) -> str:
@@ -138,7 +142,11 @@ def create_app(config: Config | None = None) -> Starlette:
             store = cache.store if cache is not None else None
             disk = store.writes if isinstance(store, DiskAudioStore) else None
             ops.metrics.watch(redis=outage, disk=disk)
-            state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
+            # Closed first (last in): what it finishes needs the upstream and the cache.
+            background = Background(limit=config.max_concurrency or _MAX_BACKGROUND)
+            opened.push_async_callback(background.aclose, config.graceful_timeout)
+            capacity = Capacity.from_config(config)
+            state = State(config, keys, upstream, capacity, cache, ops, background)
             app.state.shim = state
             yield
 

@@ -1,6 +1,6 @@
 """The cache on real processes: replicas sharing a real Redis, Redis going away or
-hanging (SIGSTOP), unreachable at start, and a download cut in the middle (never
-cached)."""
+hanging (SIGSTOP), unreachable at start, a download cut in the middle (never cached), and
+the paid pieces of a long text whose client left (cached all the same)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from contract_tests.conftest import LOOPBACK_TLS
-from contract_tests.reliability.conftest import ServeProcess
+from contract_tests.reliability.conftest import ServeProcess, settle
 from mockserver import BackgroundServer, MockConfig, create_app
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
@@ -164,7 +164,8 @@ def test_a_download_cut_in_the_middle_is_not_cached(
     tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
 ) -> None:
     shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path))
-    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_mock.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
 
     with pytest.raises(httpx.HTTPError):
         _speak(shim)
@@ -173,3 +174,27 @@ def test_a_download_cut_in_the_middle_is_not_cached(
     assert again.status_code == 200
     assert again.headers["x-cache"] == "MISS"
     assert len(tts_mock.requests) == 2  # generated again: the cut audio was not kept
+
+
+#: Split into three pieces (over --split-threshold, 1,000 characters).
+LONG = ("Every paid piece is kept, even when the listener walks away. " * 20)[:1100]
+
+
+def test_a_client_that_leaves_a_long_text_leaves_its_paid_pieces_in_the_cache(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
+) -> None:
+    shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path))
+    body = {**BODY, "input": LONG}
+    with httpx.stream(
+        "POST", shim.url + "/v1/audio/speech", json=body, headers=AUTH, verify=LOOPBACK_TLS
+    ) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())  # the first audio, then the client hangs up
+    settle(shim.app.state.shim)  # type: ignore[attr-defined]
+    paid = len(tts_mock.requests)
+
+    again = httpx.post(shim.url + "/v1/audio/speech", json=body, headers=AUTH, timeout=30)
+
+    assert again.status_code == 200
+    assert again.headers["x-cache"] == "HIT"  # every piece was stored after the client left
+    assert len(tts_mock.requests) == paid == 3

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -42,13 +44,20 @@ class Miss:
 
     ``leader`` says whether this request holds the single-flight lease (``False`` when
     the lookup was skipped or waiting for another request's generation timed out).
-    ``writer`` is ``None`` when nothing is to be stored (``Cache-Control: no-store``).
-    Leaving ``async with`` without :meth:`commit` aborts the write and releases the lease.
+    ``writer`` is ``None`` when nothing is to be stored (``Cache-Control: no-store``);
+    ``writers`` makes a new one for :meth:`restart`. Leaving ``async with`` without
+    :meth:`commit` aborts the write and releases the lease.
     """
 
-    def __init__(self, writer: AudioWriter | None, lease: Lease | None) -> None:
+    def __init__(
+        self,
+        writer: AudioWriter | None,
+        lease: Lease | None,
+        writers: Callable[[], AudioWriter] | None = None,
+    ) -> None:
         self.writer = writer
         self.lease = lease
+        self._writers = writers
 
     @property
     def leader(self) -> bool:
@@ -66,6 +75,15 @@ class Miss:
             return self.writer is not None and await self.writer.commit(expected_size)
         finally:
             await self._release()
+
+    async def restart(self) -> bool:
+        """Begin the entry again, keeping the lease: what was written is dropped, as the
+        audio is to be fetched afresh. Returns whether there is an entry to write."""
+        if self.writer is None or self._writers is None:
+            return False
+        await self.writer.abort()
+        self.writer = self._writers()
+        return True
 
     async def abort(self) -> None:
         """The generation or download failed, or the client left: store nothing, and let
@@ -116,7 +134,7 @@ class AudioCache:
         if not self.store.available:
             return None
         if not read:
-            return Miss(self.store.writer(digest) if write else None, None)
+            return self._miss(digest, write, None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         followed = False
@@ -139,10 +157,15 @@ class AudioCache:
                 if audio is not None:
                     await lease.release()
                     return Hit(audio, followed)
-                return Miss(self.store.writer(digest) if write else None, lease)
+                return self._miss(digest, write, lease)
             followed = True
             if loop.time() >= deadline:
-                return Miss(self.store.writer(digest) if write else None, None)
+                return self._miss(digest, write, None)
+
+    def _miss(self, digest: str, write: bool, lease: Lease | None) -> Miss:
+        if not write:
+            return Miss(None, lease)
+        return Miss(self.store.writer(digest), lease, functools.partial(self.store.writer, digest))
 
     async def aclose(self) -> None:
         """Close the store's connections (at shutdown)."""
