@@ -15,6 +15,7 @@ from yarl import URL
 __all__ = [
     "DEFAULT_CDN_ORIGIN",
     "DEFAULT_UPSTREAM_URL",
+    "MAX_INPUT_CHARS",
     "Config",
     "ConfigError",
     "Origin",
@@ -27,6 +28,9 @@ __all__ = [
 
 DEFAULT_UPSTREAM_URL = "https://api.aimlapi.com"
 DEFAULT_CDN_ORIGIN = "https://cdn.aimlapi.com"
+#: The longest text the AI/ML API speaks in one request, in characters (OpenAI's input
+#: limit too): longer texts are split, up to ``--max-input-chars``.
+MAX_INPUT_CHARS = 4096
 
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -501,8 +505,10 @@ class Config:
 
     @property
     def input_limit(self) -> int:
-        """The longest input accepted: without splitting, the upstream's 4096."""
-        return self.max_input_chars if self.split else min(self.max_input_chars, 4096)
+        """The longest input accepted: without splitting, the upstream's limit."""
+        if self.split:
+            return self.max_input_chars
+        return min(self.max_input_chars, MAX_INPUT_CHARS)
 
     @property
     def is_loopback(self) -> bool:

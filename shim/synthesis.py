@@ -34,6 +34,7 @@ import anyio
 
 from shim import audio, logs
 from shim.cache import CacheKey, Hit, Miss
+from shim.config import MAX_INPUT_CHARS
 from shim.errors import APIError, clean_request_id
 from shim.split import split_text
 from shim.state import State
@@ -47,10 +48,6 @@ logger = logging.getLogger("tts_shim")
 #: What the pieces of a split text are generated (and cached) as: lossless, so the
 #: joins are exact and the client's format is encoded once, across all pieces.
 PIECE_FORMAT = "flac"
-#: The first piece of a split text: short, so the first audio comes quickly.
-FIRST_PIECE_CHARS = 300
-#: The most the AI/ML API takes in one generation.
-UPSTREAM_MAX_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -182,9 +179,9 @@ def plan(state: State, text: str) -> list[str]:
     """The pieces ``text`` is generated in: one, unless splitting is on and the text
     is longer than ``--split-threshold`` characters (or than the upstream takes)."""
     config = state.config
-    if not config.split or len(text) <= min(config.split_threshold, UPSTREAM_MAX_CHARS):
+    if not config.split or len(text) <= min(config.split_threshold, MAX_INPUT_CHARS):
         return [text]
-    return split_text(text, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+    return split_text(text)
 
 
 @dataclass

@@ -20,7 +20,6 @@ import pytest
 from contract_tests.conftest import SDK, decode
 from mockserver.audio import speech_duration
 from shim.split import split_text
-from shim.synthesis import FIRST_PIECE_CHARS, UPSTREAM_MAX_CHARS
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
 
@@ -127,7 +126,7 @@ def cached_shim(tts_shim_factory: Callable[..., ShimServer], tmp_path: Path) -> 
 async def test_a_failed_split_request_retried_pays_once_per_piece(
     cached_shim: ShimServer, tts_mock: MockUpstream, kind: str
 ) -> None:
-    pieces = split_text(LONG, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+    pieces = split_text(LONG)
     assert len(pieces) == 3
     # The first piece's download is cut every time it is tried (once and resumed
     # twice: --audio-retries 2), so the first request fails after its audio began; the
