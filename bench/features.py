@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import FEATURES_END as MARK_END  # noqa: E402
 from bench.report import FEATURES_START as MARK_START  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from bench.run import VENV_BIN, Bench, load_average, loadgen, machine, reexec_in_venv  # noqa: E402
 
 # Audio sizes for the cache: (label, input text, format). The mock speaks 15 characters a
@@ -382,17 +382,6 @@ def section(results: dict[str, Any]) -> str:
         ]
     lines += ["", "![time to first audio against input length](long-text.png)", "", MARK_END]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the marked section of ``path``, or append it; the rest is left as it is."""
-    old = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(MARK_START) + ".*?" + re.escape(MARK_END) + "\n?", re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text, old, count=1)
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text
-    path.write_text(new)
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -6,7 +6,7 @@ request, and what a 100 MB request header costs each (docs/reliability.md).
     python3 bench/parsers.py --quick    # ~20 s
 
 For each parser (``httptools``, uvicorn's default when installed; ``capped``, httptools
-with the shim's cap on the request head, ``shim.server.HeadCappedHttpTools``, what
+with the shim's guard on the request head (``shim._http_guard``), what
 ``tts-shim serve`` uses; ``h11`` with ``h11_max_incomplete_event_size``, what it used
 before; and ``zttp`` where installed) it starts the shim as its own process in front of the mock
 (``tts-shim mock``), then:
@@ -61,7 +61,7 @@ PARSERS = (
     "h11",
     *(("zttp",) if importlib.util.find_spec("zttp") else ()),
 )
-#: The header cap ``tts-shim serve`` sets (shim.server.MAX_HEADER_BYTES).
+#: The header cap ``tts-shim serve`` sets (shim._http_guard.MAX_HEADER_BYTES).
 CAP = 64 * 1024
 ATTACK_BYTES = 100 * 1024 * 1024
 
@@ -70,17 +70,19 @@ def serve(parser: str, port: int, upstream: str) -> None:
     """The child: the shim on ``parser``, as ``tts-shim serve`` runs it otherwise."""
     import uvicorn
 
+    from shim._http_guard import guarded
     from shim.app import create_app
     from shim.config import Config
-    from shim.server import HeadCappedHttpTools
 
+    config = Config(upstream_url=upstream, port=port)
+    app: Any = create_app(config)
     options: dict[str, Any] = {"http": parser}
     if parser == "h11":
         options["h11_max_incomplete_event_size"] = CAP
     elif parser == "capped":
-        options["http"] = HeadCappedHttpTools
+        app, options = guarded(app, head_timeout=config.head_timeout)
     uvicorn.run(
-        create_app(Config(upstream_url=upstream, port=port)),
+        app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",

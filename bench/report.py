@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ COLLAPSE_SHARE = 0.8
 
 PEER_NAMES = {"litellm": "LiteLLM proxy"}
 
-#: The section bench/features.py writes into docs/benchmarks.md; a rewrite by run.py keeps it.
+#: The sections other scripts write into docs/benchmarks.md (bench/features.py's and
+#: bench/synthesis.py's), each between its markers; a rewrite by run.py keeps them.
 FEATURES_START, FEATURES_END = "<!-- features -->", "<!-- /features -->"
+SYNTHESIS_START, SYNTHESIS_END = "<!-- synthesis -->", "<!-- /synthesis -->"
+KEPT_SECTIONS = ((FEATURES_START, FEATURES_END), (SYNTHESIS_START, SYNTHESIS_END))
 
 
 def _ms(us: float) -> str:
@@ -37,10 +41,26 @@ def _yes(ok: bool) -> str:
 def write(results: dict[str, Any], out: Path) -> None:
     path = out / "benchmarks.md"
     old = path.read_text() if path.exists() else ""
-    start, end = old.find(FEATURES_START), old.find(FEATURES_END)
-    kept = "\n" + old[start : end + len(FEATURES_END)] + "\n" if 0 <= start < end else ""
+    kept = ""
+    for start_mark, end_mark in KEPT_SECTIONS:
+        start, end = old.find(start_mark), old.find(end_mark)
+        if 0 <= start < end:
+            kept += "\n" + old[start : end + len(end_mark)] + "\n"
     path.write_text(markdown(results) + kept)
     chart(results, out / "benchmarks.png")
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the section of ``path`` that ``text`` holds (it starts and ends with the
+    markers of one of :data:`KEPT_SECTIONS`), or append it; the rest is left as it is."""
+    start, end = next(marks for marks in KEPT_SECTIONS if text.startswith(marks[0]))
+    old = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end) + "\n?", re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text, old, count=1)
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + text
+    path.write_text(new)
 
 
 def _cpu(run: dict[str, Any], name: str = "server") -> float:

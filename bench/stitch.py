@@ -46,7 +46,7 @@ def split_cpu() -> list[tuple[str, float, int]]:
     from shim.split import split_text
 
     kinds = {
-        "prose (README)": (ROOT / "README.md").read_text(),
+        "prose (the docs)": (ROOT / "docs" / "usage.md").read_text(),
         "short sentences with decimals": "Pi is about 3.14. The end is near. ",
         "no punctuation": "word ",
     }

@@ -29,7 +29,7 @@ def test_the_oldest_sdk_is_stated_the_same_everywhere() -> None:
     oldest = ".".join(map(str, OLDEST_SDK))
     assert f'"openai>={oldest}"' in (ROOT / "pyproject.toml").read_text()
     assert f"openai=={oldest}" in (ROOT / "tox.ini").read_text()
-    assert f"**openai {oldest}**" in (ROOT / "README.md").read_text()
+    assert f"**openai {oldest}**" in (ROOT / "docs" / "testing.md").read_text()
 
 
 def test_live_mode_without_a_key_skips_cleanly_and_states_its_cost() -> None:
@@ -57,8 +57,8 @@ def test_live_mode_without_a_key_skips_cleanly_and_states_its_cost() -> None:
     generations = int(planned.group(1))
     characters = generations * len(LIVE_TEXT)
     dollars = characters * PRICE_PER_1K_CHARACTERS / 1000
-    docs = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "testing.md").read_text()
     stated = f"{generations}\ngenerations, {characters} characters per run, about ${dollars:.3f}"
     assert stated in docs or stated.replace("\n", " ") in docs, (
-        f"README.md should state {stated!r}: update it with the live cases"
+        f"docs/testing.md should state {stated!r}: update it with the live cases"
     )

@@ -6,8 +6,9 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -33,7 +34,7 @@ from mockserver.config import MockConfig
 from mockserver.errors import error_response, timestamp
 from mockserver.journal import Journal, JournalEntry, mask_headers
 from mockserver.pricing import usage
-from mockserver.scenario import NO_BODY, Scenario, ScenarioError, Step, parse_scenario
+from mockserver.scenario import CUT_AFTER, NO_BODY, Scenario, ScenarioError, Step, parse_scenario
 from mockserver.validation import BodyValidationError, SpeechRequest, parse_speech_request
 
 __all__ = ["CONTROL_PREFIX", "MAX_BODY_BYTES", "TTS_PATH", "create_app"]
@@ -252,6 +253,8 @@ def _finish(response: Response, step: Step | None) -> Response:
         response.headers[name] = value
     if step.fault in ("slow-body", "truncated"):
         return _Faulty(response, step.fault, step.delay_ms)
+    if step.fault == "cut":
+        return _Cut(response, CUT_AFTER if step.cut_after is None else step.cut_after)
     return response
 
 
@@ -452,8 +455,65 @@ async def _audio(request: Request) -> Response:
         del response.headers["content-length"]
     else:
         cache: AudioCache = request.app.state.audio_cache
-        response = _audio_response(cache, spec.voice, spec.samples, fmt, status)
+        ranged = not (step is not None and step.ignore_range) and _rangeable(spec, fmt)
+        wanted = _byte_range(request.headers.get("range")) if ranged else None
+        if wanted is not None and status == 200:
+            clip = await anyio.to_thread.run_sync(_whole_clip, cache, spec.voice, spec.samples, fmt)
+            response = _partial(clip, wanted, content_type)
+        else:
+            response = _audio_response(cache, spec.voice, spec.samples, fmt, status)
+        if ranged:
+            response.headers["accept-ranges"] = "bytes"
     return _finish(response, step)
+
+
+# -- byte ranges: a cut download resumed -------------------------------------------------
+
+#: Raw clips longer than this are served whole, whatever the ``Range``: a range is cut
+#: from the whole encoded clip, held in memory.
+_MAX_RANGED_BYTES = 64 * 1024 * 1024
+_RANGE = re.compile(r"^\s*bytes\s*=\s*([0-9]{1,15})\s*-\s*([0-9]{0,15})\s*$", re.ASCII)
+
+
+def _rangeable(spec: AudioSpec, fmt: str) -> bool:
+    # Compressed clips are at most 20 minutes long, so a few megabytes; raw ones can
+    # reach a gigabyte, and are only ranged when that is not the case.
+    return not FORMATS[fmt].raw or spec.samples * 2 <= _MAX_RANGED_BYTES
+
+
+def _byte_range(header: str | None) -> tuple[int, int | None] | None:
+    """``Range: bytes=first-[last]`` as ``(first, last)``; ``None`` for no header, or one
+    the mock does not serve (several ranges, a suffix range): those get the whole clip,
+    as RFC 9110 lets a server answer."""
+    match = _RANGE.match(header or "")
+    if match is None:
+        return None
+    first, last = int(match[1]), int(match[2]) if match[2] else None
+    if last is not None and last < first:
+        return None  # invalid: ignored
+    return first, last
+
+
+def _whole_clip(cache: AudioCache, voice: str, total: int, fmt: str) -> bytes:
+    """The whole encoded clip (cached once made). Blocking: runs the encoder."""
+    return b"".join(cache.iter_bytes(voice, total, fmt))
+
+
+def _partial(clip: bytes, wanted: tuple[int, int | None], content_type: str) -> Response:
+    """The 206 for ``wanted`` of ``clip``, or the 416 when it starts past the end."""
+    first, last = wanted
+    size = len(clip)
+    if first >= size:
+        return Response(
+            status_code=416,
+            headers={"content-range": f"bytes */{size}", "content-type": content_type},
+        )
+    last = size - 1 if last is None else min(last, size - 1)
+    return Response(
+        clip[first : last + 1],
+        status_code=206,
+        headers={"content-range": f"bytes {first}-{last}/{size}", "content-type": content_type},
+    )
 
 
 # -- faults ------------------------------------------------------------------------------
@@ -521,14 +581,7 @@ class _Faulty(Response):
         headers.append((b"content-length", str(announced).encode()))
         await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": sent, "more_body": True})
-        transport = scope.get(_TRANSPORT)
-        if transport is None:
-            raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body "
-                f"(received {len(sent)} bytes, expected {announced})"
-            )
-        transport.close()  # sends what was written, then closes
-        await _await_disconnect(receive)
+        await _drop(scope, receive, f"received {len(sent)} bytes, expected {announced}")
 
     async def _slow(self, send: Send, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         headers.append((b"content-length", str(len(body)).encode()))
@@ -545,6 +598,58 @@ class _Faulty(Response):
                 }
             )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Cut(Response):
+    """A reply that goes out as usual (streamed, or with its length) until ``limit``
+    bytes of its body are sent; then the connection drops."""
+
+    def __init__(self, inner: Response, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        inner = self.inner
+        start = {"type": "http.response.start", "status": inner.status_code}
+        await send({**start, "headers": inner.raw_headers})
+        left = self.limit
+        if isinstance(inner, StreamingResponse):
+            chunks: AsyncIterable[Any] = inner.body_iterator
+        else:
+            chunks = _one(bytes(inner.body))
+        try:
+            async for item in chunks:
+                chunk = item.encode() if isinstance(item, str) else bytes(item)
+                if len(chunk) >= left:
+                    await send(
+                        {"type": "http.response.body", "body": chunk[:left], "more_body": True}
+                    )
+                    await _drop(scope, receive, f"received {self.limit} bytes")
+                    return
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()  # the encoder stops with the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _one(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _drop(scope: Scope, receive: Receive, sent: str) -> None:
+    """Close the connection after what was written (the ``cut`` and ``truncated`` end)."""
+    transport = scope.get(_TRANSPORT)
+    if transport is None:
+        raise httpx.RemoteProtocolError(
+            f"peer closed connection without sending complete message body ({sent})"
+        )
+    transport.close()  # sends what was written, then closes
+    await _await_disconnect(receive)
 
 
 # -- control routes and errors -------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Speech-like test audio: synthesis with numpy, encoding with PyAV, a bounded cache.
+"""Speech-like test audio: synthesis with the standard library, encoding with PyAV, a
+bounded cache.
 
 Nothing here is per-request state. A clip is fully described by
 ``(voice, number of samples, format)``, which is what the CDN links carry, so any
@@ -9,20 +10,24 @@ The waveform is periodic (a fixed rhythm of syllables per voice), so a slice of 
 clip of any length can be rendered without rendering what comes before it. The
 encoder runs block by block and yields its output as it goes, which is how raw
 PCM or WAV clips of hundreds of megabytes are served in constant memory.
+
+No numpy: one period of each voice is computed once (``math``, into an ``array``), and
+a clip is that period tiled, which is a copy of bytes; so ``pip install tts-shim`` alone
+runs the mock, and the pytest fixtures built on it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-import numpy as np
-import numpy.typing as npt
 from av.audio.stream import AudioStream
 
 from mockserver.validation import VOICES
@@ -57,8 +62,8 @@ MAX_RAW_DURATION_MS = 6 * 60 * 60 * 1000
 #: Size of the pieces the encoder yields and the server writes.
 CHUNK_SIZE = 32 * 1024
 
-# Samples rendered and encoded per step: one second keeps numpy's work vectorised
-# while the encoder's first output arrives quickly.
+# Samples rendered and encoded per step: one second keeps the encoder's calls few while
+# its first output arrives quickly.
 _BLOCK = SAMPLE_RATE
 _PEAK = 0.5
 _FADE = SAMPLE_RATE // 100
@@ -145,46 +150,67 @@ _RHYTHM = (
 
 
 @functools.lru_cache(maxsize=len(VOICES))
-def _phrase(voice: str) -> npt.NDArray[np.int16]:
-    """One period of ``voice``'s waveform (bounded: one array per voice)."""
+def _phrase(voice: str) -> array[int]:
+    """One period of ``voice``'s waveform, s16 (bounded: one array per voice)."""
     index = VOICES.index(voice)
     # Rotate the rhythm and vary the overtones so voices differ in more than pitch.
     shift = index % len(_RHYTHM)
     rhythm = _RHYTHM[shift:] + _RHYTHM[:shift]
     overtones = (1.0, 0.35 + 0.06 * (index % 4), 0.18 + 0.05 * (index % 3), 0.08)
+    w1, w2, w3, w4 = overtones
+    norm = sum(overtones)
     base = _PITCH_HZ[voice]
-    pieces = []
+    sin, pi = math.sin, math.pi
+    period = array("h")
     for seconds, pitch, loudness in rhythm:
         n = round(seconds * SAMPLE_RATE)
-        position = np.arange(n) / n
-        # Each syllable's pitch falls slightly, as speech intonation does.
-        frequency = base * pitch * (1.0 - 0.06 * position)
-        phase = 2.0 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
-        wave = sum(w * np.sin((h + 1) * phase) for h, w in enumerate(overtones))
-        # A raised-cosine envelope starts and ends each syllable at zero: no clicks.
-        envelope = np.sin(np.pi * position) ** 2
-        pieces.append(loudness * envelope * wave / sum(overtones))
-    signal = np.concatenate(pieces) * _PEAK * 32767.0
-    return np.round(signal).astype(np.int16)
+        if not loudness:  # the gap between words
+            period.frombytes(bytes(2 * n))
+            continue
+        frequency = base * pitch
+        cycles = 0.0
+        samples = []
+        for i in range(n):
+            position = i / n
+            # Each syllable's pitch falls slightly, as speech intonation does.
+            cycles += frequency * (1.0 - 0.06 * position)
+            phase = 2.0 * pi * cycles / SAMPLE_RATE
+            wave = w1 * sin(phase) + w2 * sin(2 * phase) + w3 * sin(3 * phase) + w4 * sin(4 * phase)
+            # A raised-cosine envelope starts and ends each syllable at zero: no clicks.
+            envelope = sin(pi * position) ** 2
+            samples.append(round(loudness * envelope * wave / norm * _PEAK * 32767.0))
+        period.extend(samples)
+    return period
 
 
-def render(
-    voice: str, total: int, start: int = 0, stop: int | None = None
-) -> npt.NDArray[np.int16]:
-    """Samples ``start:stop`` of ``voice``'s clip of ``total`` samples (s16, mono, 24 kHz).
+def render(voice: str, total: int, start: int = 0, stop: int | None = None) -> array[int]:
+    """Samples ``start:stop`` of ``voice``'s clip of ``total`` samples (s16 in the
+    machine's byte order, mono, 24 kHz), as an ``array('h')``.
 
     Unknown voices (a CDN bucket name, say) sound like ``alloy``.
     """
     stop = total if stop is None else min(stop, total)
-    phrase = _phrase(voice if voice in _PITCH_HZ else "alloy")
-    samples = phrase[np.arange(start, stop) % len(phrase)]
+    count = max(0, stop - start)
+    period = _phrase(voice if voice in _PITCH_HZ else "alloy")
+    # The clip is the period repeated: slices and repeats of arrays are copies of bytes.
+    samples = period[start % len(period) :][:count]
+    whole, rest = divmod(count - len(samples), len(period))
+    samples.extend(period * whole)
+    samples.extend(period[:rest])
     # Fade the last few milliseconds so a clip cut mid-syllable does not click.
-    fade_from = total - _FADE
-    if stop > fade_from:
-        first = max(start, fade_from)
-        ramp = (total - np.arange(first, stop)) / _FADE
-        samples[first - start :] = np.round(samples[first - start :] * ramp).astype(np.int16)
+    for i in range(max(start, total - _FADE), stop):
+        samples[i - start] = round(samples[i - start] * ((total - i) / _FADE))
     return samples
+
+
+def _frame(samples: array[int], pts: int) -> av.AudioFrame:
+    """A mono s16 PyAV frame holding ``samples``, which start at sample ``pts``."""
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(samples))
+    frame.planes[0].update(samples.tobytes())
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = Fraction(1, SAMPLE_RATE)
+    return frame
 
 
 class _Sink:
@@ -225,11 +251,7 @@ def iter_encoded(voice: str, total: int, fmt: str, chunk_size: int = CHUNK_SIZE)
         if spec.bit_rate:
             stream.bit_rate = spec.bit_rate
         for start in range(0, total, _BLOCK):
-            block = render(voice, total, start, start + _BLOCK)
-            frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = start
-            frame.time_base = Fraction(1, SAMPLE_RATE)
+            frame = _frame(render(voice, total, start, start + _BLOCK), start)
             for packet in stream.encode(frame):
                 container.mux(packet)
             pending += sink.drain()

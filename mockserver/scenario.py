@@ -25,6 +25,7 @@ from mockserver.config import RESPONSE_SHAPES
 from mockserver.latency import GenerationLatency, LatencyError, parse_latency
 
 __all__ = [
+    "CUT_AFTER",
     "FAULTS",
     "MAX_DELAY_MS",
     "MAX_TIMES",
@@ -43,7 +44,8 @@ ROUTES = ("tts", "audio")
 #: ``garbage``    a 200 whose body is not what the route promises
 #: ``slow-body``  dribble the body out over ``delay_ms``
 #: ``truncated``  announce a Content-Length, send half of it, close
-FAULTS = ("reset", "garbage", "slow-body", "truncated")
+#: ``cut``        send the first ``cut_after`` bytes of the body as they stream, close
+FAULTS = ("reset", "garbage", "slow-body", "truncated", "cut")
 STEP_KEYS = (
     "route",
     "status",
@@ -57,8 +59,12 @@ STEP_KEYS = (
     "latency",
     "times",
     "fault",
+    "cut_after",
+    "ignore_range",
 )
 MAX_DELAY_MS = 600_000
+#: Bytes of the body the ``cut`` fault sends when the step does not say (``cut_after``).
+CUT_AFTER = 16 * 1024
 MAX_TIMES = 10_000
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -99,6 +105,12 @@ class Step:
     latency: GenerationLatency | None = None
     times: int = 1
     fault: str | None = None
+    #: With ``fault="cut"``: body bytes sent before the connection drops (``None``:
+    #: :data:`CUT_AFTER`).
+    cut_after: int | None = None
+    #: ``audio`` only: answer in full (200), as a CDN without range support would,
+    #: whatever ``Range`` the request sent.
+    ignore_range: bool = False
 
     @property
     def is_error(self) -> bool:
@@ -116,7 +128,7 @@ class Step:
                 if value:
                     data["headers"] = dict(value)
                 continue
-            if f.name == "delay_ms" and not value:
+            if f.name in ("delay_ms", "ignore_range") and not value:
                 continue
             if f.name == "latency":
                 value = str(value)
@@ -192,12 +204,29 @@ def parse_step(data: object, where: str = "step") -> Step:
             f"{where}.times: expected an integer 1..{MAX_TIMES}, received {times!r}"
         )
 
+    fault = choice("fault", FAULTS)
+    cut_after = data.get("cut_after")
+    if cut_after is not None:
+        if not _is_int(cut_after) or cut_after < 0:
+            raise ScenarioError(
+                f"{where}.cut_after: expected a whole number of bytes, received {cut_after!r}"
+            )
+        if fault != "cut":
+            raise ScenarioError(f"{where}.cut_after: applies to fault 'cut' only")
+    ignore_range = data.get("ignore_range", False)
+    if not isinstance(ignore_range, bool):
+        raise ScenarioError(
+            f"{where}.ignore_range: expected true or false, received {ignore_range!r}"
+        )
+
     shape = choice("shape", RESPONSE_SHAPES)
     audio_url = text("audio_url")
     if route == "audio" and (shape is not None or audio_url is not None or latency is not None):
         raise ScenarioError(
             f"{where}: 'shape', 'audio_url' and 'latency' apply to route 'tts' only"
         )
+    if route == "tts" and ignore_range:
+        raise ScenarioError(f"{where}: 'ignore_range' applies to route 'audio' only")
 
     return Step(
         route=route,
@@ -211,7 +240,9 @@ def parse_step(data: object, where: str = "step") -> Step:
         delay_ms=float(delay),
         latency=latency,
         times=times,
-        fault=choice("fault", FAULTS),
+        fault=fault,
+        cut_after=cut_after,
+        ignore_range=ignore_range,
     )
 
 

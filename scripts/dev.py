@@ -10,10 +10,12 @@ The README's two quick-start commands are::
 ``test`` with no arguments also runs the SDK contract suite and the README's examples
 against the oldest ``openai`` SDK the README claims (``.venv-oldest-sdk``), and a user's
 test file against a wheel of the package installed in a virtual environment of its own
-(``.venv-wheel-smoke``), beside the main pytest run (pytest-xdist), and prints how long
-the tests took, set-up excluded. ``test ARGS`` runs lint, type checks and ``pytest ARGS``
-only. Either way ``test`` first sets up what the tests need: the environments, Debian's
-packages, and ``npm ci`` in ``contract_tests/node`` when its package files changed.
+(``.venv-wheel-smoke``), and again with nothing but the package and pytest installed
+(``.venv-bare``: ``serve --mock`` speaks and the fixtures work, without numpy), beside the
+main pytest run (pytest-xdist), and prints how long the tests took, set-up excluded.
+``test ARGS`` runs lint, type checks and ``pytest ARGS`` only. Either way ``test`` first
+sets up what the tests need: the environments, Debian's packages, and ``npm ci`` in
+``contract_tests/node`` when its package files changed.
 
 Only the standard library is used here, so the script runs on a fresh clone with
 nothing but Python 3.10+ installed. The environments are reinstalled only when
@@ -26,7 +28,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -137,10 +138,20 @@ def _test_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def _user_environ() -> dict[str, str]:
+    """The tests' environment without a ``PYTHONPATH`` or ``PYTHONHOME``, so a user's
+    project imports the package installed in its venv, not this checkout."""
+    environ = _test_environ()
+    for name in ("PYTHONPATH", "PYTHONHOME"):
+        environ.pop(name, None)
+    return environ
+
+
 def _bare_env() -> Path:
-    """``pip install .``, no extras: what resolves must not include numpy."""
+    """``pip install .`` alone (no extras), then pytest, as a user's project adds it:
+    what resolves must not include numpy."""
     env = _sibling("bare")
-    _ensure_other_env(env, ".")
+    _ensure_other_env(env, ".", "pytest>=8")
     return env
 
 
@@ -152,30 +163,19 @@ def _reinstall(env: Path, wheel: Path) -> list[str | Path]:
 
 
 def test_bare_install(wheel: Path) -> subprocess.CompletedProcess[str]:
-    """``pip install tts-shim`` with no extras serves against a real upstream (the mock,
-    run from the main venv) and has no numpy (scripts/bare_install_check.py)."""
+    """``pip install tts-shim`` with no extras (and pytest): ``tts-shim serve --mock``
+    speaks, and a user's test file using the ``tts_shim`` fixture passes, with no numpy
+    installed (scripts/bare_install_check.py, in a scratch directory)."""
     env = _bare_env()
     installed = _capture(_reinstall(env, wheel))
     if installed.returncode:
         return installed
-    port = _free_port()
-    mock = subprocess.Popen([str(BIN / "tts-shim"), "mock", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        check: list[str | Path] = [_bin(env) / "python", ROOT / "scripts" / "bare_install_check.py"]
-        result = _capture([*check, f"http://127.0.0.1:{port}"], cwd=env)
-        result.stdout = installed.stdout + result.stdout
-        return result
-    finally:
-        mock.terminate()
-        mock.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    check: list[str | Path] = [_bin(env) / "python", ROOT / "scripts" / "bare_install_check.py"]
+    check.append(ROOT / "tests" / "plugin" / "bare_user_project.py")
+    with tempfile.TemporaryDirectory(prefix="tts-shim-bare-") as scratch:
+        result = _capture(check, cwd=Path(scratch), env=_user_environ())
+    result.stdout = installed.stdout + result.stdout
+    return result
 
 
 def _wheel_env() -> Path:
@@ -215,11 +215,8 @@ def test_wheel() -> subprocess.CompletedProcess[str]:
         if bare.returncode:
             return done(False)
         shutil.copy(ROOT / "tests" / "plugin" / "user_project.py", project / "test_user_project.py")
-        environ = _test_environ()
-        for name in ("PYTHONPATH", "PYTHONHOME"):
-            environ.pop(name, None)
         user_tests: list[str | Path] = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        return done(step(user_tests, cwd=project, env=environ))
+        return done(step(user_tests, cwd=project, env=_user_environ()))
 
 
 #: Programs some tests run, by the Debian package that has them: a real forward proxy
@@ -290,13 +287,13 @@ def ensure_env(extras: str = "dev") -> None:
 
 def _serve_env() -> Path:
     env = _sibling("serve")
-    _ensure_other_env(env, "-e", ".[mock]")
+    _ensure_other_env(env, "-e", ".")
     return env
 
 
 def serve(argv: list[str]) -> int:
     """``tts-shim serve --mock ARGS`` from ``.venv-serve``, which holds only what serving
-    needs (the package and its ``mock`` extra: no test or lint tools). Every argument
+    needs (the package, mock included: no test or lint tools). Every argument
     goes through, so ``serve --port 9000`` works, and ``serve --no-mock`` (with
     ``AIMLAPI_KEY`` set) serves the real API."""
     env = _serve_env()
@@ -331,6 +328,8 @@ def test(argv: list[str]) -> int:
     environ = _test_environ()
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
+    with tempfile.TemporaryDirectory() as site:  # the docs site builds, links and all
+        _run(BIN / "mkdocs", "build", "--strict", "--quiet", "--site-dir", site)
     with ThreadPoolExecutor(max_workers=3) as pool:
         # Beside the main run, their output kept for its end: the type check, and (the
         # whole run) the oldest SDK and the wheel.

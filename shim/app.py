@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shim.background import Background
 from shim.browsers import BrowserGate
-from shim.cache import check_cache_dir, connect, open_cache
+from shim.cache import DiskAudioStore, Outage, check_cache_dir, connect, open_cache
 from shim.catalog import list_models, list_speech_models, list_voices, retrieve_model
 from shim.chat import create_chat_completion
 from shim.clients import ClientKeys
@@ -42,6 +43,9 @@ from shim.upstream.clients import check_trust_store
 __all__ = ["create_app", "routes"]
 
 logger = logging.getLogger("tts_shim")
+
+#: Most background tasks (pieces finished into the cache) when --max-concurrency is 0.
+_MAX_BACKGROUND = 64
 
 
 def _request_id(request: Request) -> str:
@@ -118,15 +122,31 @@ def create_app(config: Config | None = None) -> Starlette:
         async with contextlib.AsyncExitStack() as opened:
             upstream = Upstream(config)
             opened.push_async_callback(upstream.aclose)
-            # Here, so that each worker process opens its own; one Redis pool serves the
-            # cache, its single flight and the limit counters.
-            redis = connect(config.redis_url) if config.redis_url else None
+            # Here, so that each worker process opens its own; one Redis pool (and its
+            # breaker) serves the cache, its single flight and the limit counters.
+            redis = None
+            if config.redis_url:
+                redis = connect(config.redis_url, timeout=config.redis_timeout)
             cache = open_cache(config, redis)
             if cache is not None:
                 opened.push_async_callback(cache.aclose)
             ops = Operations.open(config, clients, redis=redis)
             opened.push_async_callback(ops.aclose)
-            state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
+            outage = None
+            if redis is not None:
+                outage = Outage.of(redis)
+                opened.push_async_callback(outage.aclose)  # first: stops the PINGs
+                # A Redis that does not answer is a warning now, not at the first request
+                # (the shim starts and serves without it).
+                await outage.check()
+            store = cache.store if cache is not None else None
+            disk = store.writes if isinstance(store, DiskAudioStore) else None
+            ops.metrics.watch(redis=outage, disk=disk)
+            # Closed first (last in): what it finishes needs the upstream and the cache.
+            background = Background(limit=config.max_concurrency or _MAX_BACKGROUND)
+            opened.push_async_callback(background.aclose, config.graceful_timeout)
+            capacity = Capacity.from_config(config)
+            state = State(config, keys, upstream, capacity, cache, ops, background)
             app.state.shim = state
             yield
 

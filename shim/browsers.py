@@ -35,7 +35,7 @@ from shim.middleware import request_id
 __all__ = ["EXPOSED_HEADERS", "TARGET_HOST", "BrowserGate"]
 
 #: Scope key of an absolute-form request target's ``host[:port]`` (``None``: it names
-#: none), set by the server's protocol (:class:`shim.server.HeadCappedHttpTools`).
+#: none), set by the server's protocol (:mod:`shim._http_guard`).
 TARGET_HOST = "tts_shim.target_host"
 
 #: Response headers a page's script may read: what the OpenAI SDK reads.

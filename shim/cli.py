@@ -107,8 +107,6 @@ def _serve(mock: bool, mock_port: int, **options: Any) -> None:
     try:
         _SERVE_ONLY["mock_port"][0].check("mock_port", mock_port)
         config = Config(**options)
-        if mock:
-            _mock_command()  # a clear message now, if the mock extra is missing
         # Imported once the settings parsed; run() checks them before it loads the app.
         from shim.server import run
 
@@ -208,8 +206,10 @@ def usage(url: str, metrics_key: str | None, days: int, as_json: bool) -> None:
 )
 @click.pass_context
 def mock(ctx: click.Context) -> None:
-    """Run the mock AI/ML API and CDN (needs the mock extra: pip install 'tts-shim[mock]')."""
-    mock_main = _mock_command()
+    """Run the mock AI/ML API and CDN (the one `serve --mock` embeds)."""
+    # Imported when used, so the other commands start without loading the mock.
+    from mockserver.cli import main as mock_main
+
     mock_main.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name} mock")
 
 
@@ -273,25 +273,3 @@ def clear(cache_dir: str | None, redis_url: str | None) -> None:
     """Delete every cached entry (later requests generate, and pay, again)."""
     removed = _run_on_store(cache_dir, redis_url, "clear")
     click.echo(f"removed {removed} entries")
-
-
-def _add_mock_command() -> None:
-    from mockserver.cli import main as mock_command
-
-    main.add_command(mock_command, name="mock")
-
-
-def _mock_command() -> click.Command:
-    # Imported when used: the mock needs numpy, which only the ``mock`` extra installs.
-    try:
-        from mockserver.cli import main as mock_main
-    except ImportError as exc:
-        raise click.UsageError(MOCK_EXTRA_MISSING.format(missing=exc.name)) from exc
-    return mock_main
-
-
-#: What ``--mock`` and ``tts-shim mock`` say when the mock's packages are missing.
-MOCK_EXTRA_MISSING = (
-    "the bundled mock needs the 'mock' extra ({missing} is not installed): "
-    "pip install 'tts-shim[mock]'"
-)

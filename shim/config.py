@@ -15,6 +15,7 @@ from yarl import URL
 __all__ = [
     "DEFAULT_CDN_ORIGIN",
     "DEFAULT_UPSTREAM_URL",
+    "MAX_INPUT_CHARS",
     "Config",
     "ConfigError",
     "Origin",
@@ -27,6 +28,9 @@ __all__ = [
 
 DEFAULT_UPSTREAM_URL = "https://api.aimlapi.com"
 DEFAULT_CDN_ORIGIN = "https://cdn.aimlapi.com"
+#: The longest text the AI/ML API speaks in one request, in characters (OpenAI's input
+#: limit too): longer texts are split, up to ``--max-input-chars``.
+MAX_INPUT_CHARS = 4096
 
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -356,6 +360,16 @@ class Config:
     keep_alive_timeout: float = _setting(
         30.0, "Seconds an idle client connection is kept for its next request.", positive=True
     )
+    #: Seconds a client has to send a whole request head (request line and headers),
+    #: counted from connecting, or from the end of the previous response on a kept-alive
+    #: connection (a head begun after that idle spell gets as long from its first byte).
+    #: Without it a thousand connections that never finish a head hold every descriptor.
+    head_timeout: float = _setting(
+        10.0,
+        "Seconds a client has to send a whole request head, from connecting or from the "
+        "end of the previous response; then the connection is closed.",
+        positive=True,
+    )
     # -- the audio cache (shim/cache) ------------------------------------------------
     cache: bool = _setting(
         True,
@@ -387,6 +401,15 @@ class Config:
         "redis://host:port/db: replicas share the cache and generate each audio once. "
         "Prefer the environment variable if it holds a password: flags show in ps.",
         secret=True,
+    )
+    #: Connect and reply timeout of every Redis call. A call past it opens the breaker
+    #: (shim/cache/outage.py): the shim serves without Redis until a PING succeeds.
+    redis_timeout: float = _setting(
+        0.5,
+        "Seconds to connect to Redis and for each of its replies; past it the shim serves "
+        "without Redis (uncached; keys with limits get 503) until Redis answers again.",
+        positive=True,
+        high=60,
     )
     #: Set by ``serve --mock``: the in-process mock's root URL is trusted for audio.
     trusted_origins: tuple[Origin, ...] = field(default=(), repr=False)
@@ -482,8 +505,10 @@ class Config:
 
     @property
     def input_limit(self) -> int:
-        """The longest input accepted: without splitting, the upstream's 4096."""
-        return self.max_input_chars if self.split else min(self.max_input_chars, 4096)
+        """The longest input accepted: without splitting, the upstream's limit."""
+        if self.split:
+            return self.max_input_chars
+        return min(self.max_input_chars, MAX_INPUT_CHARS)
 
     @property
     def is_loopback(self) -> bool:

@@ -40,6 +40,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
 from shim.catalog import FORMATS, MODELS, UPSTREAM_VOICES, SpeechModel, resolve_model, unknown_model
+from shim.config import MAX_INPUT_CHARS
 from shim.errors import APIError, shown, type_name
 
 __all__ = [
@@ -58,10 +59,6 @@ __all__ = [
     "param_of",
 ]
 
-#: The longest text the AI/ML API speaks in one request, in characters: the input limit
-#: unless the caller says otherwise (``from_json(body, max_chars=...)``: the shim splits
-#: longer texts, up to ``--max-input-chars``).
-MAX_INPUT_CHARS = 4096
 #: Chat's audio formats and the speech format each is made as (``pcm16`` is raw PCM).
 CHAT_FORMATS: dict[str, str] = {
     "wav": "wav",

@@ -45,11 +45,6 @@ class Keys:
     def required(self) -> bool:
         return bool(self._client_keys)
 
-    def required_for(self, method: str, path: str) -> bool:
-        """Whether a request to ``path`` must carry a client key: every ``/v1`` route
-        when client keys are set, but the catalogue GETs only with ``private_catalog``."""
-        return bool(self._client_keys) and self.guards(method, path)
-
     def guards(self, method: str, path: str) -> bool:
         """Whether ``path`` is guarded when any client keys exist (from the environment
         or a keys file)."""

@@ -2,12 +2,16 @@
 
 No stage imports this module: the stages write what they did on the request's
 :class:`~shim.logs.RequestLog` (model, characters, upstream attempts, cache results,
-first byte) and :meth:`Metrics.observe` turns the finished record into samples.
+first byte) and :meth:`Metrics.observe` turns the finished record into samples. The
+health of Redis and of the disk cache is counted by those parts themselves (the breaker,
+the store's write episodes) and copied here when the metrics are read
+(:meth:`Metrics.watch`).
 
 With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set before start-up, as
 ``prometheus_client`` requires), every process writes its samples to that directory
 and ``/metrics`` answers the sum over processes; gauges add the live processes'
-values. Without it, each app keeps its own registry.
+values (the health gauges take the lowest: one process without Redis shows). Without
+it, each app keeps its own registry.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +33,8 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from shim.cache.episode import Episode
+from shim.cache.outage import Outage
 from shim.logs import RequestLog
 from shim.prices import MICRO, Prices
 
@@ -40,6 +47,22 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 def _labels(metric: MetricWrapperBase, *values: str) -> Any:
     return metric.labels(*values)
+
+
+class _Copied:
+    """A counter that follows a count kept by the part that counts (the Redis breaker,
+    the disk store), copied when the metrics are read."""
+
+    def __init__(self, counter: Counter, count: Callable[[], int]) -> None:
+        self.counter = counter
+        self.count = count
+        self.seen = 0
+
+    def sync(self) -> None:
+        now = self.count()
+        if now > self.seen:
+            self.counter.inc(now - self.seen)
+            self.seen = now
 
 
 def multiprocess() -> bool:
@@ -139,6 +162,57 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self._counts: list[_Copied] = []
+        self._states: list[tuple[Gauge, Callable[[], bool]]] = []
+
+    def watch(self, redis: Outage | None = None, disk: Episode | None = None) -> None:
+        """Add the health of Redis (``redis``, its breaker) and of the disk cache's
+        writes (``disk``): only the parts the shim runs with get metrics. Call once."""
+        r = self.registry
+        if redis is not None:
+            outages = Counter(
+                "tts_shim_redis_outages",
+                "Times Redis stopped answering and the shim went on without it.",
+                registry=r,
+            )
+            skipped = Counter(
+                "tts_shim_redis_skipped_calls",
+                "Redis calls not made because it was down (each would have waited).",
+                registry=r,
+            )
+            up = Gauge(
+                "tts_shim_redis_up",
+                "1 while Redis answers; 0 while the shim serves without it.",
+                registry=r,
+                multiprocess_mode="livemin",
+            )
+            self._counts += [
+                _Copied(outages, lambda: redis.outages),
+                _Copied(skipped, lambda: redis.skipped),
+            ]
+            self._states.append((up, lambda: not redis.down))
+        if disk is not None:
+            failures = Counter(
+                "tts_shim_cache_write_failures",
+                "Writes the disk cache could not make (disk full, read-only...).",
+                registry=r,
+            )
+            writable = Gauge(
+                "tts_shim_cache_writable",
+                "1 while the disk cache can write; 0 from a failed write to the next "
+                "one that succeeds (it still serves what it holds).",
+                registry=r,
+                multiprocess_mode="livemin",
+            )
+            self._counts.append(_Copied(failures, lambda: disk.failures))
+            self._states.append((writable, lambda: not disk.failing))
+        self._health()
+
+    def _health(self) -> None:
+        for count in self._counts:
+            count.sync()
+        for gauge, state in self._states:
+            gauge.set(1 if state() else 0)
 
     def observe(self, record: RequestLog, route: str, refused: str | None = None) -> None:
         """Add one finished request (its record) to the metrics."""
@@ -175,9 +249,11 @@ class Metrics:
         self._child(self.usd, model, key).inc(micros / MICRO)
 
     def load(self, in_flight: int, queued: int) -> None:
-        """Set the slot gauges (at each request's end and at each scrape)."""
+        """Set the slot gauges, and copy the watched parts' health (at each request's
+        end and at each scrape)."""
         self.slots.set(in_flight)
         self.queue.set(queued)
+        self._health()
 
     def exposition(self) -> bytes:
         """The text exposition format: this app's registry, or every process's samples

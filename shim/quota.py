@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import logging
+import contextlib
 import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from shim.cache.outage import WARNING_INTERVAL
+from shim.cache.outage import Outage, RedisDown
 from shim.clients import Client
 from shim.errors import APIError
 from shim.prices import MICRO
@@ -58,8 +57,7 @@ __all__ = [
     "sliding_wait",
 ]
 
-logger = logging.getLogger("tts_shim")
-
+T = TypeVar("T")
 Clock = Callable[[], float]
 #: The cost of a number of characters of one request's model, in micro-dollars.
 Price = Callable[[int], int]
@@ -352,6 +350,10 @@ class Bill:
         self._held_characters = 0
         self._held_micros = 0
         self._counted = False  # the request is in the ledger's ``requests``
+        # Served uncounted: its reservation found Redis down (a key without limits).
+        # Nothing of it is written after that, not even a give-back, which would
+        # subtract from the ledger what was never added to it.
+        self._uncounted = False
         self._closed = False
         self._in_flight = 0  # attempts sent and not yet answered
         self._idle: list[Callable[[], None]] = []
@@ -429,20 +431,23 @@ class Bill:
         limits = self.client.limits
         requests = self._requests()
         try:
-            refused = await self.quota.ledger.reserve(
-                self.client.name,
-                self.day,
-                self.month,
-                characters,
-                micros,
-                None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
-                None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
-                requests,
+            refused = await self.quota._call(
+                self.quota.ledger.reserve(
+                    self.client.name,
+                    self.day,
+                    self.month,
+                    characters,
+                    micros,
+                    None if limits.usd_per_day is None else round(limits.usd_per_day * MICRO),
+                    None if limits.usd_per_month is None else round(limits.usd_per_month * MICRO),
+                    requests,
+                )
             )
-        except (RedisError, OSError) as exc:
+        except RedisDown as exc:
             if limits.any:
-                raise _unavailable(exc) from exc
-            self.quota._warn_outage("usage not recorded", exc)
+                raise _unavailable("this key's limits") from exc
+            # Served, uncounted; the outage's one warning says so.
+            self._uncounted = True
             return
         if refused is not None:
             self.refused = "insufficient_quota"
@@ -457,27 +462,39 @@ class Bill:
             self._held_micros += micros
 
     async def _add(self, characters: int, micros: int) -> None:
+        if self._uncounted:
+            return
         requests = self._requests()
-        try:
-            await self.quota.ledger.adjust(
-                self.client.name, self.day, self.month, requests, characters, micros
+        # Redis down: not recorded (the outage's one warning says usage is not).
+        with contextlib.suppress(RedisDown):
+            await self.quota._call(
+                self.quota.ledger.adjust(
+                    self.client.name, self.day, self.month, requests, characters, micros
+                )
             )
-        except (RedisError, OSError) as exc:
-            self.quota._warn_outage("usage not recorded", exc)
 
 
 class Quota:
     """The admission check (limits and budgets) and the usage ledger, for one app.
 
-    ``storage`` is a ``limits`` async storage (memory or Redis); ``ledger`` the spend.
+    ``storage`` is a ``limits`` async storage (memory or Redis); ``ledger`` the spend;
+    ``outage`` the Redis client's breaker, through which every Redis call goes (``None``
+    in memory). While Redis is down, keys with limits get 503 (never served uncounted),
+    keys without are served and their usage not recorded, and usage reads get 503.
     """
 
-    def __init__(self, ledger: Ledger, storage: Storage, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        storage: Storage,
+        clock: Clock = time.time,
+        outage: Outage | None = None,
+    ) -> None:
         self.ledger = ledger
         self.storage = storage
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.clock = clock
-        self._warned_at: float | None = None  # monotonic time of the last outage warning
+        self.outage = outage
         #: Ledger writes on their way (the loop holds tasks weakly).
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -500,7 +517,11 @@ class Quota:
             key_prefix="tts-shim:limits",
             connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
-        return cls(RedisLedger(client), storage, clock)
+        return cls(RedisLedger(client), storage, clock, Outage.of(client))
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """``call`` through the breaker (raises :class:`RedisDown`), or as it is in memory."""
+        return await (call if self.outage is None else self.outage.guard(call))
 
     async def admit(
         self,
@@ -510,10 +531,10 @@ class Quota:
         on_billed: OnBilled | None = None,
     ) -> Bill:
         """Check ``client``'s rate limits for a request of ``characters`` (a cache hit
-        counts too) and open its :class:`Bill`, or raise the 429 :class:`APIError` the
-        client should see. ``price`` is the cost of characters of the request's model;
-        the budgets are checked later, by :meth:`Bill.reserve`, on what the request
-        will generate."""
+        counts too) and open its :class:`Bill`, or raise the 429 (or, Redis down, 503)
+        :class:`APIError` the client should see. ``price`` is the cost of characters of
+        the request's model; the budgets are checked later, by :meth:`Bill.reserve`, on
+        what the request will generate."""
         await self._rate(client, characters)
         return Bill(self, client, price, self.clock(), on_billed)
 
@@ -527,13 +548,16 @@ class Quota:
                 if limit is None:
                     continue
                 item = RateLimitItemPerMinute(limit)
-                if not await self.limiter.hit(item, "tts-shim", client.name, kind, cost=cost):
-                    window = await self.storage.get_sliding_window(  # type: ignore[attr-defined]
-                        item.key_for("tts-shim", client.name, kind), item.get_expiry()
+                hit = self.limiter.hit(item, "tts-shim", client.name, kind, cost=cost)
+                if not await self._call(hit):
+                    window = await self._call(
+                        self.storage.get_sliding_window(  # type: ignore[attr-defined]
+                            item.key_for("tts-shim", client.name, kind), item.get_expiry()
+                        )
                     )
                     raise _over_rate(kind, limit, cost, sliding_wait(window, limit, cost))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        except RedisDown as exc:
+            raise _unavailable("this key's limits") from exc
 
     def write(self, write: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a ledger write in a task of its own, which the caller's cancellation does
@@ -548,33 +572,37 @@ class Quota:
         if self._writes:
             await asyncio.wait(list(self._writes))
 
-    def _warn_outage(self, what: str, exc: BaseException) -> None:
-        """One warning a minute (the cache's interval), not one a request, while Redis
-        is down."""
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL:
-            self._warned_at = now
-            logger.warning("%s: Redis unavailable (%s)", what, type(exc).__name__)
-
     async def usage(self, name: str) -> dict[str, Usage]:
-        """``name``'s usage today and this month (UTC)."""
+        """``name``'s usage today and this month (UTC), once this process's writes have
+        landed; a 503 :class:`APIError` while Redis is down (rather than a wait or
+        figures that are not the truth)."""
         await self._landed()
         now = self.clock()
-        today, month = await asyncio.gather(
-            self.ledger.usage(name, _day(now)), self.ledger.usage(name, _month(now))
-        )
+        try:
+            today = await self._call(self.ledger.usage(name, _day(now)))
+            month = await self._call(self.ledger.usage(name, _month(now)))
+        except RedisDown as exc:
+            raise _unavailable("usage") from exc
         return {"day": today, "month": month}
 
     async def report(self, days: int) -> dict[str, dict[str, Usage]]:
-        """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first."""
+        """``{day: {name: usage}}`` for the last ``days`` UTC days, newest first, once
+        this process's writes have landed; a 503 :class:`APIError` while Redis is down."""
         await self._landed()
         now = self.clock()
         wanted = [_day(now - 86400 * back) for back in range(max(1, days))]
-        reports = await asyncio.gather(*(self.ledger.day_report(day) for day in wanted))
+        try:
+            reports = await asyncio.gather(
+                *(self._call(self.ledger.day_report(day)) for day in wanted)
+            )
+        except RedisDown as exc:
+            raise _unavailable("usage") from exc
         return dict(zip(wanted, reports, strict=True))
 
     async def aclose(self) -> None:
         await self._landed()
+        if self.outage is not None:
+            await self.outage.aclose()
         await self.ledger.aclose()
 
 
@@ -612,13 +640,13 @@ def _over_budget(window: str, budget: float, wait: float) -> APIError:
     )
 
 
-def _unavailable(exc: BaseException) -> APIError:
-    # A key with limits is never served uncounted: its counters are unreachable.
-    logger.warning("limits store unavailable (%s): refusing limited keys", type(exc).__name__)
+def _unavailable(what: str) -> APIError:
+    # A key with limits is never served uncounted, and usage is never made up: the
+    # counter store is unreachable. The outage's one warning is in the log.
     return APIError(
         503,
-        "The shim cannot check this key's limits right now (its counter store is "
-        "unreachable). Retry shortly.",
+        f"The shim cannot read {what} right now: its counter store (Redis) does not "
+        "answer. Retry shortly.",
         type="server_error",
         code="service_unavailable",
         retryable=True,

@@ -12,18 +12,18 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shim._http_guard import guarded
 from shim.config import Config, StartupError, parse_origin
 from shim.logs import QUIET
 from shim.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+    from starlette.types import ASGIApp
 
-__all__ = ["MAX_HEADER_BYTES", "HeadCappedHttpTools", "listening_line", "run", "serve"]
+__all__ = ["listening_line", "run", "serve"]
 
 logger = logging.getLogger("tts_shim")
 
@@ -31,69 +31,6 @@ _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
-
-#: Largest request head (request line and headers) the shim reads before it answers
-#: 400 and closes (give or take one read from the socket).
-MAX_HEADER_BYTES = 64 * 1024
-
-
-class HeadCappedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a cap on the request head.
-
-    httptools is uvicorn's fastest parser (h11 cost ~270-300 µs more CPU a request in the
-    last ``python3 bench/parsers.py``), but uvicorn sets it no limit: httptools gathers a
-    header value by appending each piece to the last, so a 100 MB header cost 9 s of
-    CPU and stalled ``/healthz`` for 4.8 s (``docs/reliability.md``). Here the bytes
-    that arrive while a request's head is incomplete are counted, and past
-    :data:`MAX_HEADER_BYTES` the connection gets a 400 and is closed. The read in which
-    a request begins is not counted (it may hold the end of the previous request), so
-    the cap is exceeded by one read at most.
-
-    uvicorn is pinned to the minor release this is tested on (``pyproject.toml``).
-    """
-
-    _in_head = False
-    _began = False
-    _head_bytes = 0
-
-    def data_received(self, data: bytes) -> None:
-        self._began = False
-        super().data_received(data)
-        if not self._in_head or self._began or self.transport.is_closing():
-            return
-        self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEADER_BYTES:
-            self.logger.warning("Request head over %d bytes: connection closed.", MAX_HEADER_BYTES)
-            self.send_400_response("Request header fields too large.")
-
-    def on_message_begin(self) -> None:
-        self._in_head, self._began, self._head_bytes = True, True, 0
-        super().on_message_begin()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        if self.url[:1] != b"/":
-            # An absolute-form target (``GET http://name/path``): uvicorn keeps only its
-            # path, and the name would go unchecked. Rare, so imported only here.
-            from shim.browsers import TARGET_HOST
-
-            self.scope[TARGET_HOST] = _target_host(self.url)  # type: ignore[literal-required]
-        super().on_headers_complete()
-
-
-def _target_host(url: bytes) -> str | None:
-    """``host[:port]`` of an absolute-form request target, as a ``Host`` header has it;
-    ``None`` when it names none (``*``, or no URL at all: uvicorn answers that 400)."""
-    try:
-        parsed = httptools.parse_url(url)
-    except httptools.HttpParserInvalidURLError:
-        return None
-    if not parsed.host:
-        return None
-    host = parsed.host.decode("latin-1")
-    if ":" in host:
-        host = f"[{host}]"
-    return host if parsed.port is None else f"{host}:{parsed.port}"
 
 
 class _QuietServer(uvicorn.Server):
@@ -148,6 +85,29 @@ class _ShimServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Every client connection is a descriptor, and a soft limit of 1,024 (a common
+    default) lets a thousand connections that send nothing take every one, ``/healthz``
+    included, until their head timeout closes them. Harmless where the limit cannot
+    move (no ``resource`` module on Windows; a hard limit the system will not grant).
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.debug("open-file limit left at %d (hard limit %d: %s)", soft, hard, exc)
+        return
+    logger.debug("open-file limit raised from %d to %d", soft, hard)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -170,7 +130,9 @@ def listening_line(config: Config, port: int, *, mock: bool = False) -> str:
     return f"tts-shim listening on http://{host}:{port} (upstream: {upstream})"
 
 
-def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn.Config:
+def _uvicorn_config(app: ASGIApp, config: Config, **overrides: object) -> uvicorn.Config:
+    # The request-head cap and time limit: uvicorn's protocol, reached only there.
+    app, guard = guarded(app, head_timeout=config.head_timeout)
     options: dict[str, object] = {
         "log_level": config.log_level,
         "log_config": None,  # serve() applies shim.logs.log_config, for uvicorn's too
@@ -178,7 +140,7 @@ def _uvicorn_config(app: object, config: Config, **overrides: object) -> uvicorn
         "timeout_graceful_shutdown": config.graceful_timeout,
         "timeout_keep_alive": config.keep_alive_timeout,
         "server_header": False,
-        "http": HeadCappedHttpTools,
+        **guard,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
@@ -193,6 +155,7 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
     """
     config.check_exposure()  # before --mock swaps in its stand-in key
     configure_logging(config)
+    _raise_open_file_limit()
     mock_server: uvicorn.Server | None = None
     mock_socket: socket.socket | None = None
     # A start-up refused on the way closes the sockets it had bound; once the app is

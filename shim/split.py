@@ -46,7 +46,12 @@ import re
 import pysbd
 import regex
 
-__all__ = ["split_text"]
+from shim.config import MAX_INPUT_CHARS
+
+__all__ = ["FIRST_PIECE_CHARS", "split_text"]
+
+#: The first piece of a split text: short, so the first audio comes quickly.
+FIRST_PIECE_CHARS = 300
 
 # How far back from a piece's end to look for its last sentence end, and how much
 # text after a candidate end pysbd sees so it can tell "Dr. Smith" from a full stop.
@@ -61,7 +66,9 @@ _SPACE = re.compile(r"\s+")
 _GRAPHEME = regex.compile(r"\X")
 
 
-def split_text(text: str, *, first: int = 300, limit: int = 4096) -> list[str]:
+def split_text(
+    text: str, *, first: int = FIRST_PIECE_CHARS, limit: int = MAX_INPUT_CHARS
+) -> list[str]:
     """Cut ``text`` into non-empty pieces that join back into exactly ``text``.
 
     The first piece is at most ``first`` characters, each later one at most twice

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from shim.background import Background
 from shim.cache import AudioCache
 from shim.config import Config
 from shim.keys import Keys
@@ -18,8 +19,8 @@ __all__ = ["State", "state_of"]
 
 @dataclass
 class State:
-    """The per-app state: settings, keys, the upstream clients, the speech slots and
-    the audio cache (``None`` when off).
+    """The per-app state: settings, keys, the upstream clients, the speech slots, the
+    audio cache (``None`` when off) and the work requests leave behind.
 
     Built by the app's lifespan (so an app can be started, stopped and started again)
     and kept as ``app.state.shim``; handlers reach it through :func:`state_of`.
@@ -32,6 +33,8 @@ class State:
     cache: AudioCache | None = None
     #: Metrics, client keys with limits, usage (shim/operations.py).
     ops: Operations | None = None
+    #: Paid-for pieces finished into the cache after their request ended (shim/synthesis.py).
+    background: Background = field(default_factory=lambda: Background(limit=0))
 
 
 def state_of(request: Request) -> State:

@@ -28,6 +28,8 @@ or two texts that share a piece, pay once per piece.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
@@ -38,6 +40,7 @@ import anyio
 
 from shim import audio, logs
 from shim.cache import CacheKey, Hit, Miss
+from shim.config import MAX_INPUT_CHARS
 from shim.errors import APIError, clean_request_id
 from shim.quota import Bill
 from shim.split import split_text
@@ -47,13 +50,11 @@ from shim.upstream import AudioRef, Upstream
 
 __all__ = ["PIECE_FORMAT", "Job", "Speech", "synthesize"]
 
+logger = logging.getLogger("tts_shim")
+
 #: What the pieces of a split text are generated (and cached) as: lossless, so the
 #: joins are exact and the client's format is encoded once, across all pieces.
 PIECE_FORMAT = "flac"
-#: The first piece of a split text: short, so the first audio comes quickly.
-FIRST_PIECE_CHARS = 300
-#: The most the AI/ML API takes in one generation.
-UPSTREAM_MAX_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,9 @@ def plan(state: State, text: str) -> list[str]:
     """The pieces ``text`` is generated in: one, unless splitting is on and the text
     is longer than ``--split-threshold`` characters (or than the upstream takes)."""
     config = state.config
-    if not config.split or len(text) <= min(config.split_threshold, UPSTREAM_MAX_CHARS):
+    if not config.split or len(text) <= min(config.split_threshold, MAX_INPUT_CHARS):
         return [text]
-    return split_text(text, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+    return split_text(text)
 
 
 @dataclass
@@ -281,7 +282,8 @@ async def _first_audio(
 @dataclass
 class _Prepared:
     """One piece made ready: its audio found in the cache, or generated (billed) and
-    waiting to be downloaded, with the cache entry it will fill."""
+    waiting to be downloaded, with the cache entry it will fill. Whoever prepared it
+    closes it (:meth:`aclose`) or finishes it (:meth:`finish`) when done with it."""
 
     text: str
     format: str
@@ -292,35 +294,63 @@ class _Prepared:
     #: Known once the audio is open: its first chunk is all of it (a cached entry read
     #: in one chunk; generated audio that had all arrived and needs no conversion).
     whole: bool = False
+    #: Its audio was opened (a download started): finishing it starts that again.
+    opened: bool = False
     _closed: bool = field(default=False, repr=False)
 
     @property
     def request_id(self) -> str | None:
         return self.ref.request_id if self.ref is not None else None
 
+    @property
+    def unfinished(self) -> bool:
+        """Paid for and not yet in the cache, where it could be stored."""
+        writable = self.miss is not None and self.miss.writer is not None
+        return writable and self.ref is not None and not self._closed
+
     async def audio(self, upstream: Upstream) -> AsyncGenerator[bytes]:
         """The piece's audio in :attr:`format`; a generated one is teed into the cache,
         and committed only when it arrived whole."""
+        if self.hit is not None:
+            size = self.hit.audio.size
+            async for chunk in self.hit.audio.chunks:
+                self.whole = len(chunk) == size
+                yield chunk
+            return
+        assert self.ref is not None
+        self.opened = True
+        stream = await upstream.open(self.ref)
+        self.whole = stream.complete and stream.format == self.format
         try:
-            if self.hit is not None:
-                size = self.hit.audio.size
-                async for chunk in self.hit.audio.chunks:
-                    self.whole = len(chunk) == size
+            async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
+                async for chunk in out:
                     yield chunk
+                    if self.miss is not None:
+                        await self.miss.write(chunk)
+            if self.miss is not None:
+                miss, self.miss = self.miss, None  # stored (or refused): nothing to finish
+                await miss.commit()
+        finally:
+            await stream.aclose()
+
+    async def finish(self, upstream: Upstream) -> None:
+        """Download the piece into the cache with no one listening: it was paid for, and
+        a retry of the request it belonged to then finds it there. A download the client
+        had begun starts again from its link (inline audio is still in hand; a binary
+        reply's body went with its connection)."""
+        try:
+            if not self.unfinished:
                 return
+            assert self.miss is not None
             assert self.ref is not None
-            stream = await upstream.open(self.ref)
-            self.whole = stream.complete and stream.format == self.format
-            try:
-                async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
-                    async for chunk in out:
-                        yield chunk
-                        if self.miss is not None:
-                            await self.miss.write(chunk)
-                if self.miss is not None:
-                    await self.miss.commit()
-            finally:
-                await stream.aclose()
+            if self.opened:
+                if self.ref.url is None and self.ref.inline is None:
+                    return
+                if not await self.miss.restart():
+                    return
+            async with aclosing(self.audio(upstream)) as chunks:
+                async for _ in chunks:
+                    pass
         finally:
             await self.aclose()
 
@@ -349,21 +379,32 @@ async def _uncached(state: State, job: Job, texts: list[str], bill: Bill) -> lis
 
 
 async def _prepare(
-    state: State, job: Job, text: str, fmt: str, bill: Bill | None, reserve: bool
+    state: State,
+    job: Job,
+    text: str,
+    fmt: str,
+    bill: Bill | None,
+    *,
+    reserve: bool,
+    billing: Callable[[], None] | None = None,
 ) -> _Prepared:
-    """Look the piece up in the cache; on a miss, generate it (the billed call), its
-    cost reserved first if ``reserve`` (a one-piece plan: the lookup said it costs)."""
+    """Look the piece up in the cache; on a miss, generate it (the billed call, counted
+    on ``bill``), its cost reserved first if ``reserve`` (a one-piece plan: the lookup
+    said it costs), and ``billing`` told just before it goes out."""
     miss: Miss | None = None
     if state.cache is not None and (job.cache_read or job.cache_write):
         key = job.cache_key(text, fmt)
         found = await state.cache.lookup(key, read=job.cache_read, write=job.cache_write)
-        logs.cache_result(isinstance(found, Hit), len(text))
+        if found is not None:  # None: the store is unreachable, served as uncached
+            logs.cache_result(isinstance(found, Hit), len(text))
         if isinstance(found, Hit):
             return _Prepared(text, fmt, "HIT", hit=found)
         miss = found
     try:
         if bill is not None and reserve:
             await bill.reserve([len(text)])
+        if billing is not None:
+            billing()
         ref = await state.upstream.generate(job.body(text, fmt), job.key, bill)
     except BaseException:
         if miss is not None:
@@ -377,10 +418,13 @@ async def _one_piece(
 ) -> AsyncGenerator[bytes]:
     prepared = await _prepare(state, job, text, job.format, bill, reserve=True)
     facts.cache, facts.request_id = prepared.cache, prepared.request_id
-    async with aclosing(prepared.audio(state.upstream)) as chunks:
-        async for chunk in chunks:
-            facts.whole = prepared.whole
-            yield chunk
+    try:
+        async with aclosing(prepared.audio(state.upstream)) as chunks:
+            async for chunk in chunks:
+                facts.whole = prepared.whole
+                yield chunk
+    finally:
+        await prepared.aclose()
 
 
 # -- several pieces ---------------------------------------------------------------------
@@ -392,13 +436,17 @@ async def _stitched(
     """The pieces generated ahead (at most ``--split-parallel`` at a time, in order of
     need), streamed strictly in order and stitched into one file."""
     tasks: list[asyncio.Task[_Prepared]] = []
+    billed: set[int] = set()  # the pieces whose generation call went out
     downloads: list[AsyncGenerator[bytes]] = []  # the stitcher leaves closing them to us
 
     def start_next() -> None:
         if len(tasks) < len(texts):
-            text = texts[len(tasks)]
-            prepare = _prepare(state, job, text, PIECE_FORMAT, bill, reserve=False)
-            tasks.append(asyncio.ensure_future(prepare))
+            index = len(tasks)
+            billing = functools.partial(billed.add, index)
+            work = _prepare(
+                state, job, texts[index], PIECE_FORMAT, bill, reserve=False, billing=billing
+            )
+            tasks.append(asyncio.ensure_future(work))
 
     for _ in range(max(1, state.config.split_parallel)):
         start_next()
@@ -417,16 +465,50 @@ async def _stitched(
             async for chunk in chunks:
                 yield chunk
     finally:
-        # A piece that failed, or a client that left: what was not sent is not paid
-        # for where it had not started, and no cache entry is left half-made.
-        for task in tasks:
-            task.cancel()
         with anyio.CancelScope(shield=True):
             for download in downloads:
                 await download.aclose()
-            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(outcome, _Prepared):  # made, never sent
-                    await outcome.aclose()
+        # A piece that failed, or a client that left. What was not started is not paid
+        # for; what was paid for is finished into the cache in the background, so a
+        # retry pays only for what was never generated; no entry is left half-made.
+        paid = [task for index, task in enumerate(tasks) if task.done() or index in billed]
+        kept = state.cache is not None and job.cache_write and any(map(_unfinished, paid))
+        if kept and state.background.spawn(_finish_pieces(state.upstream, paid)):
+            tasks = [task for task in tasks if task not in paid]
+        for task in tasks:
+            task.cancel()
+        await _close_pieces(tasks)
+
+
+def _unfinished(task: asyncio.Task[_Prepared]) -> bool:
+    """Whether the piece ``task`` prepares may still need storing (it is being made, or
+    was made and is not in the cache yet)."""
+    if not task.done():
+        return True
+    return not task.cancelled() and task.exception() is None and task.result().unfinished
+
+
+async def _finish_pieces(upstream: Upstream, tasks: list[asyncio.Task[_Prepared]]) -> None:
+    """In the background, once a split request ended early: each paid-for piece in turn
+    downloaded into the cache (see :meth:`_Prepared.finish`)."""
+    try:
+        for task in tasks:
+            try:
+                await (await task).finish(upstream)
+            except Exception as exc:  # this piece is lost; the next may not be
+                logger.info("a paid piece was not stored: %s", exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await _close_pieces(tasks)
+
+
+async def _close_pieces(tasks: list[asyncio.Task[_Prepared]]) -> None:
+    """Wait for the pieces' tasks to end, and let go of what they made."""
+    with anyio.CancelScope(shield=True):
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, _Prepared):
+                await outcome.aclose()
 
 
 # -- helpers ----------------------------------------------------------------------------

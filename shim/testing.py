@@ -20,8 +20,9 @@ Both hand out the same :class:`MockUpstream` handle (journal and scenario queue)
 both run the same mock code: there is no second implementation to drift.
 
 Importing this module is cheap: the mock, Starlette, httpx and respx are imported only
-when a helper is used. respx is an optional dependency (``pip install
-'tts-shim[testing]'``); only :func:`aimlapi_mock` needs it.
+when a helper is used. Two helpers need a package that ``pip install tts-shim`` does not
+bring: :func:`aimlapi_mock` needs respx (``pip install 'tts-shim[testing]'``), and
+:func:`decode_audio` with ``samples=True`` needs numpy (``pip install numpy``).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class DecodedAudio:
     channels: int
     #: Samples per channel.
     frames: int
-    #: The first channel as floats in [-1, 1), when asked for (needs numpy).
+    #: The first channel as floats in [-1, 1), when asked for (needs numpy, which the
+    #: package does not depend on).
     samples: npt.NDArray[np.float64] | None = None
 
     @property
@@ -166,8 +168,20 @@ class DecodedAudio:
 
 def decode_audio(data: bytes, fmt: str, *, samples: bool = False) -> DecodedAudio:
     """Decode ``data`` (in OpenAI format ``fmt``; raw ``pcm``/``pcm16`` is read as 24 kHz
-    s16le mono, as documented) with PyAV. Raises PyAV's error if it is not audio."""
+    s16le mono, as documented) with PyAV. Raises PyAV's error if it is not audio.
+
+    ``samples=True`` also returns the samples as floats (:attr:`DecodedAudio.samples`),
+    which needs numpy: without it, an ``ImportError`` that says so, before decoding.
+    """
     import av
+
+    if samples:
+        try:
+            import numpy as np
+        except ImportError as exc:
+            raise ImportError(
+                "shim.testing.decode_audio(samples=True) needs numpy: pip install numpy"
+            ) from exc
 
     options: dict[str, Any] = {}
     if fmt in ("pcm", "pcm16"):
@@ -185,8 +199,6 @@ def decode_audio(data: bytes, fmt: str, *, samples: bool = False) -> DecodedAudi
             container.format.name, codec.name, codec.sample_rate, codec.layout.nb_channels, frames
         )
     if samples:
-        import numpy as np
-
         # Planar formats give (channels, n); packed ones (1, n * channels).
         first = np.concatenate([piece[0] for piece in pieces]).astype(np.float64)
         if pieces and pieces[0].dtype.kind == "i":

@@ -8,12 +8,15 @@ binary is a test failure that says how to get one, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -52,7 +55,8 @@ class RedisServer:
     lines as ``--name value`` pairs (e.g. ``("--maxmemory", "2mb")``).
 
     :meth:`start` picks a free port (again if another process took it meanwhile);
-    :meth:`stop` ends it; :meth:`start` after :meth:`stop` restarts on the same port.
+    :meth:`stop` ends it; :meth:`start` after :meth:`stop` restarts on the same port;
+    ``with server.hung():`` freezes it for a while.
     """
 
     def __init__(self, *extra: str) -> None:
@@ -108,6 +112,18 @@ class RedisServer:
             client.close()
         self.stop()
         return False
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """Redis hung for the block's duration: the process stopped with SIGSTOP (the
+        kernel still accepts its connections; nothing answers), resumed with SIGCONT on
+        the way out, whatever happens in the block."""
+        assert self._process is not None, "start the server first"
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         process, self._process = self._process, None

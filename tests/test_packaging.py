@@ -82,3 +82,40 @@ def test_importing_the_app_loads_neither_pyav_nor_numpy_nor_the_mock() -> None:
     ).stdout.strip()
 
     assert loaded == "[]"
+
+
+def test_the_public_api_is_what_users_use() -> None:
+    import shim
+
+    assert sorted(shim.__all__) == ["Config", "__version__", "create_app"]
+    for name in shim.__all__:
+        assert getattr(shim, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Upstream'"):
+        _ = shim.Upstream  # type: ignore[attr-defined]
+
+
+def test_the_mock_makes_and_decodes_every_format_without_numpy() -> None:
+    # numpy is not a dependency: with it unimportable, as in `pip install tts-shim`, the
+    # mock still makes every format and the decoder reads it; only the float samples
+    # need numpy, and say so.
+    code = """if True:
+        import sys
+        sys.modules["numpy"] = None  # `import numpy` now raises ImportError
+        from mockserver.audio import FORMATS, encode
+        from shim.testing import decode_audio
+        for fmt in FORMATS:
+            seconds = decode_audio(encode("onyx", 12_000, fmt), fmt).seconds
+            print(fmt, "decodes" if abs(seconds - 0.5) < 0.1 else seconds)
+        try:
+            decode_audio(encode("onyx", 12_000, "wav"), "wav", samples=True)
+        except ImportError as exc:
+            print(exc)
+    """
+    printed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+
+    assert printed == [
+        *(f"{fmt} decodes" for fmt in ("mp3", "opus", "aac", "flac", "wav", "pcm")),
+        "shim.testing.decode_audio(samples=True) needs numpy: pip install numpy",
+    ]

@@ -13,7 +13,7 @@ function env(name) {
   return value;
 }
 
-/** The npm alias of the SDK under test, "openai-v5" or "openai-v7" (see package.json). */
+/** The npm alias of the SDK under test, "openai-v5", "-v6" or "-v7" (see package.json). */
 export const PACKAGE = env("TTS_OPENAI_PACKAGE");
 export const { default: OpenAI } = await import(PACKAGE);
 export const { Stream } = await import(`${PACKAGE}/streaming`);

@@ -23,9 +23,11 @@ from mockserver.audio import speech_duration
 from shim.testing import ShimServer
 
 HERE = Path(__file__).resolve().parent
-#: The npm aliases in package.json: the oldest release whose ``audio.speech.create``
-#: takes every field the shim serves (``stream_format`` came in 5.7.0), and the newest.
-PACKAGES = ("openai-v5", "openai-v7")
+#: The npm aliases in package.json, one per major: the oldest release whose
+#: ``audio.speech.create`` takes every field the shim serves (``stream_format`` came in
+#: 5.7.0), then the newest of each later major: 6.x (what ``npm install openai`` picks
+#: on Node.js 20, as 7 declares Node.js 22) and 7.x.
+PACKAGES = ("openai-v5", "openai-v6", "openai-v7")
 TEXT = "The quick brown fox jumps over the lazy dog."
 CODECS = {
     "mp3": "mp3",
@@ -45,6 +47,10 @@ SAVED = {
     "chat-stream.pcm16": 1.0,
     "chat-stream.mp3": 1.0,
 }
+
+
+#: How the testing page's sentence "Three majors run side by side" spells the count.
+_COUNT = {2: "Two", 3: "Three", 4: "Four"}
 
 
 def _node() -> str:
@@ -117,13 +123,19 @@ def test_the_node_sdk_against_the_shim(package: str, tts_shim: ShimServer, tmp_p
 def test_the_majors_are_stated_the_same_everywhere() -> None:
     manifest = json.loads((HERE / "package.json").read_text())
     lock = json.loads((HERE / "package-lock.json").read_text())["packages"]
-    readme = (HERE.parents[1] / "README.md").read_text()
+    readme = (HERE.parents[1] / "docs" / "testing.md").read_text()
 
     assert tuple(manifest["devDependencies"]) == PACKAGES
-    oldest = lock[f"node_modules/{PACKAGES[0]}"]["version"]
-    newest = lock[f"node_modules/{PACKAGES[-1]}"]["version"]
-    assert manifest["devDependencies"][PACKAGES[0]] == f"npm:openai@{oldest}"  # exact: the floor
-    assert f"| `{PACKAGES[0]}` | {oldest} |" in readme
-    assert f"| `{PACKAGES[-1]}` | {newest.split('.')[0]}.x," in readme
-    for package, version in ((PACKAGES[0], oldest), (PACKAGES[-1], newest)):
+    versions = {package: lock[f"node_modules/{package}"]["version"] for package in PACKAGES}
+    oldest, *later = PACKAGES
+    wanted = manifest["devDependencies"]
+    assert wanted[oldest] == f"npm:openai@{versions[oldest]}"  # exact: the floor
+    assert f"| `{oldest}` | {versions[oldest]} |" in readme
+    for package in later:
+        major = versions[package].split(".")[0]
+        assert wanted[package].startswith(f"npm:openai@^{major}."), package  # its major only
+        assert f"| `{package}` | {major}.x, locked in `package-lock.json` |" in readme
+    for package, version in versions.items():
         assert package == f"openai-v{version.split('.')[0]}"
+    # The testing page's sentence says how many majors the table lists.
+    assert f"{_COUNT[len(PACKAGES)]} majors run side by side" in readme

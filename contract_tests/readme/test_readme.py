@@ -1,14 +1,17 @@
-"""Every Python and shell example in README.md runs, against the mock, as written.
+"""Every Python and shell example in README.md and docs/ runs, against the mock, as written.
 
-The examples are read from README.md when the tests are collected (markdown-it-py
+The examples are read from README.md and the docs site's pages (``docs/*.md``) when the
+tests are collected (markdown-it-py
 finds the fenced ``python`` and ``sh`` blocks), so there is no second copy to drift:
 edit an example so that it breaks, and its test fails. ``python3 scripts/dev.py test``
 runs them on the newest ``openai`` SDK and again on the oldest the README claims.
 
 How a block runs, by default:
 
-* ``python``: in a fresh interpreter (this one: the installed SDK), in a scratch
-  directory, with top-level ``await`` allowed; tracebacks name README.md's own lines.
+* ``python``: as a user runs it: saved to a file in a scratch directory and run by
+  ``python example.py`` (this interpreter: the installed SDK), so code that is not a
+  valid script (a module-level ``await`` or ``async with``) fails; the file's lines are
+  the page's own, so a traceback's line numbers point into the page.
 * ``sh``: ``bash -euo pipefail`` in a scratch directory, with ``curl`` failing on an
   HTTP error status (``--fail-with-body`` is added), ``AIMLAPI_KEY`` set to a dummy
   key, and the package's console scripts on ``PATH``.
@@ -22,7 +25,7 @@ the package's own pytest fixtures. After a block ran, every audio file it wrote
 An HTML comment on the line before a block changes how it runs:
 
 * ``<!-- readme-test: continues -->``: run it after the Python block before it (and
-  that block's own predecessors), in the same namespace (``client`` carries on);
+  that block's own predecessors), in the same script (``client`` carries on);
 * ``<!-- readme-test: pytest -->``: the block is a user's test file; it is written to
   a scratch project and run by pytest there, the plugin loaded by its entry point;
 * ``<!-- readme-test: server -->``: the block starts a server; it is started (ports
@@ -35,7 +38,6 @@ An HTML comment on the line before a block changes how it runs:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -55,7 +57,9 @@ from markdown_it import MarkdownIt
 from shim.server import MOCK_KEY
 from shim.testing import MockUpstream, ShimServer, decode_audio, free_port
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+#: The pages whose examples run: the README, then the docs site's.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 LANGUAGES = {"python", "sh"}
 _DIRECTIVE = re.compile(r"<!--\s*readme-test:\s*(\w+)\s*(.*?)\s*-->", re.DOTALL)
 _KINDS = {"run", "continues", "pytest", "server", "skip"}
@@ -70,23 +74,16 @@ LIMIT = 120.0
 # traced, they cost half again as much CPU.
 pytestmark = pytest.mark.no_cover
 
-_RUNNER = """
-import ast, asyncio, json, sys
-namespace = {"__name__": "__main__"}
-for line, source in json.load(sys.stdin):
-    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-    code = compile("\\n" * (line - 1) + source, "README.md", "exec", flags=flags)
-    result = eval(code, namespace)
-    if asyncio.iscoroutine(result):
-        asyncio.run(result)
-"""
+#: The file a Python block is saved to and run as (not a module name users import).
+SCRIPT = "example.py"
 
 
 @dataclass(frozen=True)
 class Example:
-    """One fenced block of README.md: its language, first line of code (1-based), the
-    code, how to run it, and, for ``skip``, why not."""
+    """One fenced block of a page (README.md, docs/...): its language, first line of
+    code (1-based), the code, how to run it, and, for ``skip``, why not."""
 
+    page: str
     language: str
     line: int
     source: str
@@ -97,7 +94,7 @@ class Example:
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}-{self.language}"
+        return f"{self.page}:{self.line}-{self.language}"
 
     @property
     def uses_sdk(self) -> bool:
@@ -106,10 +103,15 @@ class Example:
 
 
 def examples() -> list[Example]:
-    """The README's Python and shell blocks, in order, with their directives."""
-    tokens = MarkdownIt().parse(README.read_text(encoding="utf-8"))
+    """Every page's Python and shell blocks, in order, with their directives."""
+    return [example for page in PAGES for example in _page_examples(page)]
+
+
+def _page_examples(path: Path) -> list[Example]:
+    page = path.relative_to(ROOT).as_posix()
+    tokens = MarkdownIt().parse(path.read_text(encoding="utf-8"))
     found: list[Example] = []
-    previous_python: Example | None = None
+    previous_python: Example | None = None  # a block continues one of its own page
     for index, token in enumerate(tokens):
         if token.type != "fence" or token.info.strip() not in LANGUAGES:
             continue
@@ -120,11 +122,12 @@ def examples() -> list[Example]:
             directive = _DIRECTIVE.search(before.content)
             if directive:
                 kind, reason = directive.group(1), directive.group(2)
-        example = Example(token.info.strip(), token.map[0] + 2, token.content, kind, reason)
+        line = token.map[0] + 2
+        example = Example(page, token.info.strip(), line, token.content, kind, reason)
         if kind == "continues":
             assert previous_python is not None, f"{example.id}: nothing before it to continue"
             chain = (*previous_python.before, previous_python)
-            example = Example(example.language, example.line, example.source, kind, "", chain)
+            example = Example(page, example.language, line, example.source, kind, "", chain)
         if example.language == "python":
             previous_python = example
         found.append(example)
@@ -140,8 +143,9 @@ def test_the_readme_has_examples_and_every_directive_is_known() -> None:
     for example in EXAMPLES:
         assert example.kind in _KINDS, f"{example.id}: unknown readme-test directive"
         assert example.kind != "skip" or example.reason, f"{example.id}: skip needs a reason"
-    # Skips stay few, so that the README's code is what gets run.
-    assert sum(e.kind == "skip" for e in EXAMPLES) <= 7
+    assert {"README.md", "docs/reliability.md"} <= {e.page for e in EXAMPLES}
+    # Skips stay few, so that the pages' code is what gets run.
+    assert sum(e.kind == "skip" for e in EXAMPLES) <= 8
 
 
 def _addresses(source: str, shim: str, mock: str) -> str:
@@ -184,11 +188,21 @@ def _completed(proc: subprocess.CompletedProcess[str], example: Example) -> None
     )
 
 
+def _script(blocks: list[tuple[int, str]], cwd: Path) -> list[str]:
+    """Save the blocks, in order, as one script whose lines are the page's lines (blank
+    lines in between), and return the command that runs it as a user would."""
+    lines: list[str] = []
+    for line, source in blocks:
+        assert len(lines) < line, f"line {line}: blocks out of order"
+        lines += [""] * (line - 1 - len(lines)) + source.splitlines()
+    (cwd / SCRIPT).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [sys.executable, SCRIPT]
+
+
 def _run_python(example: Example, env: dict[str, str], cwd: Path, shim: str, mock: str) -> None:
     blocks = [(e.line, _addresses(e.source, shim, mock)) for e in (*example.before, example)]
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER],
-        input=json.dumps(blocks),
+        _script(blocks, cwd),
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -248,23 +262,19 @@ def _run_server(example: Example, env: dict[str, str], cwd: Path) -> None:
     port = free_port()
     source = re.sub(r"\b(?:8000|8100)\b", str(port), example.source)
     if example.language == "python":
-        command = [sys.executable, "-c", _RUNNER]
-        stdin: str | None = json.dumps([(example.line, source)])
+        command = _script([(example.line, source)], cwd)
     else:
-        command, stdin = [_bash(), "-euo", "pipefail", "-c", source], None
+        command = [_bash(), "-euo", "pipefail", "-c", source]
     proc = subprocess.Popen(
         command,
         cwd=cwd,
         env=env,
-        stdin=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # SIGTERM reaches bash's child too
     )
-    assert proc.stdin is not None
-    proc.stdin.write(stdin or "")
-    proc.stdin.close()
     try:
         response = _answers(port, proc)
         # The shim has /healthz; the mock answers it with its own 404 body: HTTP either way.
@@ -295,7 +305,7 @@ def test_the_example_runs(
     tmp_path: Path,
 ) -> None:
     if example.kind == "skip":
-        pytest.skip(f"README: {example.reason}")
+        pytest.skip(f"{example.page}: {example.reason}")
     scratch = tmp_path / "work"
     scratch.mkdir()
     env = _environment(scratch)

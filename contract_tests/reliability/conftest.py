@@ -173,7 +173,7 @@ class RawServer:
 
 def settle(state: Any, timeout: float = 5.0) -> None:
     """Wait, at most ``timeout`` seconds, until the shim (``app.state.shim``) has closed
-    every upstream stream and freed every slot.
+    every upstream stream, freed every slot and finished its background work.
 
     The shim does that in its own thread just after the client read the last byte, so
     its counters read at once can be one step behind; a leak never settles, and the
@@ -181,7 +181,8 @@ def settle(state: Any, timeout: float = 5.0) -> None:
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if state.upstream.stats.open_streams == 0 and state.capacity.in_flight == 0:
+        streams, slots = state.upstream.stats.open_streams, state.capacity.in_flight
+        if streams == 0 and slots == 0 and len(state.background) == 0:
             return
         time.sleep(0.01)
 

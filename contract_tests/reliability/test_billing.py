@@ -23,7 +23,6 @@ from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import routes, settle
 from shim.prices import MICRO, Prices
 from shim.split import split_text
-from shim.synthesis import FIRST_PIECE_CHARS, UPSTREAM_MAX_CHARS
 from shim.testing import MockUpstream, ShimServer
 from tests.figures import record
 from tests.redis_server import RedisServer
@@ -81,7 +80,7 @@ def test_a_client_that_leaves_after_the_first_chunk_pays_what_went_upstream(
     state = shim.app.state.shim  # type: ignore[attr-defined]
     tts_mock.scenario([{"route": "tts", "latency": LATENCY, "times": 10_000}])
     client = openai.OpenAI(base_url=shim.base_url, api_key=KEY, max_retries=0)
-    pieces = split_text(TEXT, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+    pieces = split_text(TEXT)
     whole = sum(_price(len(piece)) for piece in pieces)  # what a request reserves
     budget = round(BUDGET * MICRO)
 

@@ -10,6 +10,7 @@ deadline (plus a scheduling margin), and a failure after it cuts the transfer.
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from contract_tests.reliability.conftest import (
     routes,
     settle,
 )
+from mockserver import speech_duration
+from mockserver.audio import encode, samples_for
 from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.figures import record
 
@@ -168,15 +171,61 @@ def test_faults_before_the_first_byte(
 # -- during the stream ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("body", "path", "kind"),
-    [
-        (SPEECH, "/v1/audio/speech", "audio"),
-        ({**SPEECH, "stream_format": "sse"}, "/v1/audio/speech", "speech-sse"),
-        ({**CHAT, "stream": True}, "/v1/chat/completions", "chat-sse"),
-    ],
-)
-def test_truncated_audio_cuts_the_transfer(
+STREAMED = [
+    (SPEECH, "/v1/audio/speech", "audio"),
+    ({**SPEECH, "stream_format": "sse"}, "/v1/audio/speech", "speech-sse"),
+    ({**CHAT, "stream": True}, "/v1/chat/completions", "chat-sse"),
+]
+
+
+def _whole_audio(outcome: Outcome, kind: str) -> float:
+    """Seconds of audio in a complete answer of ``kind``."""
+    if kind == "audio":
+        return decodes(outcome.body)
+    events = outcome.events()
+    assert events[-1] == "[DONE]"
+    if kind == "speech-sse":
+        data = [
+            base64.b64decode(e["audio"]) for e in events[:-1] if e["type"] == "speech.audio.delta"
+        ]
+        return decodes(b"".join(data))
+    fragments = [
+        base64.b64decode(e["choices"][0]["delta"]["audio"]["data"])
+        for e in events[:-1]
+        if e.get("choices") and (e["choices"][0]["delta"].get("audio") or {}).get("data")
+    ]
+    return decode_audio(b"".join(fragments), "pcm16").seconds
+
+
+@pytest.mark.parametrize(("body", "path", "kind"), STREAMED)
+@pytest.mark.parametrize("ranges", [True, False], ids=["range", "no-range"])
+def test_audio_cut_once_is_resumed_without_a_seam(
+    tts_mock: MockUpstream,
+    tts_shim_factory: Callable[..., ShimServer],
+    body: dict[str, Any],
+    path: str,
+    kind: str,
+    ranges: bool,
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("truncated"), *([] if ranges else [cdn(ignore_range=True)])])
+
+    outcome = call(shim.url, path=path, json_body=body)
+
+    assert outcome.status == 200
+    assert outcome.complete  # resumed from the same link: the client sees no cut
+    assert _whole_audio(outcome, kind) > 0.5
+    assert len(routes(tts_mock, "tts")) == 1  # nothing generated twice
+    first, again = routes(tts_mock, "audio")
+    assert again["path"] == first["path"]
+    assert again["headers"]["range"].startswith("bytes=")
+    assert again["status"] == (206 if ranges else 200)
+    assert outcome.elapsed < FAST["deadline"] + MARGIN
+    _survived(f"cdn-truncated-once-{kind}-{'range' if ranges else 'no-range'}", outcome)
+
+
+@pytest.mark.parametrize(("body", "path", "kind"), STREAMED)
+def test_audio_cut_every_time_cuts_the_transfer(
     tts_mock: MockUpstream,
     tts_shim_factory: Callable[..., ShimServer],
     body: dict[str, Any],
@@ -184,7 +233,7 @@ def test_truncated_audio_cuts_the_transfer(
     kind: str,
 ) -> None:
     shim = tts_shim_factory(**FAST)
-    tts_mock.scenario([cdn("truncated")])
+    tts_mock.scenario([cdn("truncated", times=3)])
 
     outcome = call(shim.url, path=path, json_body=body)
 
@@ -192,7 +241,8 @@ def test_truncated_audio_cuts_the_transfer(
     assert not outcome.complete  # ...so the only honest signal left is the cut
     assert outcome.body  # some audio was relayed before the cut
     assert len(routes(tts_mock, "tts")) == 1
-    assert len(routes(tts_mock, "audio")) == 1  # nothing is retried once bytes were sent
+    # Resumed within the download retries (audio_retries=2), cut every time.
+    assert len(routes(tts_mock, "audio")) == 3
     if kind != "audio":
         events = outcome.events()
         assert "[DONE]" not in events
@@ -205,17 +255,91 @@ def test_truncated_audio_cuts_the_transfer(
     _survived(f"cdn-truncated-{kind}", outcome)
 
 
+def test_audio_cut_after_its_last_byte_is_complete(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    # Every byte arrived, the end of the chunked body did not: the resumption asks for
+    # what is past the end, the CDN's 416 says there is nothing, and the audio is whole.
+    duration_ms = round(speech_duration(SPEECH["input"]) * 1000)
+    size = len(encode(SPEECH["voice"], samples_for(duration_ms), "mp3"))
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("cut", cut_after=size)])
+
+    outcome = call(shim.url, json_body=SPEECH)
+
+    assert outcome.status == 200
+    assert outcome.complete
+    assert len(outcome.body) == size
+    _, again = routes(tts_mock, "audio")
+    assert (again["headers"]["range"], again["status"]) == (f"bytes={size}-", 416)
+    _survived("cdn-cut-after-the-last-byte", outcome)
+
+
+#: The first download, cut (with an ETag), then the file behind the link changed.
+FIRST_CUT = cdn("cut", cut_after=20_000, headers={"etag": '"v1"'})  # streamed: no length
+NOT_THE_SAME = {
+    "other-content-type": [FIRST_CUT, cdn(audio_format="wav")],
+    "other-bytes": [FIRST_CUT, cdn(ignore_range=True, body="not the audio sent " * 12000)],
+    "other-etag": [FIRST_CUT, cdn(headers={"etag": '"v2"'})],
+    "wrong-range": [
+        FIRST_CUT,
+        cdn(status=206, headers={"content-range": "bytes 0-99/100"}, body="x" * 100),
+    ],
+    # The first reply announced its length; the second is another size.
+    "other-length": [
+        cdn("truncated", headers={"etag": '"v1"'}),
+        cdn(ignore_range=True, body="not the audio sent " * 12000),
+    ],
+}
+
+
+@pytest.mark.parametrize("change", list(NOT_THE_SAME), ids=list(NOT_THE_SAME))
+def test_a_resumed_download_of_other_audio_cuts_the_transfer(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer], change: str
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario(NOT_THE_SAME[change])
+
+    outcome = call(shim.url, json_body={**SPEECH, "input": "Reliability. " * 20})
+
+    assert outcome.status == 200
+    assert not outcome.complete  # never spliced: the transfer is cut instead
+    _, again = routes(tts_mock, "audio")  # and not tried again: it is not the same
+    assert again["headers"]["if-range"] == '"v1"'  # a changed file comes whole, not ranged
+    assert len(routes(tts_mock, "tts")) == 1
+    state = shim.app.state.shim  # type: ignore[attr-defined]
+    settle(state)
+    assert state.upstream.stats.open_streams == 0
+    _survived(f"cdn-resumed-{change}", outcome)
+
+
+def test_a_resumption_that_fails_is_tried_again_within_the_retries(
+    tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
+) -> None:
+    shim = tts_shim_factory(**FAST)
+    tts_mock.scenario([cdn("cut", cut_after=20_000), cdn(status=503)])
+
+    outcome = call(shim.url, json_body={**SPEECH, "input": "Reliability. " * 20})
+
+    assert outcome.status == 200
+    assert outcome.complete
+    assert [e["status"] for e in routes(tts_mock, "audio")] == [200, 503, 206]
+    assert decodes(outcome.body) == pytest.approx(speech_duration("Reliability. " * 20), abs=0.15)
+    _survived("cdn-resumption-503-then-ok", outcome)
+
+
 def test_truncated_audio_for_a_whole_chat_answer_is_a_502(
     tts_mock: MockUpstream, tts_shim_factory: Callable[..., ShimServer]
 ) -> None:
     shim = tts_shim_factory(**FAST)
-    tts_mock.scenario([cdn("truncated")])
+    tts_mock.scenario([cdn("truncated", times=3)])
 
     outcome = call(shim.url, path="/v1/chat/completions", json_body=CHAT)
 
     assert outcome.status == 502  # not streamed: the whole answer is built first
     assert outcome.envelope()["code"] == "audio_download_failed"
     assert outcome.headers["x-should-retry"] == "false"
+    assert len(routes(tts_mock, "audio")) == 3
     _survived("cdn-truncated-chat", outcome)
 
 
@@ -273,8 +397,11 @@ def test_a_cdn_that_breaks_mid_body_cuts_the_transfer_in_time(
     assert outcome.status == 200
     assert not outcome.complete
     assert 0 < len(outcome.body) < len(audio)
-    assert cdn_server.connections == 1  # bytes were sent: no retry
-    bound = FAST["download_timeout"] + MARGIN if how == "stall" else MARGIN
+    # Resumed twice (audio_retries=2; this CDN ignores Range: the same half again,
+    # skipped), broken every time.
+    assert cdn_server.connections == 3
+    tries = FAST["audio_retries"] + 1
+    bound = tries * FAST["download_timeout"] + MARGIN if how == "stall" else MARGIN
     assert outcome.elapsed < bound
     state = shim.app.state.shim  # type: ignore[attr-defined]
     settle(state)

@@ -18,7 +18,7 @@ from bench.loadgen import proc_cpu_seconds as cpu_seconds
 from bench.run import rss_kb
 from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import AUTH, MARGIN, SPEECH, ServeProcess, routes
-from shim.server import MAX_HEADER_BYTES
+from shim._http_guard import MAX_HEADER_BYTES
 from shim.testing import MockUpstream
 from tests.figures import record
 

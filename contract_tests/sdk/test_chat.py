@@ -259,7 +259,8 @@ def test_the_sdk_stream_helper_assembles_playable_audio(tts_shim: ShimServer) ->
 async def test_a_download_that_breaks_mid_stream_raises_in_the_sdk(
     sdk: SDK, tts_shim: ShimServer, journal: Any
 ) -> None:
-    tts_shim.upstream.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_shim.upstream.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
 
     with pytest.raises(openai.APIError) as caught:
         await _stream(sdk, **_params())

@@ -299,7 +299,8 @@ async def test_truncated_audio_is_never_passed_off_as_complete(
 ) -> None:
     # The first half arrives and is relayed; then the CDN closes early. The shim
     # must abort the transfer so the SDK fails, rather than end it as if complete.
-    tts_shim.upstream.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_shim.upstream.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
 
     with pytest.raises(openai.APIConnectionError):
         await sdk.speech(input=TEXT * 20, response_format="wav")

@@ -1,16 +1,19 @@
 """The cache as the request path uses it: look up, or lead or follow, then fill.
 
-:meth:`AudioCache.lookup` returns a :class:`Hit` (stream it) or a :class:`Miss`
+:meth:`AudioCache.lookup` returns a :class:`Hit` (stream it), a :class:`Miss`
 (generate, tee every chunk sent to the client into it, commit when the download is
-whole). Identical requests that arrive while one is generating wait for it and come
-back as hits, within a process and, with Redis, across replicas.
+whole), or ``None`` while the store is unreachable (serve as without a cache:
+``x-cache: BYPASS``). Identical requests that arrive while one is generating wait for
+it and come back as hits, within a process and, with Redis, across replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,13 +44,20 @@ class Miss:
 
     ``leader`` says whether this request holds the single-flight lease (``False`` when
     the lookup was skipped or waiting for another request's generation timed out).
-    ``writer`` is ``None`` when nothing is to be stored (``Cache-Control: no-store``).
-    Leaving ``async with`` without :meth:`commit` aborts the write and releases the lease.
+    ``writer`` is ``None`` when nothing is to be stored (``Cache-Control: no-store``);
+    ``writers`` makes a new one for :meth:`restart`. Leaving ``async with`` without
+    :meth:`commit` aborts the write and releases the lease.
     """
 
-    def __init__(self, writer: AudioWriter | None, lease: Lease | None) -> None:
+    def __init__(
+        self,
+        writer: AudioWriter | None,
+        lease: Lease | None,
+        writers: Callable[[], AudioWriter] | None = None,
+    ) -> None:
         self.writer = writer
         self.lease = lease
+        self._writers = writers
 
     @property
     def leader(self) -> bool:
@@ -65,6 +75,15 @@ class Miss:
             return self.writer is not None and await self.writer.commit(expected_size)
         finally:
             await self._release()
+
+    async def restart(self) -> bool:
+        """Begin the entry again, keeping the lease: what was written is dropped, as the
+        audio is to be fetched afresh. Returns whether there is an entry to write."""
+        if self.writer is None or self._writers is None:
+            return False
+        await self.writer.abort()
+        self.writer = self._writers()
+        return True
 
     async def abort(self) -> None:
         """The generation or download failed, or the client left: store nothing, and let
@@ -101,16 +120,21 @@ class AudioCache:
         self.flights = flights
         self.wait = wait
 
-    async def lookup(self, key: CacheKey, *, read: bool = True, write: bool = True) -> Hit | Miss:
-        """A hit, or a miss to fill.
+    async def lookup(
+        self, key: CacheKey, *, read: bool = True, write: bool = True
+    ) -> Hit | Miss | None:
+        """A hit, a miss to fill, or ``None`` when the store is unreachable (Redis down:
+        nothing could be read or kept, so the request is served as if uncached).
 
         ``read=False`` (``Cache-Control: no-cache``) skips the lookup and single flight
         but still stores; ``write=False`` (``no-store``) stores nothing. With both
         ``False`` there is nothing for the cache to do: don't call it.
         """
         digest = key.digest
+        if not self.store.available:
+            return None
         if not read:
-            return Miss(self.store.writer(digest) if write else None, None)
+            return self._miss(digest, write, None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         followed = False
@@ -119,20 +143,29 @@ class AudioCache:
             if audio is not None:
                 return Hit(audio, followed)
             if not self.store.available:
-                # Redis is down: waiting for another request would only queue requests
-                # whose audio cannot be shared anyway.
-                return Miss(self.store.writer(digest) if write else None, None)
+                # Redis went away during the lookup: waiting for another request would
+                # only queue requests whose audio cannot be shared anyway.
+                return None
             lease = await self.flights.acquire(digest, deadline - loop.time())
+            if not self.store.available:
+                if lease is not None:
+                    await lease.release()
+                return None
             if lease is not None:
                 # A leader may have committed between the lookup and the lease.
                 audio = await self.store.open(digest)
                 if audio is not None:
                     await lease.release()
                     return Hit(audio, followed)
-                return Miss(self.store.writer(digest) if write else None, lease)
+                return self._miss(digest, write, lease)
             followed = True
             if loop.time() >= deadline:
-                return Miss(self.store.writer(digest) if write else None, None)
+                return self._miss(digest, write, None)
+
+    def _miss(self, digest: str, write: bool, lease: Lease | None) -> Miss:
+        if not write:
+            return Miss(None, lease)
+        return Miss(self.store.writer(digest), lease, functools.partial(self.store.writer, digest))
 
     async def holds(self, key: CacheKey) -> bool:
         """Whether the store holds ``key``'s audio now (no single flight: a request that
@@ -184,7 +217,8 @@ def open_store(config: Config, redis: Redis | None = None) -> AudioStore | None:
     if not config.cache:
         return None
     if config.redis_url:
-        return RedisAudioStore(redis or connect(config.redis_url), ttl=config.cache_ttl)
+        client = redis or connect(config.redis_url, timeout=config.redis_timeout)
+        return RedisAudioStore(client, ttl=config.cache_ttl)
     return DiskAudioStore(config.cache_dir, max_bytes=config.cache_max_bytes, ttl=config.cache_ttl)
 
 
@@ -196,8 +230,8 @@ def open_cache(config: Config, redis: Redis | None = None) -> AudioCache | None:
         return None
     flights: Flights
     if isinstance(store, RedisAudioStore):
-        # One outage state per client, so an outage warns once for both.
-        flights = RedisFlights(store.client, prefix=store.prefix, outage=store.outage)
+        # On the store's client, so both share its outage state and it warns once.
+        flights = RedisFlights(store.client, prefix=store.prefix)
     else:
         flights = LocalFlights()
     return AudioCache(store, flights, wait=config.deadline)

@@ -6,6 +6,12 @@ least-recently-used eviction and each entry has a time to live. Its calls are
 blocking, so they run in a worker thread; the audio being written is spooled to a
 temporary file (in memory while small) and handed to diskcache whole on commit,
 which is what keeps an aborted write invisible.
+
+A disk that fills up (or turns read-only) is an *episode* (:mod:`shim.cache.episode`):
+one warning when writes start failing, one line when one succeeds again, and in
+between the store keeps serving what it holds. Reads then leave the access time
+alone: updating it is a write, which fails on a full disk and would turn every hit
+into a miss (a generation paid again).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import IO
 import diskcache
 import platformdirs
 
+from shim.cache.episode import Episode
 from shim.cache.store import (
     CacheCorrupt,
     CachedAudio,
@@ -36,6 +43,13 @@ __all__ = ["DiskAudioStore", "default_cache_dir"]
 READ_CHUNK = 256 * 1024
 #: A write is kept in memory up to this size, then spooled to a file.
 _SPOOL_IN_MEMORY = 1024 * 1024
+_EVICTION = "least-recently-used"
+#: Errors of a write that the disk refused (full, over quota, read-only, failing); a
+#: busy index (diskcache.Timeout) is not one of them.
+_WRITE_ERRORS = (OSError, sqlite3.Error)
+#: SQLite's result code for "database or disk is full" (sqlite3.SQLITE_FULL, which the
+#: type stubs lack).
+_SQLITE_FULL = 13
 
 
 def default_cache_dir() -> Path:
@@ -59,10 +73,17 @@ class DiskAudioStore:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.ttl = ttl
         self._cache = _open_index(self.directory, max_bytes)
+        #: Writes failing: counted, warned about once per episode (the metrics read it).
+        self.writes = Episode(
+            f"the disk cache in {self.directory} cannot write (%s); serving what it "
+            "holds, caching nothing new until a write succeeds",
+            f"the disk cache in {self.directory} can write again",
+        )
 
     @property
     def available(self) -> bool:
-        """A local directory is always there (a failing disk shows as misses)."""
+        """A local directory is always there (a full disk still serves what it holds;
+        see :attr:`writes`)."""
         return True
 
     async def open(self, digest: str) -> CachedAudio | None:
@@ -71,7 +92,17 @@ class DiskAudioStore:
 
     def _open(self, digest: str) -> CachedAudio | None:
         try:
-            handle: IO[bytes] | None = self._cache.get(digest, read=True)
+            handle = self._get(digest)
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc) or self.writes.failing:
+                return None
+            # The hit's access-time update failed for want of room: the disk filled up
+            # since the last write. Read it again without the update.
+            self._failed_write(exc)
+            try:
+                handle = self._get(digest)
+            except (OSError, sqlite3.Error, diskcache.Timeout):
+                return None
         except (OSError, sqlite3.Error, diskcache.Timeout):
             # The file evicted between the index lookup and the open, the disk failing,
             # or the index locked too long by another process: a miss.
@@ -87,6 +118,20 @@ class DiskAudioStore:
             handle.close()
             return None
         return CachedAudio(size=size, chunks=_read_rest(handle, size, first))
+
+    def _get(self, digest: str) -> IO[bytes] | None:
+        handle: IO[bytes] | None = self._cache.get(digest, read=True)
+        return handle
+
+    def _failed_write(self, exc: BaseException) -> None:
+        """Count a refused write; the first of an episode warns, and reads stop writing
+        the access time (diskcache's policy, in this process only: not in the index)."""
+        if self.writes.fail(_reason(exc)):
+            self._cache.reset("eviction_policy", "none", update=False)
+
+    def _wrote(self) -> None:
+        if self.writes.recover():
+            self._cache.reset("eviction_policy", _EVICTION, update=False)
 
     def writer(self, digest: str) -> WriterBase:
         """A writer whose commit stores the entry atomically under ``digest``."""
@@ -122,8 +167,12 @@ class DiskAudioStore:
         spool.seek(0)
         try:
             stored: bool = self._cache.set(digest, spool, read=True, expire=self.ttl)
-        except (OSError, sqlite3.Error, diskcache.Timeout):
-            return False  # disk full, or the index locked for too long: not cached
+        except diskcache.Timeout:
+            return False  # the index locked for too long by another process: not cached
+        except _WRITE_ERRORS as exc:
+            self._failed_write(exc)
+            return False
+        self._wrote()
         return stored
 
 
@@ -138,13 +187,26 @@ def _open_index(directory: Path, max_bytes: int) -> diskcache.Cache:
         return diskcache.Cache(
             str(directory),
             size_limit=max_bytes,
-            eviction_policy="least-recently-used",
+            eviction_policy=_EVICTION,
             # SQLite's busy timeout: past it a lookup is a miss, not a stalled request.
             timeout=2.0,
         )
     except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CacheUnavailable(f"cannot use the cache directory {directory}: {reason}") from None
+        raise CacheUnavailable(
+            f"cannot use the cache directory {directory}: {_reason(exc)}"
+        ) from None
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    code: object = getattr(exc, "sqlite_errorcode", None)
+    return code == _SQLITE_FULL
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in a few words (an OSError's text without its number)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 async def _read_rest(handle: IO[bytes], size: int, first: bytes) -> AsyncIterator[bytes]:
@@ -179,7 +241,8 @@ class _DiskWriter(WriterBase):
             # A write to a page-cached file (or to memory, while small) does not stall
             # the event loop enough to be worth a thread hop per chunk.
             self._spool.write(chunk)
-        except OSError:
+        except OSError as exc:
+            self._store._failed_write(exc)  # the spool, past its memory part, is on disk
             return False
         return True
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError
 
 from shim.cache.outage import Outage, RedisDown
 from shim.cache.redis import DEFAULT_PREFIX
@@ -101,14 +101,13 @@ class _RedisLease:
         for _ in range(max(int(max_hold / every), 1)):
             await asyncio.sleep(every)
             try:
-                await self._lock.reacquire()
+                await self._outage.guard(self._lock.reacquire())
             except LockError:
                 # The lease expired (this process stalled longer than the lease): a
                 # follower may be generating too. Nothing to undo; stop renewing.
                 logger.debug("single-flight lease lost before the generation ended")
                 return
-            except (RedisError, OSError) as exc:
-                self._outage.record(exc)
+            except RedisDown:
                 return
 
     async def release(self) -> None:
@@ -117,11 +116,11 @@ class _RedisLease:
         self._released = True
         self._renewing.cancel()
         try:
-            await self._lock.release()
+            await self._outage.guard(self._lock.release())
         except LockError:
             pass  # expired already
-        except (RedisError, OSError) as exc:
-            self._outage.record(exc)  # the lease expires by itself
+        except RedisDown:
+            pass  # the lease expires by itself
         finally:
             await self._local.release()
 
@@ -131,7 +130,8 @@ class RedisFlights:
 
     ``lease`` is how long a leader's lock outlives its last renewal (renewed every third
     of it, for ``max_hold`` seconds at most); ``poll`` how often followers look at it.
-    If Redis is unreachable the lease is process-local.
+    If Redis is unreachable the lease is process-local. Calls go through the client's
+    :class:`~shim.cache.outage.Outage`.
     """
 
     def __init__(
@@ -142,14 +142,13 @@ class RedisFlights:
         poll: float = POLL,
         max_hold: float = MAX_HOLD,
         prefix: str = DEFAULT_PREFIX,
-        outage: Outage | None = None,
     ) -> None:
         self.client = client
         self.lease = lease
         self.poll = poll
         self.max_hold = max_hold
         self.prefix = prefix
-        self.outage = outage or Outage()
+        self.outage = Outage.of(client)
         self._local = LocalFlights()
 
     def _name(self, digest: str) -> str:

@@ -30,10 +30,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shim.cache.outage import Outage, RedisDown
 from shim.cache.store import CacheCorrupt, CachedAudio, CacheStats, CacheUnavailable, WriterBase
+from shim.config import Config
 
 __all__ = ["DEFAULT_PREFIX", "RedisAudioStore", "connect"]
 
@@ -66,14 +68,16 @@ return 1
 """
 
 
-def connect(url: str) -> Redis:
-    """A client for ``url`` tuned for a cache: short timeouts, one immediate retry (a
-    pooled connection may be stale after a Redis restart), no backoff sleeps."""
+def connect(url: str, *, timeout: float = Config.redis_timeout) -> Redis:
+    """The client for ``url``: ``timeout`` seconds to connect and for each reply (a
+    hung Redis then costs a request that much, once: see :mod:`shim.cache.outage`), one
+    immediate retry of a connection that fails (a pooled one may be stale after a Redis
+    restart) but none of a timeout, no backoff sleeps."""
     client: Redis = Redis.from_url(
         url,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        retry=Retry(NoBackoff(), 1),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         health_check_interval=30,
     )
     return client
@@ -82,8 +86,9 @@ def connect(url: str) -> Redis:
 class RedisAudioStore:
     """An :class:`~shim.cache.store.AudioStore` in Redis, shared by every replica.
 
-    ``outage`` is shared with :class:`~shim.cache.flight.RedisFlights` on the same
-    client, so one outage warns once. ``ttl`` is each entry's lifetime in seconds.
+    Its calls go through the client's :class:`~shim.cache.outage.Outage` (shared with
+    the single flight and the counters on the same client, so one outage warns once).
+    ``ttl`` is each entry's lifetime in seconds.
     """
 
     def __init__(
@@ -93,13 +98,12 @@ class RedisAudioStore:
         ttl: float,
         prefix: str = DEFAULT_PREFIX,
         chunk_size: int = CHUNK_SIZE,
-        outage: Outage | None = None,
     ) -> None:
         self.client = client
         self.ttl = ttl
         self.prefix = prefix
         self.chunk_size = chunk_size
-        self.outage = outage or Outage()
+        self.outage = Outage.of(client)
         self._commit = client.register_script(_COMMIT)
 
     def _manifest_key(self, digest: str) -> str:
@@ -114,7 +118,7 @@ class RedisAudioStore:
 
     @property
     def available(self) -> bool:
-        """``False`` from a failed call until the next one that succeeds."""
+        """``False`` while the breaker is open (from a failed call until Redis answers)."""
         return not self.outage.down
 
     async def open(self, digest: str) -> CachedAudio | None:
@@ -211,7 +215,8 @@ class RedisAudioStore:
         return count if kind == "m" else 0
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Stop the outage's checks and close the connection pool."""
+        await self.outage.aclose()
         await self.client.aclose()
 
 

@@ -9,7 +9,8 @@ replicas). Both promise the same things:
 - :meth:`AudioStore.open` returns a whole entry or ``None``; an entry whose parts went
   missing (evicted, expired) is a miss, never a short file.
 - The data path never sees a store error: an unreachable store is a miss, and a write
-  to it is dropped (see :mod:`shim.cache.outage`). Only the operator calls
+  to it is dropped (see :mod:`shim.cache.outage`; a disk that cannot write keeps
+  serving what it holds, see :mod:`shim.cache.disk`). Only the operator calls
   :meth:`~AudioStore.stats` and :meth:`~AudioStore.clear` raise :class:`CacheUnavailable`.
 """
 
@@ -109,8 +110,8 @@ class AudioStore(Protocol):
 
     @property
     def available(self) -> bool:
-        """``False`` while the store is known to be unreachable: requests then neither
-        wait for one another (nothing would be shared) nor expect a hit."""
+        """``False`` while the store is known to be unreachable: requests then bypass
+        the cache (nothing could be read, kept or shared) rather than wait on it."""
 
     async def open(self, digest: str) -> CachedAudio | None:
         """The whole entry, streamed, or ``None`` (absent, expired, partly evicted, or the

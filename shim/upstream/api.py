@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from yarl import URL
@@ -26,11 +27,24 @@ from shim import logs
 from shim.config import Config
 from shim.errors import APIError
 from shim.upstream.clients import Proxies, build_session
-from shim.upstream.download import fetch_audio, named_format
+from shim.upstream.download import (
+    Validators,
+    fetch_audio,
+    named_format,
+    resume_headers,
+    resumed,
+)
 from shim.upstream.generation import post_generation
 from shim.upstream.replies import AudioRef
 from shim.upstream.retry import RetryPolicy
-from shim.upstream.stream import AudioStream, UpstreamStats, inline_stream, open_stream
+from shim.upstream.stream import (
+    AudioStream,
+    Resumed,
+    UpstreamStats,
+    download_error,
+    inline_stream,
+    open_stream,
+)
 
 __all__ = ["Meter", "Upstream"]
 
@@ -45,6 +59,18 @@ class Meter(Protocol):
 
     def answered(self, characters: int, billed: bool) -> None:
         """It has its outcome; ``billed=False`` only when that proves nothing was billed."""
+
+
+@dataclass
+class _Link:
+    """One generation's audio link and the requests made for it: its first download,
+    that download's retries and its resumptions all count against ``--audio-retries``."""
+
+    url: str
+    ref: AudioRef
+    made: int = 0
+    #: What the reply that opened the stream said about the audio.
+    first: Validators | None = None
 
 
 class Upstream:
@@ -158,21 +184,53 @@ class Upstream:
                 stats=self.stats,
             )
         assert ref.url is not None
-        return await self._download_retries.run(self._download, ref.url, ref)
+        return await self._download_retries.run(self._download, _Link(ref.url, ref))
 
-    async def _download(self, url: str, ref: AudioRef) -> AudioStream:
+    async def _download(self, link: _Link) -> AudioStream:
+        link.made += 1
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
         with logs.upstream_call("download"):  # metrics (issue 13)
-            response = await fetch_audio(self._cdn, url, origins, ref.request_id, self.proxies)
-            return await open_stream(
+            response = await fetch_audio(
+                self._cdn, link.url, origins, link.ref.request_id, self.proxies
+            )
+            link.first = Validators.of(response)
+            stream = await open_stream(
                 response,
-                request_id=ref.request_id,
-                named=named_format(url),
+                request_id=link.ref.request_id,
+                named=named_format(link.url),
                 max_bytes=self.config.max_audio_bytes,
                 stats=self.stats,
                 retryable=True,
             )
+        stream.resume = functools.partial(self._resume, link)
+        return stream
+
+    async def _resume(self, link: _Link, offset: int, crc: int, cut: str) -> Resumed:
+        """Pick a download cut after ``offset`` bytes up again from the same link, with
+        what is left of its retries (see :mod:`shim.upstream.download`)."""
+        left = self.config.audio_retries + 1 - link.made
+        if left <= 0:
+            raise download_error(f"{cut}; no download retries were left to resume it")
+        try:
+            policy = RetryPolicy(left - 1, self.config.max_retry_wait)
+            return await policy.run(self._reopen, link, offset, crc)
+        except APIError as exc:
+            # Audio went out: the client's retry would pay for a new generation.
+            exc.retryable = False
+            raise
+
+    async def _reopen(self, link: _Link, offset: int, crc: int) -> Resumed:
+        assert link.first is not None
+        link.made += 1
+        self.stats.audio_calls += 1
+        origins = self.config.allowed_audio_origins
+        headers = resume_headers(offset, link.first)
+        with logs.upstream_call("download"):  # metrics (issue 13)
+            response = await fetch_audio(
+                self._cdn, link.url, origins, link.ref.request_id, self.proxies, headers
+            )
+            return await resumed(response, offset, crc, link.first)
 
 
 def _billed(attempt: asyncio.Task[AudioRef]) -> bool:

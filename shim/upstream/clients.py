@@ -127,8 +127,8 @@ def _trust_store(
     ca_bundle: str | None, cert_file: str | None, cert_dir: str | None
 ) -> ssl.SSLContext:
     # One context per trust store in the process, shared by every session built on it:
-    # loading a CA bundle costs ~30 ms of CPU. Each app builds two sessions, and a
-    # process may start many apps (tests, reloads).
+    # loading a CA bundle is costly, each app builds two sessions, and a process may
+    # start many apps (tests, reloads).
     if ca_bundle is not None:
         try:
             return ssl.create_default_context(cafile=ca_bundle)

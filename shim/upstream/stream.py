@@ -6,13 +6,17 @@ signature decides), the content type must be one audio can have (a CDN's HTML er
 page is not audio), and a body too short to be audio is refused. Raw PCM has no
 signature, so it is accepted only when the content type says PCM, or the reply named
 the format. Once streaming, the size cap holds, and a body that ends before its
-announced length is an error, never a short file passed off as complete.
+announced length is an error, never a short file passed off as complete, unless
+the download can be resumed (:attr:`AudioStream.resume`, a CDN link): then the
+stream carries on from the first byte it lacks, and the client sees no seam.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiohttp
 
@@ -22,7 +26,11 @@ from shim.upstream.clients import describe
 __all__ = [
     "MIN_AUDIO_BYTES",
     "AudioStream",
+    "Resume",
+    "Resumed",
     "UpstreamStats",
+    "announced_length",
+    "empty_chunks",
     "identify",
     "inline_stream",
     "open_stream",
@@ -46,6 +54,20 @@ class UpstreamStats:
     bytes_streamed: int = 0
 
 
+class Resumed(NamedTuple):
+    """A cut download picked up again: the reply, its body from the first byte the
+    stream lacks, and the audio's whole length when the reply told it."""
+
+    response: aiohttp.ClientResponse
+    chunks: AsyncIterator[bytes]
+    total: int | None
+
+
+#: How a stream is resumed: ``resume(received, crc32 of those bytes, why it was cut)``;
+#: raises an :class:`APIError` when it cannot be.
+Resume = Callable[[int, int, str], Awaitable[Resumed]]
+
+
 @dataclass
 class AudioStream:
     """Audio arriving from upstream, its format known from its first bytes.
@@ -66,6 +88,9 @@ class AudioStream:
     #: The first chunk (the bytes read to identify the audio) is all of it: the body
     #: had ended when they were read, so iterating ends without waiting for the network.
     complete: bool = False
+    #: How to pick the download up where it was cut (``None``: it cannot be; a body
+    #: that breaks off is then an error).
+    resume: Resume | None = None
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,10 +98,13 @@ class AudioStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         received = len(self._head)
+        # What went out, checksummed where a cut can be resumed: a CDN that ignores
+        # ``Range`` sends those bytes again, and they must be the very same.
+        crc = zlib.crc32(self._head) if self.resume is not None else 0
         try:
             if self._head:
                 yield self._head
-            if self._rest is not None:
+            while self._rest is not None:
                 try:
                     async for chunk in self._rest:
                         received += len(chunk)
@@ -84,18 +112,35 @@ class AudioStream:
                             raise download_error(
                                 f"the audio exceeded the {self._max_bytes}-byte size cap"
                             )
+                        if self.resume is not None:
+                            crc = zlib.crc32(chunk, crc)
                         self._stats.bytes_streamed += len(chunk)
                         yield chunk
                 except APIError:
                     raise
                 except Exception as exc:  # aiohttp's: reset, read timeout, bad framing
-                    raise download_error(f"the audio download broke off: {describe(exc)}") from exc
-            if self._expected is not None and received < self._expected:
-                raise download_error(
-                    f"the audio ended after {received} of {self._expected} announced bytes"
-                )
+                    cut = f"the audio download broke off: {describe(exc)}"
+                    if self.resume is None:
+                        raise download_error(cut) from exc
+                else:
+                    if self._expected is None or received >= self._expected:
+                        return
+                    cut = f"the audio ended after {received} of {self._expected} announced bytes"
+                    if self.resume is None:
+                        raise download_error(cut)
+                # Cut: carry on from the same link where it stopped (see download.py).
+                self._drop_response()
+                resumed = await self.resume(received, crc, cut)
+                self._response, self._rest = resumed.response, resumed.chunks
+                if resumed.total is not None:
+                    self._expected = resumed.total
         finally:
             await self.aclose()
+
+    def _drop_response(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            response.close()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -146,10 +191,7 @@ async def open_stream(
 
     ``retryable`` marks failures here as worth fetching again (a CDN download is
     free; a binary generation reply is not)."""
-    declared = response.headers.get("content-length", "")
-    encoded = "content-encoding" in response.headers  # then the length is not the audio's
-    sized = declared.isascii() and declared.isdigit() and not encoded
-    expected = int(declared) if sized else None
+    expected = announced_length(response)
     if expected is not None and expected > max_bytes:
         response.close()
         raise APIError(
@@ -166,7 +208,7 @@ async def open_stream(
             try:
                 head += await chunks.__anext__()
             except StopAsyncIteration:
-                chunks = _empty()
+                chunks = empty_chunks()
                 break
     except BaseException as exc:  # cancellation (the deadline) included: never leak it
         response.close()
@@ -210,6 +252,15 @@ def inline_stream(
     return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, True)
 
 
+def announced_length(response: aiohttp.ClientResponse) -> int | None:
+    """The body's length as its ``Content-Length`` announces it, if it does (not for a
+    content-encoded body: then the length is not the audio's)."""
+    declared = response.headers.get("content-length", "")
+    encoded = "content-encoding" in response.headers
+    sized = declared.isascii() and declared.isdigit() and not encoded
+    return int(declared) if sized else None
+
+
 def media_type(response: aiohttp.ClientResponse) -> str:
     """The reply's media type, lower case, without parameters."""
     content_type: str = response.headers.get("content-type", "")
@@ -239,6 +290,7 @@ def download_error(message: str, retryable: bool = False) -> APIError:
     )
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def empty_chunks() -> AsyncIterator[bytes]:
+    """A body with nothing (more) in it."""
     return
     yield  # pragma: no cover

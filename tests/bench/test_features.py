@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench import features, report
+from bench import features
 
 
 def figures(split_3000_ms: float = 1300.0, generations: int = 1) -> dict[str, Any]:
@@ -68,23 +68,6 @@ def test_section_is_replaced_in_place_and_the_rest_kept(tmp_path: Path) -> None:
     assert text.count("<!-- features -->") == 1
     assert "**16%**" in text
     assert "**11%**" not in text
-
-
-def test_run_py_rewrite_keeps_the_features_section(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # run.py's own report needs a full run's results; only the keeping is under test.
-    monkeypatch.setattr(report, "markdown", lambda results: "new report\n")
-    monkeypatch.setattr(report, "chart", lambda results, path: None)
-    path = tmp_path / "benchmarks.md"
-    path.write_text("old report\n")
-    features.write_section(path, features.section(figures()))
-    report.write({}, tmp_path)
-    kept = path.read_text()
-    assert kept.startswith("new report\n")
-    assert "old report" not in kept
-    assert kept.count("<!-- features -->") == 1
-    assert "**11%**" in kept
 
 
 def test_chart_is_a_png(tmp_path: Path) -> None:

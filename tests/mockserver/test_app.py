@@ -469,6 +469,19 @@ async def test_truncated_in_process_raises_a_connection_error(client: httpx.Asyn
         await tts(client)
 
 
+async def test_cut_in_process_raises_a_connection_error(client: httpx.AsyncClient) -> None:
+    await push(client, {"route": "audio", "fault": "cut", "cut_after": 100})
+    with pytest.raises(httpx.RemoteProtocolError, match="received 100 bytes"):
+        await client.get("/generations/alloy/1-2.mp3")
+
+
+async def test_ranges_in_process(client: httpx.AsyncClient) -> None:
+    whole = await client.get("/generations/alloy/1-2.mp3")
+    part = await client.get("/generations/alloy/1-2.mp3", headers={"range": "bytes=5-9"})
+    assert part.status_code == 206
+    assert part.content == whole.content[5:10]
+
+
 async def test_garbage_on_tts_is_a_200_that_is_not_json(client: httpx.AsyncClient) -> None:
     await push(client, {"fault": "garbage"})
     response = await tts(client)

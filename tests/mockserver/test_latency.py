@@ -74,11 +74,11 @@ def test_text_form_round_trips(text: str) -> None:
     assert parse_latency(str(latency)) == latency
 
 
-def test_realistic_preset_is_documented_in_the_readme() -> None:
+def test_realistic_preset_is_documented_in_the_mock_page() -> None:
     assert PRESETS["realistic"] == GenerationLatency(300, 4)
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert "--generation-latency" in readme
-    assert "`realistic`" in readme
+    page = (Path(__file__).parents[2] / "docs" / "mock.md").read_text()
+    assert "--generation-latency" in page
+    assert "`realistic`" in page
 
 
 def test_config_takes_text_or_a_value_and_defaults_to_none() -> None:

@@ -41,11 +41,22 @@ def test_every_key() -> None:
         "times": 3,
         "fault": "slow-body",
     }
-    assert sorted(data) == sorted(STEP_KEYS)
+    # The keys only the CDN's downloads take, and those of the ``cut`` fault.
+    audio: dict[str, Any] = {
+        "route": "audio",
+        "fault": "cut",
+        "cut_after": 4096,
+        "ignore_range": True,
+        "times": 2,
+    }
+    assert sorted(set(data) | set(audio)) == sorted(STEP_KEYS)
     step = parse_step(data)
     assert step.headers == {"x-upstream": "a"}  # names are case-insensitive: kept lower-case
     assert step.is_error
     assert step.to_json() == {**data, "headers": {"x-upstream": "a"}}
+    cut = parse_step(audio)
+    assert (cut.fault, cut.cut_after, cut.ignore_range) == ("cut", 4096, True)
+    assert cut.to_json() == audio
 
 
 def test_body_may_be_any_json_value_including_null() -> None:
@@ -57,7 +68,16 @@ def test_body_may_be_any_json_value_including_null() -> None:
 @pytest.mark.parametrize(
     ("data", "complaint"),
     [
-        ({"fault": "boom"}, "steps[0].fault: expected one of reset, garbage, slow-body, truncated"),
+        (
+            {"fault": "boom"},
+            "steps[0].fault: expected one of reset, garbage, slow-body, truncated, cut",
+        ),
+        ({"fault": "cut", "cut_after": -1}, "steps[0].cut_after: expected a whole number"),
+        ({"fault": "cut", "cut_after": 1.5}, "steps[0].cut_after"),
+        ({"fault": "truncated", "cut_after": 10}, "applies to fault 'cut' only"),
+        ({"cut_after": 10}, "applies to fault 'cut' only"),
+        ({"route": "audio", "ignore_range": 1}, "steps[0].ignore_range: expected true or false"),
+        ({"ignore_range": True}, "'ignore_range' applies to route 'audio' only"),
         ({"route": "cdn"}, "steps[0].route: expected one of tts, audio, received 'cdn'"),
         ({"shape": "xml"}, "steps[0].shape: expected one of url-object"),
         ({"audio_format": "ogg"}, "steps[0].audio_format: expected one of mp3"),

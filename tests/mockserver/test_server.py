@@ -180,6 +180,64 @@ def test_truncated_announces_more_than_it_sends(
     assert server_errors() == []
 
 
+@pytest.mark.parametrize("fmt", ["mp3", "wav"])
+def test_cut_sends_exactly_its_bytes_then_drops_the_connection(
+    mock: httpx.Client, server_errors: Callable[[], list[str]], fmt: str
+) -> None:
+    url = audio_url(mock, response_format=fmt)
+    whole = mock.get(url).content
+    queue(mock, {"route": "audio", "fault": "cut", "cut_after": 5000})
+    received = bytearray()
+    with mock.stream("GET", url) as response, pytest.raises(httpx.RemoteProtocolError):
+        drain(response, received)
+    assert bytes(received) == whole[:5000]  # as it streams: no length announced
+    assert "content-length" not in response.headers
+    assert server_errors() == []
+
+
+def test_ranges_are_served_from_the_same_clip(mock: httpx.Client) -> None:
+    url = audio_url(mock)
+    whole = mock.get(url)
+    assert whole.headers["accept-ranges"] == "bytes"
+    size = len(whole.content)
+
+    rest = mock.get(url, headers={"range": "bytes=1000-"})
+    middle = mock.get(url, headers={"range": "bytes=10-19"})
+    past = mock.get(url, headers={"range": f"bytes={size}-"})
+    several = mock.get(url, headers={"range": "bytes=0-1,5-6"})  # not served: all of it
+
+    assert rest.status_code == 206
+    assert rest.headers["content-range"] == f"bytes 1000-{size - 1}/{size}"
+    assert rest.content == whole.content[1000:]
+    assert rest.headers["content-type"] == whole.headers["content-type"]
+    assert (middle.status_code, middle.content) == (206, whole.content[10:20])
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{size}"
+    assert (several.status_code, several.content) == (200, whole.content)
+
+
+def test_a_cut_range_and_a_range_ignored(mock: httpx.Client) -> None:
+    url = audio_url(mock)
+    whole = mock.get(url).content
+    queue(
+        mock,
+        {"route": "audio", "fault": "cut", "cut_after": 300},
+        {"route": "audio", "ignore_range": True},
+    )
+    received = bytearray()
+    with mock.stream("GET", url, headers={"range": "bytes=100-"}) as response:
+        announced = int(response.headers["content-length"])
+        with pytest.raises(httpx.RemoteProtocolError):
+            drain(response, received)
+    ignored = mock.get(url, headers={"range": "bytes=100-"})
+
+    assert (response.status_code, announced) == (206, len(whole) - 100)
+    assert bytes(received) == whole[100:400]
+    assert ignored.status_code == 200
+    assert ignored.content == whole
+    assert "accept-ranges" not in ignored.headers
+
+
 def test_slow_body_arrives_piecewise_and_complete(
     mock: httpx.Client, server_errors: Callable[[], list[str]]
 ) -> None:

@@ -144,5 +144,5 @@ def test_the_serving_environment_holds_no_test_or_lint_tools(
         check=True,
     )
     installed = set(listing.stdout.split())
-    assert {"tts-shim", "numpy", "uvicorn", "av"} <= installed
+    assert {"tts-shim", "uvicorn", "av"} <= installed
     assert installed.isdisjoint(DEV_TOOLS), installed & DEV_TOOLS

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 
@@ -111,6 +113,28 @@ def inline_audio(audio: bytes, prefix: str = "") -> dict[str, Any]:
     """A scenario step: a generation reply carrying ``audio`` inline, base64-encoded
     (after ``prefix``, such as a ``data:`` URL's), so all of it arrives at once."""
     return {"status": 200, "body": {"audio": prefix + base64.b64encode(audio).decode()}}
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a ``/metrics`` text by its name (``..._total``, ``..._bucket``...),
+    read by prometheus_client's own parser."""
+    samples: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((dict(sample.labels), sample.value))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples that carry ``labels``."""
+    return sum(
+        value
+        for found, value in samples.get(name, [])
+        if all(found.get(k) == v for k, v in labels.items())
+    )
 
 
 def state_of(client: httpx.AsyncClient) -> State:

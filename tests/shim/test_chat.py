@@ -378,7 +378,8 @@ def test_a_download_that_breaks_mid_stream_ends_with_an_error_event(
     tts_shim: ShimServer, tts_mock: MockUpstream
 ) -> None:
     # On real sockets: in process, httpx's ASGITransport reads a reply whole first.
-    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_mock.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
     lines: list[str] = []
     with (
         pytest.raises(httpx.HTTPError),

@@ -205,7 +205,8 @@ def test_a_cut_stream_is_logged_as_aborted(
 ) -> None:
     # On real sockets: in process, httpx's ASGITransport reads a reply whole before
     # the shim sees it, so nothing can break off mid-stream there.
-    tts_mock.scenario([{"route": "audio", "fault": "truncated"}])
+    # Cut every time: the first download and both resumptions (--audio-retries 2).
+    tts_mock.scenario([{"route": "audio", "fault": "truncated", "times": 3}])
     chunks: list[bytes] = []
 
     def download() -> None:

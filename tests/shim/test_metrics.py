@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shim import logs
 from shim.metrics import Metrics
 from shim.prices import Prices
 from shim.testing import MockUpstream
-from tests.shim.conftest import CLIENT_TOKEN
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
+from tests.shim.conftest import CLIENT_TOKEN, parse, total
 
 KEYS = f"""\
 [keys.app]
@@ -25,23 +21,6 @@ key = "{CLIENT_TOKEN}"
 key = "sk-tight-key-0001"
 requests_per_minute = 1
 """
-
-
-def parse(text: str) -> Samples:
-    """Every sample by its name (``..._total``, ``..._bucket``...), via prometheus_client."""
-    samples: Samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((dict(sample.labels), sample.value))
-    return samples
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(
-        value
-        for found, value in samples.get(name, [])
-        if all(found.get(k) == v for k, v in labels.items())
-    )
 
 
 def _keys_file(tmp_path: Path) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 
 from shim.prices import Prices
 from shim.split import split_text
-from shim.synthesis import FIRST_PIECE_CHARS, UPSTREAM_MAX_CHARS
 from shim.testing import MockUpstream
 from tests.shim.conftest import CLIENT_TOKEN, generations, state_of
 
@@ -195,7 +194,7 @@ async def test_a_cache_hit_still_counts_against_the_rate_limits(
 
 def _pieces(text: str) -> list[str]:
     """The pieces the shim generates ``text`` in (its default split settings)."""
-    return split_text(text, first=FIRST_PIECE_CHARS, limit=UPSTREAM_MAX_CHARS)
+    return split_text(text)
 
 
 async def test_a_long_text_reserves_only_the_pieces_the_cache_lacks(

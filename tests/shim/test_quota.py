@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 
@@ -10,7 +11,7 @@ import pytest
 from shim.clients import Client, Limits
 from shim.errors import APIError
 from shim.prices import MICRO
-from shim.quota import Bill, Quota, sliding_wait
+from shim.quota import Bill, Quota, Usage, sliding_wait
 from tests.redis_server import RedisServer
 
 
@@ -253,25 +254,69 @@ def test_sliding_wait_finds_when_the_cost_fits() -> None:
     assert sliding_wait((0, 0.0, 0, 120.0), 10, 11) is None
 
 
-async def test_redis_going_away_warns_once_a_minute_not_once_a_request(
+async def test_redis_going_away_warns_once_not_once_a_request_and_refuses_limited_keys(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Requests that reserved before Redis went away end after it: each would warn.
+    # Requests that reserved before Redis went away end after it: each could warn.
     with RedisServer() as server:
         quota = Quota.open(server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
         client = Client("k", Limits())
+        rated = Client("r", Limits(requests_per_minute=10))
+        budgeted = Client("b", Limits(usd_per_day=1.0))
         bills = [await quota.admit(client, 100, _price) for _ in range(3)]
         for bill in bills:
             await bill.reserve([100])
         server.stop()
         for bill in bills:
-            bill.close()
-        late = await quota.admit(client, 100, _price)
-        await late.reserve([100])  # not recorded: no second warning either
+            bill.close()  # the give-backs, each in its own task
+        served = await quota.admit(client, 100, _price)
+        await served.reserve([100])  # served, not recorded, no second warning
+        with pytest.raises(APIError) as refused:
+            await quota.admit(rated, 100, _price)  # never served uncounted
+        # No rate limit to check at admission: the budget's reservation refuses it.
+        unreserved = await quota.admit(budgeted, 100, _price)
+        with pytest.raises(APIError) as unbudgeted:
+            await unreserved.reserve([100])
+        with pytest.raises(APIError) as usage:
+            await quota.usage("k")  # no figures made up (once the writes have landed)
         await quota.aclose()
 
+    for error in (refused.value, unbudgeted.value, usage.value):
+        assert (error.status, error.code) == (503, "service_unavailable")
+    assert "usage" in usage.value.message
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["usage not recorded: Redis unavailable (ConnectionError)"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Redis does not answer (ConnectionError: ")
+    assert quota.outage is not None
+    # The writes on their way when Redis went found it gone; the calls after them (the
+    # rate check, the budget's reservation, the usage read) were not even tried.
+    assert quota.outage.skipped >= 3
+
+
+async def test_a_request_served_uncounted_in_an_outage_gives_nothing_back_after_it() -> None:
+    # Its reservation found Redis down; Redis is back before it ends with a generation
+    # that proved unbilled: giving that back would subtract what was never added.
+    with RedisServer() as server:
+        quota = Quota.open(server.url, FakeClock(datetime(2026, 12, 1, tzinfo=timezone.utc)))
+        assert quota.outage is not None
+        quota.outage.probe_every = 0.05
+        bill = await quota.admit(Client("k", Limits()), 100, _price)
+        server.stop()
+        await bill.reserve([100])  # served uncounted
+        bill.sending(100)
+        server.start()
+        for _ in range(600):  # the breaker's PING finds it back
+            if not quota.outage.down:
+                break
+            await asyncio.sleep(0.05)
+        assert not quota.outage.down
+        bill.answered(100, billed=False)  # an error status: nothing billed
+        bill.close()
+        usage = await quota.usage("k")
+        await quota.aclose()
+
+    assert usage["day"] == Usage()
+    assert usage["month"] == Usage()
 
 
 async def test_a_window_whose_first_write_is_a_hit_still_expires(

@@ -3,7 +3,10 @@ not the embedded mock's)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +17,10 @@ import openai._constants
 import pytest
 
 from mockserver import BackgroundServer
-from shim import create_app
+from shim import _http_guard, create_app
+from shim._http_guard import MAX_HEADER_BYTES, guarded
 from shim.config import Config
-from shim.server import MAX_HEADER_BYTES, HeadCappedHttpTools, _uvicorn_config, listening_line
+from shim.server import _raise_open_file_limit, _uvicorn_config, listening_line
 from shim.testing import ShimServer
 
 
@@ -65,7 +69,7 @@ def test_an_ipv6_address_is_bracketed() -> None:
     )
 
 
-# -- the cap on the request head (HeadCappedHttpTools) -------------------------------
+# -- the guard on the request head (shim._http_guard) --------------------------------
 
 
 async def _read_then_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -77,8 +81,23 @@ async def _read_then_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @pytest.fixture
-def capped() -> Iterator[int]:
-    with BackgroundServer(_read_then_ok, http=HeadCappedHttpTools, lifespan="off") as server:
+def fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a uvicorn whose httptools protocol lacks a hook the guard uses."""
+    monkeypatch.setattr(_http_guard, "uvicorn_has_hooks", lambda: False)
+    monkeypatch.setattr(_http_guard, "_fallback_warned", False)
+
+
+def _guarded_server(app: Any, head_timeout: float = 10.0, **options: Any) -> BackgroundServer:
+    served, guard = guarded(app, head_timeout=head_timeout)
+    return BackgroundServer(served, **guard, **options)
+
+
+@pytest.fixture(params=["hooks", "fallback"])
+def capped(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A server guarded as ``tts-shim serve`` guards it, both ways."""
+    if request.param == "fallback":
+        request.getfixturevalue("fallback")
+    with _guarded_server(_read_then_ok, lifespan="off") as server:
         yield server.port
 
 
@@ -93,9 +112,16 @@ def _exchange(port: int, pieces: list[bytes]) -> list[bytes]:
         except OSError:
             pass  # the server closed it: its answer is what counts
         data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                data += chunk
     return [part.split(b"\r\n", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+def test_the_hooks_are_there_on_the_uvicorn_the_suite_runs() -> None:
+    # Were this false, every "hooks" case below would test the fallback twice.
+    assert _http_guard.uvicorn_has_hooks()
+    assert guarded(_read_then_ok, head_timeout=1.0)[1]["http"] is not None
 
 
 def test_a_head_under_the_cap_arriving_in_many_reads_is_served(capped: int) -> None:
@@ -113,12 +139,181 @@ def test_a_head_over_the_cap_is_refused_before_it_ends(capped: int) -> None:
     assert _exchange(capped, pieces) == [b"400 Bad Request"]
 
 
+def test_a_head_over_the_cap_in_one_write_is_refused(capped: int) -> None:
+    # Before, the read in which a head began was not counted: 119 KB at once got a 200.
+    pad = b"x-pad: " + b"a" * (119 * 1000) + b"\r\n"
+    head = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + pad + b"\r\n"
+
+    assert _exchange(capped, [head])[0] in (
+        b"400 Bad Request",
+        b"431 Request Header Fields Too Large",
+    )
+
+
+def test_an_unfinished_head_over_the_cap_in_one_write_is_refused(capped: int) -> None:
+    head = b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * (2 * MAX_HEADER_BYTES)
+
+    assert _exchange(capped, [head]) == [b"400 Bad Request"]
+
+
 def test_bodies_are_not_heads_and_pipelined_requests_are_served(capped: int) -> None:
     body = b"b" * (4 * MAX_HEADER_BYTES)
     first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
     second = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     # The second request's head arrives in the same write as the end of the first body.
     assert _exchange(capped, [first + second]) == [b"200 OK", b"200 OK"]
+
+
+def test_a_head_begun_after_a_body_in_the_same_read_is_counted_without_it() -> None:
+    body = b"b" * (4 * MAX_HEADER_BYTES)
+    first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    second = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: "
+    rest = b"a" * 1024 + b"\r\n\r\n"
+    with _guarded_server(_read_then_ok, lifespan="off") as server:
+        # The body's end and the start of the next head in one write, the head's end later.
+        assert _exchange(server.port, [first + second, rest]) == [b"200 OK", b"200 OK"]
+
+
+def test_the_fallback_is_h11_with_its_cap_and_one_warning(
+    fallback: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tts_shim"):
+        first = guarded(_read_then_ok, head_timeout=1.0)
+        guarded(_read_then_ok, head_timeout=1.0)
+
+    assert first[1] == {"http": "h11", "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tts_shim"]
+    assert len(warnings) == 1
+    assert "h11" in warnings[0]
+    assert "--head-timeout" in warnings[0]
+
+
+def test_the_fallback_refuses_a_whole_head_over_the_cap_with_an_envelope(fallback: None) -> None:
+    config = Config(cache=False)
+    pad = "a" * (MAX_HEADER_BYTES + 1024)
+    with _guarded_server(create_app(config)) as server:
+        response = httpx.get(server.url + "/healthz", headers={"x-pad": pad})
+        served = httpx.get(server.url + "/healthz", headers={"x-pad": "a" * 1024})
+
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "request_header_fields_too_large"
+    assert served.status_code == 200
+
+
+# -- the time limit on receiving a request head --------------------------------------
+# A short limit, and sockets that wait far longer than it: what is asserted is whether
+# the server closed the connection, not when.
+
+HEAD_TIMEOUT = 0.3
+
+
+@pytest.fixture
+def timed() -> Iterator[int]:
+    with _guarded_server(_read_then_ok, head_timeout=HEAD_TIMEOUT, lifespan="off") as server:
+        yield server.port
+
+
+def _closed(conn: socket.socket, trickle: bytes = b"") -> bool:
+    """Whether the server closes ``conn`` within 10 s while ``trickle`` is sent a byte
+    every 0.05 s (a slow client still making progress)."""
+    deadline = time.monotonic() + 10
+    conn.settimeout(0.05)
+    sent = 0
+    while time.monotonic() < deadline:
+        try:
+            if not conn.recv(65536):
+                return True
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return True
+        if sent < len(trickle):
+            try:
+                conn.sendall(trickle[sent : sent + 1])
+            except OSError:
+                return True
+            sent += 1
+    return False
+
+
+def _get(conn: socket.socket) -> bytes:
+    """One whole request on ``conn``, kept alive; the status line of the reply."""
+    conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    conn.settimeout(10)
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):  # the chunked body's end
+        chunk = conn.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def test_a_connection_that_sends_nothing_is_closed(timed: int) -> None:
+    with socket.create_connection(("127.0.0.1", timed)) as conn:
+        assert _closed(conn)
+
+
+def test_a_head_trickling_in_is_closed_however_it_progresses(timed: int) -> None:
+    with socket.create_connection(("127.0.0.1", timed)) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        assert _closed(conn, trickle=b"x-slow: " + b"a" * 1000)
+
+
+def test_a_half_sent_head_after_a_response_is_closed(timed: int) -> None:
+    with socket.create_connection(("127.0.0.1", timed)) as conn:
+        assert _get(conn) == b"HTTP/1.1 200 OK"
+        conn.sendall(b"GET / HTTP/1.1\r\n")
+        assert _closed(conn, trickle=b"x-slow: " + b"a" * 1000)
+
+
+def test_line_ends_alone_after_an_idle_spell_do_not_hold_a_connection(timed: int) -> None:
+    # Blank lines before a request line are skipped by the parser (no head begins), but
+    # they stop the keep-alive timer.
+    with socket.create_connection(("127.0.0.1", timed)) as conn:
+        assert _get(conn) == b"HTTP/1.1 200 OK"
+        time.sleep(3 * HEAD_TIMEOUT)
+        conn.sendall(b"\r\n")
+        assert _closed(conn)
+
+
+def test_an_idle_kept_alive_connection_outlives_the_head_timeout(timed: int) -> None:
+    # Idle after a response, it is the keep-alive timeout's (30 s here) to close; a head
+    # begun later gets its own time.
+    with socket.create_connection(("127.0.0.1", timed)) as conn:
+        assert _get(conn) == b"HTTP/1.1 200 OK"
+        time.sleep(3 * HEAD_TIMEOUT)
+        assert _get(conn) == b"HTTP/1.1 200 OK"
+        time.sleep(3 * HEAD_TIMEOUT)
+        conn.sendall(b"GET / HTTP/1.1\r\n")
+        assert _closed(conn)
+
+
+def test_a_long_request_is_not_cut_by_the_head_timeout() -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(4 * HEAD_TIMEOUT)
+        await _read_then_ok(scope, receive, send)
+
+    with (
+        _guarded_server(slow, head_timeout=HEAD_TIMEOUT, lifespan="off") as server,
+        socket.create_connection(("127.0.0.1", server.port)) as conn,
+    ):
+        assert _get(conn) == b"HTTP/1.1 200 OK"
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(hard, 512)
+    if lowered == hard:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        _raise_open_file_limit()
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    assert raised == (hard, hard)
 
 
 # -- Host: two headers, or a foreign host in the request line (real sockets) -----------
@@ -129,7 +324,7 @@ def shim_port(request: pytest.FixtureRequest) -> Iterator[tuple[int, bool]]:
     """A shim app served as ``tts-shim serve`` serves it (this protocol), on loopback;
     its port and whether it checks ``Host``."""
     config = Config(cache=False, allowed_hosts=request.param)
-    with BackgroundServer(create_app(config), http=HeadCappedHttpTools) as server:
+    with _guarded_server(create_app(config)) as server:
         yield server.port, config.host_check
 
 

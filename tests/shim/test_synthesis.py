@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mockserver import speech_duration
 from mockserver.audio import encode
+from shim import Config, create_app
 from shim.cache.disk import _DiskWriter
 from shim.catalog import FORMATS
+from shim.state import State
 from shim.testing import MockUpstream, decode_audio
-from tests.shim.conftest import generations, inline_audio, last_response, sent_bodies, state_of
+from tests.shim.conftest import (
+    generations,
+    inline_audio,
+    last_response,
+    parse,
+    sent_bodies,
+    state_of,
+    total,
+)
 
 SPEECH = "/v1/audio/speech"
 BODY = {"model": "tts-1-hd", "input": "Pay once per sentence.", "voice": "nova"}
@@ -324,3 +337,111 @@ async def test_pieces_made_ahead_as_audio_replies_are_closed_when_the_text_fails
     assert response.json()["error"]["code"] == "audio_download_failed"
     assert generations(short_clips) >= 2
     assert (state.capacity.in_flight, state.upstream.stats.open_streams) == (0, 0)
+
+
+# -- paid pieces kept when the request fails ----------------------------------------------
+
+#: Three pieces: over the 1,000-character threshold.
+THREE_PIECES = LONG[:1100]
+
+
+@contextlib.asynccontextmanager
+async def running(**settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, State]]:
+    """A shim app whose lifespan (and so its shutdown) the test controls."""
+    app = create_app(Config(max_retry_wait=0.01, **settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shim", headers={"authorization": "Bearer sk-t"}
+        ) as client:
+            yield client, app.state.shim
+
+
+async def _fail_first_piece(
+    client: httpx.AsyncClient, upstream: MockUpstream, then: dict[str, Any]
+) -> None:
+    """Ask for :data:`THREE_PIECES` with the first piece's audio unreachable (three
+    tries): the request fails before its first byte, all three pieces paid for. The
+    downloads after those get ``then`` (a scenario step, for 10 of them)."""
+    upstream.scenario(
+        [
+            {"route": "audio", "status": 500, "times": 3},
+            {"route": "audio", **then, "times": 10},
+        ]
+    )
+    failed = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
+    assert failed.status_code == 502
+
+
+async def test_a_failed_split_request_keeps_its_paid_pieces_through_shutdown(
+    short_clips: MockUpstream, tmp_path: Path
+) -> None:
+    cache = {"cache": True, "cache_dir": str(tmp_path), "upstream_url": short_clips.url}
+    async with running(**cache) as (client, state):
+        # The pieces' downloads take a while: still under way when the shim stops.
+        await _fail_first_piece(client, short_clips, {"delay_ms": 300})
+        waiting = len(state.background)
+    # Shutdown waited for the pieces to be stored (--graceful-timeout, 30 s by default).
+    assert waiting == 1
+    assert len(state.background) == 0
+    assert state.upstream.stats.open_streams == 0
+    paid = generations(short_clips)
+
+    async with running(**cache) as (client, _):
+        again = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
+
+    assert paid == 3
+    assert again.status_code == 200
+    assert again.headers["x-cache"] == "HIT"
+    assert generations(short_clips) == paid  # the retry paid for nothing
+
+
+async def test_shutdown_cancels_pieces_still_being_stored_after_the_grace(
+    short_clips: MockUpstream, tmp_path: Path
+) -> None:
+    settings = {"cache": True, "cache_dir": str(tmp_path), "upstream_url": short_clips.url}
+    async with running(graceful_timeout=0, **settings) as (client, state):
+        # Every download of the pieces stalls past the shutdown.
+        await _fail_first_piece(client, short_clips, {"delay_ms": 60_000})
+        assert len(state.background) == 1
+    # Cancelled, and everything it held let go: no stream open, no lease kept.
+    assert len(state.background) == 0
+    assert state.upstream.stats.open_streams == 0
+    assert state.cache is not None
+    assert not getattr(state.cache.flights, "_held", {})
+
+
+async def test_a_piece_generated_in_the_background_is_counted_once(
+    short_clips: MockUpstream, tmp_path: Path
+) -> None:
+    # One piece at a time: while the first piece's audio fails (three slow tries), the
+    # second has gone out, and its generation answers well after the request has ended.
+    settings = {"cache": True, "cache_dir": str(tmp_path), "upstream_url": short_clips.url}
+    short_clips.scenario(
+        [
+            {"route": "tts"},
+            {"route": "tts", "delay_ms": 2000},
+            {"route": "audio", "status": 500, "delay_ms": 100, "times": 3},
+        ]
+    )
+    async with running(split_parallel=1, **settings) as (client, state):
+        failed = await client.post(SPEECH, json={**BODY, "input": THREE_PIECES})
+        in_flight = len(state.background), state.capacity.in_flight
+        during = (await client.get("/v1/usage")).json()["day"]
+        for _ in range(1000):  # the background piece answered and stored
+            if not state.background:
+                break
+            await asyncio.sleep(0.01)
+        after = (await client.get("/v1/usage")).json()["day"]
+        metrics = parse((await client.get("/metrics")).text)
+
+    assert failed.status_code == 502
+    # The slot stays held until the piece sent has its answer; the request has ended.
+    assert in_flight == (1, 1)
+    billed = sum(len(body["text"]) for body in sent_bodies(short_clips))  # the journal
+    assert generations(short_clips) == 2  # the third piece never started
+    assert billed < len(THREE_PIECES)
+    # Counted when it went out: the same before its answer came and after.
+    assert during == after
+    assert (after["requests"], after["characters"]) == (1, billed)
+    assert total(metrics, "tts_shim_characters_total") == billed

@@ -22,6 +22,7 @@ from shim.responses import StreamAborted
 from shim.testing import MockUpstream, decode_audio, free_port
 from shim.upstream import Upstream
 from shim.upstream.clients import Proxies
+from shim.upstream.download import Validators, resume_headers
 from shim.upstream.generation import retry_after
 from shim.upstream.retry import RetryPolicy
 from tests.shim.conftest import CLIENT_TOKEN, generations, inline_audio
@@ -557,3 +558,46 @@ async def test_an_attempt_its_request_stopped_waiting_for_still_reaches_the_mete
         assert generations(upstream) == 1
     finally:
         await upstream_client.aclose()
+
+
+# -- resuming a cut download ------------------------------------------------------------
+
+
+def _validators(**changes: Any) -> Validators:
+    fields: dict[str, Any] = {
+        "content_type": "audio/mpeg",
+        "total": 1000,
+        "etag": None,
+        "last_modified": None,
+        "encoded": False,
+    }
+    return Validators(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    ("first", "headers"),
+    [
+        ({}, {"range": "bytes=400-"}),
+        ({"etag": '"abc"'}, {"range": "bytes=400-", "if-range": '"abc"'}),
+        # A weak ETag may not be used in If-Range; the date then stands in.
+        ({"etag": 'W/"abc"', "last_modified": "Tue, 01 Dec 2026 10:00:00 GMT"},
+         {"range": "bytes=400-", "if-range": "Tue, 01 Dec 2026 10:00:00 GMT"}),
+        ({"etag": 'W/"abc"'}, {"range": "bytes=400-"}),
+        # A compressed body's ranges count compressed bytes: the whole file, skipped.
+        ({"encoded": True, "etag": '"abc"'}, {}),
+    ],
+)  # fmt: skip
+def test_what_a_resumption_asks_the_cdn_for(first: dict[str, Any], headers: dict[str, str]) -> None:
+    assert resume_headers(400, _validators(**first)) == headers
+
+
+async def test_a_binary_reply_cut_mid_body_is_not_resumed(
+    shim: Any, upstream: MockUpstream
+) -> None:
+    # The audio is the billed reply itself: there is no link to fetch it from again.
+    upstream.scenario([{"shape": "binary", "fault": "cut", "cut_after": 5000}])
+
+    with pytest.raises(StreamAborted):
+        await shim().post(SPEECH, json={**BODY, "input": "Shapes. " * 30})
+    assert generations(upstream) == 1
+    assert _downloads(upstream) == 0

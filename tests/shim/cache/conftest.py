@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,12 +23,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+#: Seconds between the breaker's PINGs in these tests (tests restart Redis).
+PROBE_EVERY = 0.05
+
+
 def redis_store(server: RedisServer, **options: object) -> RedisAudioStore:
-    """A store on ``server`` that retries at once after a failure (tests restart Redis)."""
+    """A store on ``server`` whose breaker checks often (tests restart Redis)."""
     settings: dict[str, object] = {"ttl": TTL, "chunk_size": SMALL_CHUNK}
-    settings["outage"] = Outage(retry_interval=0.0)
     settings.update(options)
-    return RedisAudioStore(connect(server.url), **settings)  # type: ignore[arg-type]
+    client = connect(server.url)
+    Outage.of(client).probe_every = PROBE_EVERY
+    return RedisAudioStore(client, **settings)  # type: ignore[arg-type]
+
+
+async def until_up(outage: Outage, timeout: float = 10.0) -> None:
+    """Wait until ``outage``'s breaker closed (its PING succeeded), at most ``timeout``."""
+    for _ in range(int(timeout / 0.01)):
+        if not outage.down:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the breaker was still open after {timeout} s")
 
 
 @pytest.fixture(params=["disk", "redis"])

@@ -53,7 +53,7 @@ async def _request(cache: AudioCache, counter: Redis, expected: int) -> str:
 
 async def main(url: str, mode: str, requests: int, expected: int) -> None:
     store = RedisAudioStore(connect(url), ttl=3600, chunk_size=16_384)
-    flights = RedisFlights(store.client, lease=LEASE, poll=0.05, outage=store.outage)
+    flights = RedisFlights(store.client, lease=LEASE, poll=0.05)
     cache = AudioCache(store, flights, wait=30)
     counter = connect(url)
     if mode == "hang":

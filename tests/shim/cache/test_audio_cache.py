@@ -37,7 +37,7 @@ async def cache(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         opened = AudioCache(store, LocalFlights(), wait=30)
     else:
         redis = redis_store(request.getfixturevalue("redis_server"))
-        flights = RedisFlights(redis.client, lease=2.0, poll=0.02, outage=redis.outage)
+        flights = RedisFlights(redis.client, lease=2.0, poll=0.02)
         opened = AudioCache(redis, flights, wait=30)
     yield opened
     await opened.aclose()

@@ -1,15 +1,24 @@
-"""The embedded store: restarts, size bound with LRU eviction, several processes."""
+"""The embedded store: restarts, size bound with LRU eviction, several processes, and a
+disk that fills up (a real 4 MiB tmpfs)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shim.cache import CacheCorrupt, CacheUnavailable, DiskAudioStore, default_cache_dir
+from shim.testing import MockUpstream
 from tests.shim.cache.conftest import audio, put, read
+from tests.shim.conftest import generations, parse, total
 
 TTL = 3600.0
 ROOT = Path(__file__).resolve().parents[3]
@@ -131,3 +140,116 @@ def test_a_directory_that_cannot_be_used_is_named_in_the_error(tmp_path: Path, w
 
     assert str(refused.value).startswith(f"cannot use the cache directory {directory}: ")
     assert "\n" not in str(refused.value)
+
+
+# -- a disk that fills up ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own, to fill up (mounting needs root or CAP_SYS_ADMIN)."""
+    mount_command, umount_command = shutil.which("mount"), shutil.which("umount")
+    if mount_command is None or umount_command is None:
+        pytest.skip("no mount command: cannot make a small filesystem to fill up")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        [mount_command, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs to fill up: {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run([umount_command, "--lazy", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file on ``disk`` until no byte more fits; returns it (remove it to free)."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        while True:
+            try:
+                out.write(b"\0" * 65_536)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    assert shutil.disk_usage(disk).free == 0
+    return filler
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tts_shim" and r.levelname == level]
+
+
+async def test_a_full_disk_serves_what_it_holds_warns_once_and_recovers(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DiskAudioStore(small_disk / "cache", max_bytes=10**9, ttl=TTL)
+    held = {f"{n:064x}": audio(100_000, seed=n) for n in range(5)}
+    for digest, data in held.items():
+        assert await put(store, digest, data, piece=16_384)
+    filler = _fill(small_disk)
+
+    with caplog.at_level(logging.INFO, logger="tts_shim"):
+        # A hit's access time is a write too: it failed, and made every entry a miss.
+        served = {digest: await read(await store.open(digest)) for digest in held}
+        new = [
+            await put(store, f"{n:064x}", audio(size, seed=n))
+            for n in (10, 11, 12)
+            for size in (100, 50_000, 2_000_000)
+        ]  # in the index, in a file, spooled
+        again = {digest: await read(await store.open(digest)) for digest in held}
+        warnings = _logged(caplog, "WARNING")
+        filler.unlink()
+        stored = await put(store, "f" * 64, audio(50_000, seed=99))
+    try:
+        assert served == held
+        assert again == held
+        assert not any(new)
+        assert len(warnings) == 1, warnings
+        assert f"the disk cache in {small_disk / 'cache'} cannot write (" in warnings[0]
+        assert store.writes.episodes == 1
+        assert store.writes.failures >= len(new)
+        # Room again: the next write succeeds and ends the episode, in one line.
+        assert stored
+        assert not store.writes.failing
+        assert _logged(caplog, "INFO") == [
+            f"the disk cache in {small_disk / 'cache'} can write again"
+        ]
+        assert await read(await store.open("f" * 64)) == audio(50_000, seed=99)
+    finally:
+        await store.aclose()
+
+
+async def test_a_full_disk_through_the_shim_hits_what_it_holds_and_shows_in_metrics(
+    shim: Any, upstream: MockUpstream, small_disk: Path
+) -> None:
+    client = shim(cache=True, cache_dir=str(small_disk / "cache"))
+    held = {"model": "tts-1", "voice": "alloy", "input": "Kept before the disk filled up."}
+    new = {**held, "input": "Asked once the disk was full."}
+    assert (await client.post("/v1/audio/speech", json=held)).headers["x-cache"] == "MISS"
+    healthy = parse((await client.get("/metrics")).text)
+    filler = _fill(small_disk)
+
+    hit = await client.post("/v1/audio/speech", json=held)
+    misses = [await client.post("/v1/audio/speech", json=new) for _ in range(2)]
+    full = parse((await client.get("/metrics")).text)
+    filler.unlink()
+    refilled = [await client.post("/v1/audio/speech", json=new) for _ in range(2)]
+    recovered = parse((await client.get("/metrics")).text)
+
+    assert total(healthy, "tts_shim_cache_writable") == 1
+    assert total(healthy, "tts_shim_cache_write_failures_total") == 0
+    assert (hit.status_code, hit.headers["x-cache"]) == (200, "HIT")  # not paid again
+    assert [(r.status_code, r.headers["x-cache"]) for r in misses] == [(200, "MISS")] * 2
+    assert total(full, "tts_shim_cache_writable") == 0
+    assert total(full, "tts_shim_cache_write_failures_total") >= 2
+    assert [r.headers["x-cache"] for r in refilled] == ["MISS", "HIT"]
+    assert total(recovered, "tts_shim_cache_writable") == 1
+    assert generations(upstream) == 1 + 2 + 1
+    assert "tts_shim_redis_up" not in recovered  # no Redis, no Redis metrics

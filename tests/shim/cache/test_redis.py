@@ -9,7 +9,7 @@ import pytest
 
 from shim.cache import CacheCorrupt, CacheUnavailable, RedisAudioStore
 from tests.redis_server import RedisServer
-from tests.shim.cache.conftest import SMALL_CHUNK, audio, put, read, redis_store
+from tests.shim.cache.conftest import SMALL_CHUNK, audio, put, read, redis_store, until_up
 
 DIGEST = "c" * 64
 
@@ -122,6 +122,29 @@ async def test_maxmemory_eviction_never_yields_a_partial_entry() -> None:
         assert results[digest] == audio(100_000, seed=int(digest, 16))
 
 
+async def test_a_redis_that_refuses_writes_is_not_an_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Out of memory under noeviction: Redis answers every write with an error. It is up,
+    # so reads still go to it; the writes are dropped with one warning, not one each.
+    with RedisServer("--maxmemory-policy", "noeviction") as server:
+        store = redis_store(server)
+        assert await put(store, DIGEST, audio(3000))
+        server.client().config_set("maxmemory", 1)  # whatever it holds is over that
+        with caplog.at_level(logging.WARNING, logger="tts_shim"):
+            refused = [await put(store, f"{n:064x}", audio(3000, seed=n)) for n in range(3)]
+        held = await read(await store.open(DIGEST))
+        available = store.available
+        await store.aclose()
+
+    assert refused == [False] * 3
+    assert available
+    assert held == audio(3000)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Redis refused a call (OutOfMemoryError: ")
+
+
 async def test_redis_stopped_mid_run_degrades_to_no_cache_and_warns_once(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,15 +158,23 @@ async def test_redis_stopped_mid_run_degrades_to_no_cache_and_warns_once(
             assert not await put(store, "d" * 64, audio(3000))
     warnings = [r for r in caplog.records if r.name == "tts_shim" and "Redis" in r.message]
     assert len(warnings) == 1
-    assert "once a minute" in warnings[0].message
+    assert "serving without it until it does" in warnings[0].message
+    assert not store.available
 
     with pytest.raises(CacheUnavailable):
         await store.stats()
     with pytest.raises(CacheUnavailable):
         await store.clear()
 
-    # Back on the same port: the cache works again (the data was not persisted).
+    # Back on the same port: the next PING closes the breaker, and the cache works
+    # again (the data was not persisted), with one line saying so.
     redis_server.start()
+    with caplog.at_level(logging.INFO, logger="tts_shim"):
+        await until_up(store.outage)
+    assert [r.message for r in caplog.records if r.levelname == "INFO"] == [
+        "Redis answers again; the cache, the limits and usage use it again"
+    ]
+    assert store.available
     assert await store.open(DIGEST) is None
     assert await put(store, DIGEST, audio(3000))
     assert await read(await store.open(DIGEST)) == audio(3000)
