@@ -232,10 +232,13 @@ class Config:
         "the check is off unless this is set.",
         flag="--allowed-host",
     )
-    #: Seconds a response body may wait for a client that takes no data; then it is cut.
+    #: Seconds a response body may wait for a client that takes no data; then it is cut
+    #: (shim.responses.SendTimeout), and the kernel drops the connection
+    #: (shim.server.drop_stalled_connections).
     send_timeout: float = _setting(
         30.0,
-        "Seconds a client may take no data before its response is cut and its slot freed.",
+        "Seconds a client may take no data before its response is cut, its slot freed "
+        "and (on Linux) its connection dropped.",
         positive=True,
     )
     #: With client keys, also require one for the catalogue GETs (``/v1/models``,

@@ -207,7 +207,11 @@ class AccessLogMiddleware:
                     record.first_byte = time.perf_counter()  # for the metrics
                 record.bytes += size
                 if not message.get("more_body", False):
+                    await send(message)
+                    # Only once the server took it: a last message cut while it waited
+                    # (a whole body, sent in pieces) is an aborted transfer.
                     record.complete = True
+                    return
             await send(message)
 
         async def receive_logged() -> Message:

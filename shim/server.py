@@ -23,7 +23,14 @@ from shim.logs import configure as configure_logging
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-__all__ = ["MAX_HEADER_BYTES", "HeadCappedHttpTools", "listening_line", "run", "serve"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "HeadCappedHttpTools",
+    "drop_stalled_connections",
+    "listening_line",
+    "run",
+    "serve",
+]
 
 logger = logging.getLogger("tts_shim")
 
@@ -65,6 +72,12 @@ class HeadCappedHttpTools(HttpToolsProtocol):
         if self._head_bytes > MAX_HEADER_BYTES:
             self.logger.warning("Request head over %d bytes: connection closed.", MAX_HEADER_BYTES)
             self.send_400_response("Request header fields too large.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, TimeoutError):
+            # The kernel gave up on the client (see drop_stalled_connections).
+            logger.info("client took no data for --send-timeout seconds: connection dropped")
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._in_head, self._began, self._head_bytes = True, True, 0
@@ -148,11 +161,13 @@ class _ShimServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, send_timeout: float | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_timeout is not None:
+            drop_stalled_connections(sock, send_timeout)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -160,6 +175,27 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def drop_stalled_connections(sock: socket.socket, seconds: float) -> bool:
+    """Have the kernel drop every connection accepted on ``sock`` whose client takes no
+    data for ``seconds``: Linux's ``TCP_USER_TIMEOUT``, which accepted sockets inherit
+    from the listening one, ends a connection once what was sent has stayed
+    unacknowledged, or the client's receive window shut, that long. Returns whether the
+    platform has it (elsewhere only :class:`shim.responses.SendTimeout` applies).
+
+    The application can cut a response whose ``send`` waits, but not the connection:
+    uvicorn closes one politely, after the bytes already written to it were taken, and
+    a response written to the socket's buffers at once never waits at all. A client
+    that never reads again would keep its descriptor and those buffers (megabytes of
+    audio) for as long as it kept the socket open; ASGI gives an application no way to
+    reset a connection, but the kernel can.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, option, min(max(round(seconds * 1000), 1), 2**31 - 1))
+    return True
 
 
 def listening_line(config: Config, port: int, *, mock: bool = False) -> str:
@@ -226,7 +262,7 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
         # once (0.2 s), without loading the app and its clients (another 0.5 s of CPU).
         from shim.app import create_app
 
-        shim_socket = _bind(config.host, config.port)
+        shim_socket = _bind(config.host, config.port, send_timeout=config.send_timeout)
         on_failure.callback(shim_socket.close)
         app = create_app(config)  # a keys file or cache directory it cannot use stops here
         on_failure.pop_all()
