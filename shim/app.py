@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,6 +43,10 @@ from shim.upstream.clients import check_trust_store
 __all__ = ["create_app", "routes"]
 
 logger = logging.getLogger("tts_shim")
+
+#: Seconds the app's shutdown waits for requests still cleaning up (a cut request
+#: takes milliseconds; this bounds one that ignored its cancellation).
+_CLEAN_UP_WAIT = 5.0
 
 
 def _request_id(request: Request) -> str:
@@ -129,6 +134,16 @@ def create_app(config: Config | None = None) -> Starlette:
             state = State(config, keys, upstream, Capacity.from_config(config), cache, ops)
             app.state.shim = state
             yield
+            # The server cancels what is still running at the end of --graceful-timeout,
+            # and shuts the app down at once: let those requests finish cleaning up
+            # (downloads closed, cache entries dropped, usage settled) first.
+            with anyio.move_on_after(_CLEAN_UP_WAIT):
+                await state.capacity.idle()
+            if state.capacity.requests:
+                logger.warning(
+                    "%d request(s) still running at shutdown; closing their clients",
+                    state.capacity.requests,
+                )
 
     app = Starlette(
         routes=routes(),

@@ -25,6 +25,7 @@ __all__ = [
     "AudioResponse",
     "ClientWatch",
     "SendTimeout",
+    "ShutdownCut",
     "StalledClient",
     "StreamAborted",
     "WholeAudio",
@@ -260,6 +261,10 @@ class SendTimeout:
 
 class StalledClient(StreamAborted):
     """The client took no data for ``--send-timeout`` seconds; its response is cut."""
+
+
+class ShutdownCut(StreamAborted):
+    """The server's ``--graceful-timeout`` ended while the response was in progress."""
 
 
 def sse_event(payload: Any) -> bytes:

@@ -155,6 +155,22 @@ async def test_draining_refuses_new_work_with_a_503() -> None:
     assert capacity.in_flight == 0
 
 
+async def test_idle_returns_once_the_last_request_has_left() -> None:
+    capacity = Capacity(1, 0, 1.0)
+    capacity.enter()
+    capacity.enter()
+    idle = asyncio.ensure_future(capacity.idle())
+
+    capacity.leave()
+    await asyncio.sleep(0.01)
+    waiting_for_one = not idle.done()
+    capacity.leave()
+    await asyncio.wait_for(idle, 1)
+
+    assert waiting_for_one
+    assert capacity.requests == 0
+
+
 async def test_limit_zero_means_no_cap_but_still_counts() -> None:
     capacity = Capacity(0, 0, 0.0)
 
