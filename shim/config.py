@@ -353,6 +353,15 @@ class Config:
         "On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
         low=0,
     )
+    #: On SIGTERM, seconds to go on serving, with /readyz answering 503, before new
+    #: connections are refused: load balancers (and Kubernetes, whose endpoint removal
+    #: races the signal) stop sending work meanwhile.
+    shutdown_delay: float = _setting(
+        0.0,
+        "On SIGTERM, seconds to go on serving while /readyz answers 503, before new "
+        "connections are refused and --graceful-timeout starts (a preStop pause, built in).",
+        low=0,
+    )
     #: Seconds an idle client connection stays open for its next request. Longer than
     #: the SDKs' own pools keep one (httpx, so the Python SDK: 5 s), or a client may send
     #: on a connection the shim is closing that instant and see it fail.

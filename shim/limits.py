@@ -44,6 +44,9 @@ class Capacity:
         self.in_flight = 0
         #: Requests turned away with 429 since start-up.
         self.rejected = 0
+        #: Shutting down: ``/readyz`` answers 503 (work is still taken until ``draining``).
+        self.leaving = False
+        #: New speech work is refused with a 503.
         self.draining = False
         #: HTTP requests in progress, any route (:meth:`enter` and :meth:`leave`).
         self.requests = 0
@@ -63,9 +66,14 @@ class Capacity:
         """Every slot is taken (never, with no cap): new work would wait or get a 429."""
         return 0 < self.limit <= self.in_flight
 
+    def start_leaving(self) -> None:
+        """Say not ready from now on, still taking work (``--shutdown-delay``)."""
+        self.leaving = True
+
     def start_draining(self) -> None:
-        """Refuse new speech work from now on (the server calls this on SIGTERM)."""
-        self.draining = True
+        """Refuse new speech work from now on (the server calls this when it stops
+        accepting connections, on SIGTERM or after ``--shutdown-delay``)."""
+        self.leaving = self.draining = True
 
     def enter(self) -> None:
         """A request began (the app's outermost own middleware calls this)."""
@@ -142,7 +150,7 @@ class Capacity:
             "max_concurrency": self.limit or None,
             "max_queue": self.max_queue,
             "rejected": self.rejected,
-            "draining": self.draining,
+            "draining": self.leaving,
         }
 
 

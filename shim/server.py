@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import threading
@@ -35,6 +36,8 @@ __all__ = [
 logger = logging.getLogger("tts_shim")
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds between looks at a second Ctrl-C during ``--shutdown-delay``.
+_TICK = 0.1
 
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
@@ -121,9 +124,11 @@ class _ShimServer(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process
     dies by the signal; a sidecar that drained cleanly should exit 0 instead.
 
-    On shutdown the shim is marked draining first (``/readyz`` answers 503 and new
-    speech work is refused); then uvicorn stops accepting, closes idle connections,
-    and gives in-flight responses ``--graceful-timeout`` seconds before cutting them.
+    On shutdown, with ``--shutdown-delay``, the shim first goes on serving for that
+    long while ``/readyz`` answers 503 (a second Ctrl-C ends the pause). Then it is
+    marked draining (new speech work is refused), and uvicorn stops accepting, closes
+    idle connections, and gives in-flight responses ``--graceful-timeout`` seconds
+    before cutting them.
     """
 
     def __init__(self, config: uvicorn.Config, app: Starlette, listening: str = "") -> None:
@@ -140,6 +145,14 @@ class _ShimServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state = self.shim_app.state.shim  # built by the lifespan, which has run
+        delay = state.config.shutdown_delay
+        if delay > 0:
+            state.capacity.start_leaving()
+            logger.info("shutting down in %g s: /readyz answers 503, requests are served", delay)
+            for _ in range(math.ceil(delay / _TICK)):  # uvicorn's own tick
+                if self.force_exit:
+                    break
+                await asyncio.sleep(_TICK)
         state.capacity.start_draining()
         logger.info(
             "draining: %d request(s) in flight, up to %g s to finish",

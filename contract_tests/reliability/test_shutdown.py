@@ -160,6 +160,45 @@ def test_ten_streams_cut_at_the_end_of_the_grace_period_are_one_line_each(
     record("shutdown_cut_streams", streams=count, grace=grace, seconds_after_sigterm=round(took, 2))
 
 
+def test_during_the_shutdown_delay_readyz_is_503_and_requests_are_served(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # Without --shutdown-delay the listener closes on SIGTERM (a prober's connection is
+    # refused: the first test); with it, readiness says 503 while work is still served.
+    delay = 2.0
+    served = serve_process("--mock", "--shutdown-delay", str(delay))
+
+    signalled = time.monotonic()
+    served.terminate()
+    while (ready := httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS)).status_code == 200:
+        assert time.monotonic() - signalled < MARGIN
+    speech = httpx.post(
+        served.url + "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": TEXT},
+        headers=AUTH,
+        timeout=30,
+        verify=LOOPBACK_TLS,
+    )
+    answered = time.monotonic() - signalled
+    refused = _refuses_connections(served.port, within=delay + MARGIN)
+    closed = time.monotonic() - signalled
+    code = served.proc.wait(20)
+
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "draining"
+    assert speech.status_code == 200
+    assert decode_audio(speech.content, "mp3").frames > 0
+    assert answered < delay
+    assert refused
+    assert delay <= closed < delay + 2 * MARGIN
+    assert code == 0
+    assert any(
+        m.startswith("shutting down in 2 s")
+        for m in [line["message"] for line in served.log_lines()]
+    )
+    record("shutdown_delay", delay=delay, refused_after_s=round(closed, 2))
+
+
 def test_an_idle_shim_exits_0_at_once(serve_process: Callable[..., ServeProcess]) -> None:
     served = serve_process("--mock")
     assert httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS).json()["status"] == "ready"

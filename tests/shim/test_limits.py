@@ -280,6 +280,19 @@ async def test_readyz_turns_503_when_draining(shim: Any) -> None:
     assert health.status_code == 200  # alive, just not taking work
 
 
+async def test_readyz_turns_503_when_leaving_while_work_is_still_taken(shim: Any) -> None:
+    client = shim()
+    assert (await client.get("/readyz")).status_code == 200
+    state_of(client).capacity.start_leaving()  # --shutdown-delay
+    ready = await client.get("/readyz")
+    speech = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "draining"
+    assert ready.json()["draining"] is True
+    assert speech.status_code == 200
+
+
 # -- settings ---------------------------------------------------------------------
 
 
