@@ -25,6 +25,7 @@ from mockserver.config import RESPONSE_SHAPES
 from mockserver.latency import GenerationLatency, LatencyError, parse_latency
 
 __all__ = [
+    "AUDIO_FAULTS",
     "FAULTS",
     "MAX_DELAY_MS",
     "MAX_TIMES",
@@ -43,7 +44,11 @@ ROUTES = ("tts", "audio")
 #: ``garbage``    a 200 whose body is not what the route promises
 #: ``slow-body``  dribble the body out over ``delay_ms``
 #: ``truncated``  announce a Content-Length, send half of it, close
-FAULTS = ("reset", "garbage", "slow-body", "truncated")
+#: ``signature-junk``  (``audio`` only) the format's signature, then an HTML page
+#: ``junk-tail``  (``audio`` only) the clip's first half, then an HTML page instead of the rest
+FAULTS = ("reset", "garbage", "slow-body", "truncated", "signature-junk", "junk-tail")
+#: Faults that need a clip to spoil, so only the CDN has them.
+AUDIO_FAULTS = ("signature-junk", "junk-tail")
 STEP_KEYS = (
     "route",
     "status",
@@ -199,6 +204,10 @@ def parse_step(data: object, where: str = "step") -> Step:
             f"{where}: 'shape', 'audio_url' and 'latency' apply to route 'tts' only"
         )
 
+    fault = choice("fault", FAULTS)
+    if route == "tts" and fault in AUDIO_FAULTS:
+        raise ScenarioError(f"{where}.fault: {fault!r} applies to route 'audio' only")
+
     return Step(
         route=route,
         status=status,
@@ -211,7 +220,7 @@ def parse_step(data: object, where: str = "step") -> Step:
         delay_ms=float(delay),
         latency=latency,
         times=times,
-        fault=choice("fault", FAULTS),
+        fault=fault,
     )
 
 
