@@ -85,7 +85,7 @@ class Upstream:
                 stats=self.stats,
             )
         if ref.inline is not None:
-            return inline_stream(
+            return await inline_stream(
                 ref.inline,
                 request_id=ref.request_id,
                 max_bytes=config.max_audio_bytes,
