@@ -1,5 +1,5 @@
 """The cache on real processes: replicas sharing a real Redis, Redis going away, and
-a download cut in the middle (never cached)."""
+a download cut in the middle or bad audio (never cached)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess
 from mockserver import BackgroundServer, MockConfig, create_app
-from shim.testing import MockUpstream, ShimServer
+from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.redis_server import RedisServer
 
 BODY = {"model": "tts-1-hd", "input": "Shared by every replica.", "voice": "sage"}
@@ -95,3 +96,31 @@ def test_a_download_cut_in_the_middle_is_not_cached(
     assert again.status_code == 200
     assert again.headers["x-cache"] == "MISS"
     assert len(tts_mock.requests) == 2  # generated again: the cut audio was not kept
+
+
+def test_bad_audio_reaches_the_sdk_as_an_error_and_is_never_cached(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
+) -> None:
+    shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path), audio_retries=0)
+    # 40 s of WAV: half of it cannot all be in hand when the first frames are checked, so
+    # the junk after it comes once the stream is under way, whatever the timing.
+    speech = {"model": "tts-1", "voice": "echo", "input": "Long. " * 100, "response_format": "wav"}
+
+    with openai.OpenAI(
+        base_url=shim.base_url, api_key=AUTH["authorization"][7:], max_retries=0
+    ) as sdk:
+        # ``RIFF....WAVE`` and then an HTML page: refused before the first byte.
+        tts_mock.scenario([{"route": "audio", "fault": "signature-junk"}])
+        with pytest.raises(openai.InternalServerError) as refused:
+            sdk.audio.speech.create(**speech)
+        # Good first frames, relayed, then junk: the transfer is cut, never ended.
+        tts_mock.scenario([{"route": "audio", "fault": "junk-tail"}])
+        with pytest.raises(openai.APIConnectionError):
+            sdk.audio.speech.create(**speech)
+        again = sdk.audio.speech.with_raw_response.create(**speech)
+
+    assert refused.value.status_code == 502
+    assert refused.value.code == "bad_upstream_audio"
+    assert again.headers["x-cache"] == "MISS"
+    assert decode_audio(again.content, "wav").seconds > 39
+    assert len(tts_mock.requests) == 3  # each generated anew: neither bad one was kept

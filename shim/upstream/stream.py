@@ -6,11 +6,11 @@ signature decides), the content type must be one audio can have (a CDN's HTML er
 page is not audio), and a body too short to be audio is refused. Raw PCM has no
 signature, so it is accepted only when the reply says it is audio (an ``audio/*`` or
 octet-stream content type) and names PCM (its content type, or the link's extension).
-Then the first frames are decoded in that format, or all of the body when it has all
-arrived (:mod:`shim.upstream.verifier`). Once streaming, every byte is decoded as it
-passes, and the stream ends only once all of it has: junk after good frames aborts it
-(nothing is cached). The size cap holds, and a body that ends before its announced
-length is an error, never a short file passed off as complete.
+Then its first frames are decoded in that format (:mod:`shim.upstream.verifier`);
+audio that is to be cached is decoded to its end as it streams, and the stream ends
+only once all of it has: junk after good frames aborts it, and nothing is cached. The
+size cap holds, and a body that ends before its announced length is an error, never a
+short file passed off as complete.
 """
 
 from __future__ import annotations
@@ -161,10 +161,12 @@ async def open_stream(
     named: str | None,
     max_bytes: int,
     stats: UpstreamStats,
+    decode_all: bool,
     retryable: bool = False,
 ) -> AudioStream:
     """Read the start of ``response``'s body, check it is audio, and hand it over.
 
+    ``decode_all``: decode every frame, not just the first (the audio is to be cached).
     ``retryable`` marks failures here as worth fetching again (a CDN download is
     free; a binary generation reply is not)."""
     declared = response.headers.get("content-length", "")
@@ -198,7 +200,7 @@ async def open_stream(
         while not complete:
             start = await first_frames(bytes(head), fmt)
             if start is not None:
-                verifier = Verifier(fmt, start)
+                verifier = Verifier(fmt, start, decode_all=decode_all)
                 await verifier.feed(bytes(head))
                 break
             if len(head) >= MAX_HEAD_BYTES:
@@ -207,7 +209,7 @@ async def open_stream(
                 chunks = _empty()
             complete = response.content.at_eof()
         if complete:
-            await check_whole(bytes(head), fmt)
+            await check_whole(bytes(head), fmt, decode_all=decode_all)
     except BaseException as exc:  # cancellation (the deadline) included: never leak it
         response.close()
         if verifier is not None:
@@ -250,8 +252,9 @@ async def inline_stream(
     request_id: str | None,
     max_bytes: int,
     stats: UpstreamStats,
+    decode_all: bool,
 ) -> AudioStream:
-    """Audio the generation reply carried inline (base64), checked whole."""
+    """Audio the generation reply carried inline (base64), checked at once."""
     fmt = identify(data[:MIN_AUDIO_BYTES], "", None)
     if fmt is None or len(data) < MIN_AUDIO_BYTES:
         raise not_audio(f"inline, {len(data)} bytes", request_id)
@@ -264,7 +267,7 @@ async def inline_stream(
             request_id=request_id,
         )
     try:
-        await check_whole(data, fmt)
+        await check_whole(data, fmt, decode_all=decode_all)
     except BadAudio as exc:
         raise bad_audio(str(exc), fmt, request_id) from exc
     return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, True)

@@ -5,17 +5,21 @@ HTML page starts like MP3, and a CDN's error page may come labelled as audio. So
 audio is decoded with FFmpeg (PyAV), in the format its signature names:
 
 - before the first byte goes to the client, its first frames, from the bytes in hand
-  (:func:`first_frames`); a body that has all arrived is checked whole instead
-  (:func:`check_whole`);
-- while the rest streams, a :class:`Verifier` decodes all of it in a thread of its
-  own, and the stream ends (and its cache entry is committed) only once every byte
-  has passed: junk after good frames aborts the stream, and nothing is stored.
+  (:func:`first_frames`, or :func:`check_whole` when all of the body is in hand);
+- all of it when it is to be cached (``decode_all``), before the cache commit: a body
+  in hand at once, a streamed one by a :class:`Verifier` that decodes every chunk in a
+  thread of its own; the stream ends only once every byte has passed, so junk after
+  good frames aborts it, and nothing is stored.
+
+Decoding costs CPU in proportion to the audio (``bench/micro.py``), so audio that is
+not being cached has its first frames decoded only; the checks below, which cost next
+to nothing, still see every byte of it.
 
 FFmpeg passes over some junk without a word, so the framing it does not report on is
 checked on top:
 
-- AAC (ADTS): the frames must follow one another to the last byte (FFmpeg ignores
-  what follows the last frame).
+- AAC (ADTS), when decoded to the end: the frames must follow one another to the last
+  byte (FFmpeg ignores what follows the last frame).
 - Opus (Ogg): the pages must follow one another to the last byte, each as long as its
   header says (FFmpeg's demuxer skips ahead to the next ``OggS``).
 - FLAC, WAV and raw PCM must not hold text where frames or samples should be: FFmpeg's
@@ -102,17 +106,18 @@ async def first_frames(head: bytes, fmt: str) -> int | None:
     if fmt == "pcm":
         return 0
     try:
-        return await anyio.to_thread.run_sync(_decode, _Bytes(head), fmt, FIRST_FRAMES, True)
+        return await _decoding(head, fmt, FIRST_FRAMES, True)
     except _NeedMore:
         return None
 
 
-async def check_whole(data: bytes, fmt: str) -> None:
-    """Check all of ``data``, a whole body claimed to be ``fmt``; raise :class:`BadAudio`."""
+async def check_whole(data: bytes, fmt: str, *, decode_all: bool) -> None:
+    """Check ``data``, a whole body claimed to be ``fmt``: its first frames decoded, or
+    all of them with ``decode_all``; raise :class:`BadAudio`."""
     start = 0
     if fmt != "pcm":
-        frames = None if fmt in _DECODED else FIRST_FRAMES  # WAV: the header, then samples
-        start = await anyio.to_thread.run_sync(_decode, _Bytes(data), fmt, frames, False)
+        frames = None if decode_all and fmt in _DECODED else FIRST_FRAMES
+        start = await _decoding(data, fmt, frames, False)
     framing = _Framing(fmt, start)
     framing.feed(data)
     framing.finish()
@@ -122,15 +127,16 @@ class Verifier:
     """All of one download, checked as it streams: :meth:`feed` it every chunk in order,
     the first included, then :meth:`finish`; or :meth:`close` it to give up.
 
-    ``start`` is the offset of the first frame (:func:`first_frames`). Decoding runs in
-    a thread of its own, a chunk behind: ``feed`` hands a chunk over once the thread is
-    done with the one before, so what is wrong with a chunk is raised by the next
-    ``feed`` or by ``finish``, and one chunk at most waits in memory.
+    ``start`` is the offset of the first frame (:func:`first_frames`). With
+    ``decode_all`` every frame is decoded, in a thread of its own, a chunk behind:
+    ``feed`` hands a chunk over once the thread is done with the one before, so what is
+    wrong with a chunk is raised by the next ``feed`` or by ``finish``, and one chunk at
+    most waits in memory. Without it, only the framing checks run (in the event loop).
     """
 
-    def __init__(self, fmt: str, start: int) -> None:
+    def __init__(self, fmt: str, start: int, *, decode_all: bool) -> None:
         self._framing = _Framing(fmt, start)
-        self._decoder = _DecodeThread(fmt) if fmt in _DECODED else None
+        self._decoder = _DecodeThread(fmt) if decode_all and fmt in _DECODED else None
 
     async def feed(self, chunk: bytes) -> None:
         """Check ``chunk``, the next bytes of the download; raise :class:`BadAudio`."""
@@ -165,6 +171,15 @@ class _Bytes:
         chunk = bytes(self._data[self.size : self.size + size])
         self.size += len(chunk)
         return chunk
+
+
+async def _decoding(data: bytes, fmt: str, frames: int | None, partial: bool) -> int:
+    """:func:`_decode` of ``data``: the first frames in the event loop (a fraction of a
+    millisecond, less than handing them to a thread costs; what junk is scanned before
+    them is at most ``MAX_HEAD_BYTES``), all of them in a worker thread."""
+    if frames is not None:
+        return _decode(_Bytes(data), fmt, frames, partial)
+    return await anyio.to_thread.run_sync(_decode, _Bytes(data), fmt, frames, partial)
 
 
 def _decode(source: _Source, fmt: str, frames: int | None, partial: bool) -> int:
@@ -250,9 +265,12 @@ def _decoded(packet: Packet[AudioStream] | None, stream: AudioStream | None = No
 
 
 def _why(exc: BaseException | None) -> str:
-    """FFmpeg's short reason (``Invalid data found when processing input``)."""
+    """FFmpeg's short reason (``Invalid data found when processing input``), or the
+    error's class where FFmpeg has none (``Error number -50531338 occurred``)."""
     reason = getattr(exc, "strerror", None)
-    return reason if isinstance(reason, str) and reason else type(exc).__name__
+    if isinstance(reason, str) and reason and not reason.startswith("Error number"):
+        return reason
+    return type(exc).__name__
 
 
 _ABORT = object()
