@@ -206,31 +206,32 @@ def test_text_in_the_header_is_not_searched() -> None:
 # -- the decoding thread ------------------------------------------------------------------
 
 
-def _verifying() -> int:
-    return sum(t.name == "tts-shim-verify" for t in threading.enumerate())
+def _verifying() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "tts-shim-verify"]
+
+
+def _settle() -> None:
+    """Wait for verifying threads already told to stop (by earlier tests) to end."""
+    for thread in _verifying():
+        thread.join(timeout=10)
+    assert not _verifying()
 
 
 async def test_closing_a_verifier_midway_stops_its_thread() -> None:
+    _settle()
     data = clip("mp3", 30.0)
-    before = _verifying()
     verifier = Verifier("mp3", 0, decode_all=True)
     await verifier.feed(data[:20_000])
     await verifier.feed(data[20_000:40_000])
-    assert _verifying() == before + 1
+    assert len(_verifying()) == 1
     verifier.close()
-    for thread in threading.enumerate():
-        if thread.name == "tts-shim-verify":
-            thread.join(timeout=10)
-    assert _verifying() == before
+    _settle()
 
 
 async def test_a_finished_verifier_leaves_no_thread() -> None:
-    before = _verifying()
+    _settle()
     await streamed(clip("aac"), "aac")
-    for thread in threading.enumerate():
-        if thread.name == "tts-shim-verify":
-            thread.join(timeout=10)
-    assert _verifying() == before
+    _settle()
 
 
 # -- what the signature says ---------------------------------------------------------------
