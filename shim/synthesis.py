@@ -285,7 +285,10 @@ class _Prepared:
             return
         assert self.ref is not None
         self.opened = True
-        stream = await upstream.open(self.ref)
+        # All of it is decoded before it is stored; what is not stored, only its first
+        # frames (decoding costs CPU in proportion to the audio).
+        storing = self.miss is not None and self.miss.writer is not None
+        stream = await upstream.open(self.ref, decode_all=storing)
         self.whole = stream.complete and stream.format == self.format
         try:
             async with aclosing(audio.convert(stream, stream.format, self.format)) as out:

@@ -77,19 +77,23 @@ class Upstream:
         await self._api.close()
         await self._cdn.close()
 
-    async def generate_audio(self, body: dict[str, Any], key: str) -> AudioStream:
+    async def generate_audio(
+        self, body: dict[str, Any], key: str, *, decode_all: bool = True
+    ) -> AudioStream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
-        return await self.open(await self.generate(body, key))
+        return await self.open(await self.generate(body, key), decode_all=decode_all)
 
     async def generate(self, body: dict[str, Any], key: str) -> AudioRef:
         """The billed call, retried only where it cannot have been billed: where the
         audio of one generation is."""
         return await self._generation_retries.run(self._generate, body, key)
 
-    async def open(self, ref: AudioRef) -> AudioStream:
-        """Open a generation's audio (downloading it, retried freely), first bytes in."""
+    async def open(self, ref: AudioRef, *, decode_all: bool = True) -> AudioStream:
+        """Open a generation's audio (downloading it, retried freely), first bytes in and
+        first frames decoded; ``decode_all``: every frame is decoded before the stream
+        ends (for audio that is to be cached; see :mod:`shim.upstream.verifier`)."""
         try:
-            return await self._open(ref)
+            return await self._open(ref, decode_all)
         except APIError as exc:
             # The generation was billed: a client retry would pay again for this audio.
             exc.retryable = False
@@ -101,7 +105,7 @@ class Upstream:
         with logs.upstream_call("generation", len(body.get("text", ""))):  # metrics (issue 13)
             return await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
 
-    async def _open(self, ref: AudioRef) -> AudioStream:
+    async def _open(self, ref: AudioRef, decode_all: bool) -> AudioStream:
         config = self.config
         if ref.response is not None:  # the reply was the audio itself
             return await open_stream(
@@ -110,18 +114,20 @@ class Upstream:
                 named=None,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
             )
         if ref.inline is not None:
-            return inline_stream(
+            return await inline_stream(
                 ref.inline,
                 request_id=ref.request_id,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
             )
         assert ref.url is not None
-        return await self._download_retries.run(self._download, _Link(ref.url, ref))
+        return await self._download_retries.run(self._download, _Link(ref.url, ref), decode_all)
 
-    async def _download(self, link: _Link) -> AudioStream:
+    async def _download(self, link: _Link, decode_all: bool) -> AudioStream:
         link.made += 1
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
@@ -136,6 +142,7 @@ class Upstream:
                 named=named_format(link.url),
                 max_bytes=self.config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
                 retryable=True,
             )
         stream.resume = functools.partial(self._resume, link)
