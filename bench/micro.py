@@ -88,6 +88,78 @@ async def _gather(make: Callable[[], Awaitable[Any]]) -> None:
     await asyncio.gather(*(make() for _ in range(16)))
 
 
+async def audio_checks() -> list[tuple[str, str, float, float]]:
+    """CPU µs to check upstream audio by decoding it (shim.upstream.verifier), per format.
+
+    The benchmark's clip, all in hand (the usual case): its first frames (what audio that
+    is not cached gets) against sniffing its signature alone (what the shim did before),
+    and all of it (what audio to be cached gets) against its first frames. Then a minute
+    of audio streamed in 32 KiB chunks: all of it decoded, against the first frames and
+    the framing checks."""
+    from bench.run import TEXT
+    from mockserver.audio import encode, samples_for, speech_duration
+    from shim.upstream.stream import identify
+    from shim.upstream.verifier import Verifier, check_whole, first_frames
+
+    rows = []
+    short_ms = round(speech_duration(TEXT) * 1000)
+    formats = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+    for fmt in formats:
+        clip = encode("alloy", samples_for(short_ms), fmt)
+
+        async def sniff(clip: bytes = clip, fmt: str = fmt) -> None:
+            identify(clip[:128], "audio/" + fmt, fmt)
+
+        def whole(all_: bool, clip: bytes = clip, fmt: str = fmt) -> Callable[[], Awaitable[None]]:
+            return lambda: check_whole(clip, fmt, decode_all=all_)
+
+        first = await per_call(300, whole(False))
+        rows.append(
+            (
+                f"audio check, {fmt}, {short_ms / 1000:g} s in hand, first frames",
+                "signature only",
+                first,
+                await per_call(3000, sniff),
+            )
+        )
+        rows.append(
+            (
+                "  the same, all decoded (to be cached)",
+                "first frames",
+                await per_call(300, whole(True)),
+                first,
+            )
+        )
+    for fmt in formats:
+        minute = encode("alloy", samples_for(60_000), fmt)
+
+        def streamed(
+            all_: bool, minute: bytes = minute, fmt: str = fmt
+        ) -> Callable[[], Awaitable[None]]:
+            async def stream() -> None:
+                start = await first_frames(minute[:32768], fmt)
+                assert start is not None
+                verifier = Verifier(fmt, start, decode_all=all_)
+                try:
+                    for offset in range(0, len(minute), 32768):
+                        await verifier.feed(minute[offset : offset + 32768])
+                    await verifier.finish()
+                finally:
+                    verifier.close()
+
+            return stream
+
+        rows.append(
+            (
+                f"audio check, {fmt}, 60 s streamed, all decoded",
+                "first frames",
+                await per_call(10, streamed(True)),
+                await per_call(50, streamed(False)),
+            )
+        )
+    return rows
+
+
 async def main() -> None:
     from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
@@ -173,6 +245,9 @@ async def main() -> None:
     rows.append(
         ("upstream client, the two calls (per request)", "httpx over aiohttp", *await clients())
     )
+
+    # 4. Checking the audio from upstream by decoding it, before it is relayed or cached.
+    rows += await audio_checks()
 
     print(f"{'operation':58} {'today µs':>9}   {'alternative':20} {'µs':>7}")
     for name, alternative, today, other in rows:

@@ -34,7 +34,15 @@ from mockserver.config import MockConfig
 from mockserver.errors import error_response, timestamp
 from mockserver.journal import Journal, JournalEntry, mask_headers
 from mockserver.pricing import usage
-from mockserver.scenario import CUT_AFTER, NO_BODY, Scenario, ScenarioError, Step, parse_scenario
+from mockserver.scenario import (
+    AUDIO_FAULTS,
+    CUT_AFTER,
+    NO_BODY,
+    Scenario,
+    ScenarioError,
+    Step,
+    parse_scenario,
+)
 from mockserver.validation import BodyValidationError, SpeechRequest, parse_speech_request
 
 __all__ = ["CONTROL_PREFIX", "MAX_BODY_BYTES", "TTS_PATH", "create_app"]
@@ -56,6 +64,16 @@ _GARBAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Welcome</title></head>"
     b"<body><p>This is not the response you were looking for.</p></body></html>\n"
 )
+# How each format's file starts, as far as a reader that checks signatures looks
+# (``signature-junk``); raw PCM has no signature.
+_SIGNATURES = {
+    "mp3": b"ID3",
+    "opus": b"OggS",
+    "aac": b"\xff\xf1",  # an ADTS sync word: MPEG-4, no CRC
+    "flac": b"fLaC",
+    "wav": b"RIFF\xff\xff\xff\xffWAVE",
+    "pcm": b"",
+}
 
 logger = logging.getLogger("mockserver")
 
@@ -236,13 +254,21 @@ def _step_error(request: Request, step: Step) -> Response:
 
 def _body_response(body: Any, status: int, content_type: str) -> Response:
     """A step's ``body``: strings (and bytes) go out as they are, anything else as JSON."""
-    if isinstance(body, bytes):
-        content = body
-    elif isinstance(body, str):
-        content = body.encode()
-    else:
-        content = json.dumps(body).encode()
+    content = _content(body)
     return Response(content, status_code=status, headers={"content-type": content_type})
+
+
+def _content(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
+
+
+def _junk(step: Step) -> bytes:
+    """What a fault sends where the promised body should be: the step's ``body``, or HTML."""
+    return _GARBAGE if step.body is NO_BODY else _content(step.body)
 
 
 def _finish(response: Response, step: Step | None) -> Response:
@@ -251,16 +277,17 @@ def _finish(response: Response, step: Step | None) -> Response:
         return response
     for name, value in step.headers.items():
         response.headers[name] = value
-    if step.fault in ("slow-body", "truncated"):
-        return _Faulty(response, step.fault, step.delay_ms)
+    if step.fault in ("slow-body", "truncated", "junk-tail"):
+        return _Faulty(response, step)
     if step.fault == "cut":
         return _Cut(response, CUT_AFTER if step.cut_after is None else step.cut_after)
     return response
 
 
 async def _delay(step: Step | None) -> None:
-    # slow-body spends its delay dribbling the body instead of before the reply.
-    if step is not None and step.delay_ms and step.fault != "slow-body":
+    # slow-body spends its delay dribbling the body, junk-tail before the junk, instead
+    # of before the reply.
+    if step is not None and step.delay_ms and step.fault not in ("slow-body", "junk-tail"):
         await anyio.sleep(step.delay_ms / 1000)
 
 
@@ -323,8 +350,7 @@ async def _tts(request: Request) -> Response:
     if step is not None and step.fault == "reset":
         return _Reset()
     if step is not None and step.fault == "garbage":
-        content = _GARBAGE if step.body is NO_BODY else step.body
-        garbage = _body_response(content, step.status or 200, "application/json; charset=utf-8")
+        garbage = _body_response(_junk(step), step.status or 200, "application/json; charset=utf-8")
         return _finish(garbage, step)
     if step is not None and step.is_error:
         return _finish(_step_error(request, step), step)
@@ -435,8 +461,7 @@ async def _audio(request: Request) -> Response:
     fmt = (step.audio_format if step else None) or (spec.format if spec else None)
     if step is not None and step.fault == "garbage":
         content_type = FORMATS[fmt].content_type if fmt else "audio/mpeg"
-        content = _GARBAGE if step.body is NO_BODY else step.body
-        return _finish(_body_response(content, step.status or 200, content_type), step)
+        return _finish(_body_response(_junk(step), step.status or 200, content_type), step)
     if step is not None and step.is_error:
         return _finish(_step_error(request, step), step)
     if spec is None or fmt is None:
@@ -448,7 +473,9 @@ async def _audio(request: Request) -> Response:
     status = step.status if step is not None and step.status is not None else 200
     content_type = FORMATS[fmt].content_type
     response: Response
-    if step is not None and step.body is not NO_BODY:
+    if step is not None and step.fault == "signature-junk":
+        response = _body_response(_SIGNATURES[fmt] + _junk(step), status, content_type)
+    elif step is not None and step.body is not NO_BODY and step.fault not in AUDIO_FAULTS:
         response = _body_response(step.body, status, content_type)
     elif request.method == "HEAD":
         response = Response(status_code=status, media_type=content_type)
@@ -542,12 +569,14 @@ class _Reset(Response):
 
 
 class _Faulty(Response):
-    """A reply whose body is dribbled out slowly, or cut short before the connection closes."""
+    """A reply whose body is dribbled out slowly, cut short before the connection closes,
+    or turns to junk half-way."""
 
-    def __init__(self, inner: Response, fault: str, delay_ms: float) -> None:
+    def __init__(self, inner: Response, step: Step) -> None:
         self.inner = inner
-        self.fault = fault
-        self.delay_ms = delay_ms
+        self.fault = step.fault
+        self.delay_ms = step.delay_ms
+        self.junk = _junk(step)
         self.status_code = inner.status_code
         self.background = None
 
@@ -565,6 +594,8 @@ class _Faulty(Response):
         headers = [(k, v) for k, v in self.inner.raw_headers if k != b"content-length"]
         if self.fault == "truncated":
             await self._truncated(scope, receive, send, body, headers)
+        elif self.fault == "junk-tail":
+            await self._junk_tail(send, body, headers)
         else:
             await self._slow(send, body, headers)
 
@@ -598,6 +629,18 @@ class _Faulty(Response):
                 }
             )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _junk_tail(self, send: Send, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        # No Content-Length, as the CDN's own audio replies: nothing but the bytes
+        # themselves says that the second half is not audio.
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        good = body[: len(body) // 2]
+        for offset in range(0, len(good), CHUNK_SIZE):
+            piece = good[offset : offset + CHUNK_SIZE]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        if self.delay_ms:
+            await anyio.sleep(self.delay_ms / 1000)
+        await send({"type": "http.response.body", "body": self.junk, "more_body": False})
 
 
 class _Cut(Response):

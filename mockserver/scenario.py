@@ -25,6 +25,7 @@ from mockserver.config import RESPONSE_SHAPES
 from mockserver.latency import GenerationLatency, LatencyError, parse_latency
 
 __all__ = [
+    "AUDIO_FAULTS",
     "CUT_AFTER",
     "FAULTS",
     "MAX_DELAY_MS",
@@ -45,7 +46,11 @@ ROUTES = ("tts", "audio")
 #: ``slow-body``  dribble the body out over ``delay_ms``
 #: ``truncated``  announce a Content-Length, send half of it, close
 #: ``cut``        send the first ``cut_after`` bytes of the body as they stream, close
-FAULTS = ("reset", "garbage", "slow-body", "truncated", "cut")
+#: ``signature-junk``  (``audio`` only) the format's signature, then an HTML page
+#: ``junk-tail``  (``audio`` only) the clip's first half, then an HTML page instead of the rest
+FAULTS = ("reset", "garbage", "slow-body", "truncated", "cut", "signature-junk", "junk-tail")
+#: Faults that need a clip to spoil, so only the CDN has them.
+AUDIO_FAULTS = ("signature-junk", "junk-tail")
 STEP_KEYS = (
     "route",
     "status",
@@ -227,6 +232,9 @@ def parse_step(data: object, where: str = "step") -> Step:
         )
     if route == "tts" and ignore_range:
         raise ScenarioError(f"{where}: 'ignore_range' applies to route 'audio' only")
+
+    if route == "tts" and fault in AUDIO_FAULTS:
+        raise ScenarioError(f"{where}.fault: {fault!r} applies to route 'audio' only")
 
     return Step(
         route=route,

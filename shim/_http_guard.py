@@ -167,6 +167,9 @@ class _HeadGuard(_Base):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if isinstance(exc, TimeoutError):
+            # The kernel gave up on the client (shim.server.drop_stalled_connections).
+            logger.info("client took no data for --send-timeout seconds: connection dropped")
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:

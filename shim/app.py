@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -46,6 +47,9 @@ logger = logging.getLogger("tts_shim")
 
 #: Most background tasks (pieces finished into the cache) when --max-concurrency is 0.
 _MAX_BACKGROUND = 64
+#: Seconds the app's shutdown waits for requests still cleaning up (a cut request
+#: takes milliseconds; this bounds one that ignored its cancellation).
+_CLEAN_UP_WAIT = 5.0
 
 
 def _request_id(request: Request) -> str:
@@ -149,6 +153,16 @@ def create_app(config: Config | None = None) -> Starlette:
             state = State(config, keys, upstream, capacity, cache, ops, background)
             app.state.shim = state
             yield
+            # The server cancels what is still running at the end of --graceful-timeout,
+            # and shuts the app down at once: let those requests finish cleaning up
+            # (downloads closed, cache entries dropped, their bills closed) first.
+            with anyio.move_on_after(_CLEAN_UP_WAIT):
+                await state.capacity.idle()
+            if state.capacity.requests:
+                logger.warning(
+                    "%d request(s) still running at shutdown; closing their clients",
+                    state.capacity.requests,
+                )
 
     app = Starlette(
         routes=routes(),

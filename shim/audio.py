@@ -23,13 +23,13 @@ from shim.catalog import FORMATS
 if TYPE_CHECKING:
     from av.audio.frame import AudioFrame
 
-__all__ = ["SAMPLE_RATE", "TranscodeError", "convert", "transcode"]
+__all__ = ["DEMUXERS", "SAMPLE_RATE", "TranscodeError", "convert", "transcode"]
 
 #: OpenAI's speech output: 24 kHz mono.
 SAMPLE_RATE = 24_000
 
-# How FFmpeg should read each format we may receive.
-_DEMUXERS = {
+#: The FFmpeg demuxer that reads each format the shim may receive.
+DEMUXERS = {
     "mp3": "mp3",
     "opus": "ogg",
     "aac": "aac",
@@ -239,7 +239,7 @@ class _Transcoder:
                 resampler = av.AudioResampler(format=sample_format, layout="mono", rate=SAMPLE_RATE)
                 before = self.samples
                 options = _PCM_OPTIONS if item.source == "pcm" else {}
-                with av.open(self, "r", format=_DEMUXERS[item.source], options=options) as source:
+                with av.open(self, "r", format=DEMUXERS[item.source], options=options) as source:
                     for frame in source.decode(audio=0):
                         for resampled in resampler.resample(frame):
                             sink.mux(stream.encode(self._stamp(resampled)))

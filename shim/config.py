@@ -236,10 +236,13 @@ class Config:
         "the check is off unless this is set.",
         flag="--allowed-host",
     )
-    #: Seconds a response body may wait for a client that takes no data; then it is cut.
+    #: Seconds a response body may wait for a client that takes no data; then it is cut
+    #: (shim.responses.SendTimeout), and the kernel drops the connection
+    #: (shim.server.drop_stalled_connections).
     send_timeout: float = _setting(
         30.0,
-        "Seconds a client may take no data before its response is cut and its slot freed.",
+        "Seconds a client may take no data before its response is cut, its slot freed "
+        "and (on Linux) its connection dropped.",
         positive=True,
     )
     #: With client keys, also require one for the catalogue GETs (``/v1/models``,
@@ -352,6 +355,15 @@ class Config:
     graceful_timeout: float = _setting(
         30.0,
         "On SIGTERM, seconds in-flight audio gets to finish before it is cut; then exit 0.",
+        low=0,
+    )
+    #: On SIGTERM, seconds to go on serving, with /readyz answering 503, before new
+    #: connections are refused: load balancers (and Kubernetes, whose endpoint removal
+    #: races the signal) stop sending work meanwhile.
+    shutdown_delay: float = _setting(
+        0.0,
+        "On SIGTERM, seconds to go on serving while /readyz answers 503, before new "
+        "connections are refused and --graceful-timeout starts (a preStop pause, built in).",
         low=0,
     )
     #: Seconds an idle client connection stays open for its next request. Longer than

@@ -4,7 +4,8 @@ Neither needs a client key, neither takes a speech slot, and neither calls
 upstream: a prober must get an answer however busy the shim is, and an AI/ML API
 outage should not make an orchestrator restart or unroute every shim (requests
 then get honest 502/504 envelopes instead). ``/readyz`` turns 503 once the shim
-is draining for shutdown, and while every concurrency slot is taken (``"busy"``:
+is shutting down (``"draining"``; it can answer so only during ``--shutdown-delay``, as
+the listener closes after it), and while every concurrency slot is taken (``"busy"``:
 a load balancer should send new work elsewhere; it turns 200 again as soon as a
 slot is free, which ``--send-timeout`` guarantees even for clients that stop reading).
 """
@@ -30,7 +31,7 @@ async def readyz(request: Request) -> Response:
     """Ready for traffic unless draining or full; with the load figures (no secrets)."""
     state = state_of(request)
     capacity = state.capacity
-    status = "draining" if capacity.draining else "busy" if capacity.full else "ready"
+    status = "draining" if capacity.leaving else "busy" if capacity.full else "ready"
     body = {
         "status": status,
         **capacity.snapshot(),

@@ -22,7 +22,7 @@ import anyio
 from shim.config import Config
 from shim.errors import APIError
 
-__all__ = ["RETRY_AFTER", "Capacity"]
+__all__ = ["RETRY_AFTER", "Capacity", "draining_error"]
 
 #: Seconds a client is told to wait after a 429 for capacity: slots free up as
 #: streams finish, so a short, fixed hint is as good as an estimate.
@@ -30,7 +30,8 @@ RETRY_AFTER = 1
 
 
 class Capacity:
-    """A fair semaphore with a bounded wait queue, plus the draining flag.
+    """A fair semaphore with a bounded wait queue, plus the draining flag and the count
+    of HTTP requests in progress (any route), which the shutdown waits for.
 
     Single event loop only (the server's). ``limit`` 0 means no cap: slots are
     still counted, for ``/readyz``.
@@ -43,7 +44,13 @@ class Capacity:
         self.in_flight = 0
         #: Requests turned away with 429 since start-up.
         self.rejected = 0
+        #: Shutting down: ``/readyz`` answers 503 (work is still taken until ``draining``).
+        self.leaving = False
+        #: New speech work is refused with a 503.
         self.draining = False
+        #: HTTP requests in progress, any route (:meth:`enter` and :meth:`leave`).
+        self.requests = 0
+        self._idle: asyncio.Event | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @classmethod
@@ -59,15 +66,38 @@ class Capacity:
         """Every slot is taken (never, with no cap): new work would wait or get a 429."""
         return 0 < self.limit <= self.in_flight
 
+    def start_leaving(self) -> None:
+        """Say not ready from now on, still taking work (``--shutdown-delay``)."""
+        self.leaving = True
+
     def start_draining(self) -> None:
-        """Refuse new speech work from now on (the server calls this on SIGTERM)."""
-        self.draining = True
+        """Refuse new speech work from now on (the server calls this when it stops
+        accepting connections, on SIGTERM or after ``--shutdown-delay``)."""
+        self.leaving = self.draining = True
+
+    def enter(self) -> None:
+        """A request began (the app's outermost own middleware calls this)."""
+        self.requests += 1
+
+    def leave(self) -> None:
+        """A request ended, its clean-up included."""
+        self.requests -= 1
+        if not self.requests and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request is in progress. The app's shutdown waits for this
+        (bounded), before it closes the clients that requests the server cut at the end
+        of ``--graceful-timeout`` still use to clean up."""
+        while self.requests:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
     async def acquire(self) -> None:
         """Take a slot, waiting in line if need be; raise a 429 or 503 :class:`APIError`
         when none can be had. Pair every successful call with :meth:`release`."""
         if self.draining:
-            raise _draining()
+            raise draining_error()
         if self.limit == 0 or (self.in_flight < self.limit and not self._waiters):
             self.in_flight += 1
             return
@@ -90,7 +120,7 @@ class Capacity:
             raise
         if self.draining:
             self.release()
-            raise _draining()
+            raise draining_error()
 
     def release(self) -> None:
         """Give a slot back: to the longest waiter if there is one."""
@@ -120,11 +150,12 @@ class Capacity:
             "max_concurrency": self.limit or None,
             "max_queue": self.max_queue,
             "rejected": self.rejected,
-            "draining": self.draining,
+            "draining": self.leaving,
         }
 
 
-def _draining() -> APIError:
+def draining_error() -> APIError:
+    """The 503 for work that arrives, or is still waiting, once the shim is shutting down."""
     return APIError(
         503,
         "This tts-shim is shutting down and takes no new requests; retry on another "

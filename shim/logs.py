@@ -203,7 +203,11 @@ class AccessLogMiddleware:
                     record.first_byte = time.perf_counter()  # for the metrics
                 record.bytes += size
                 if not message.get("more_body", False):
+                    await send(message)
+                    # Only once the server took it: a last message cut while it waited
+                    # (a whole body, sent in pieces) is an aborted transfer.
                     record.complete = True
+                    return
             await send(message)
 
         async def receive_logged() -> Message:
@@ -320,22 +324,25 @@ QUIET: ContextVar[bool] = ContextVar("tts_shim_quiet_logs", default=False)
 
 
 class _Tidy(logging.Filter):
-    """Drop the embedded mock's routine records, and shorten what uvicorn logs for a
-    response cut by the end of the graceful shutdown period: a traceback of the
-    cancellation says nothing the warning does not."""
+    """Drop the embedded mock's routine records, and tone down what uvicorn logs when
+    the graceful shutdown period ends: its "Cancel N running task(s)" is the designed
+    outcome of ``--graceful-timeout`` (a warning, not an error; each cut request says so
+    itself, see :class:`shim.operations.OperationsMiddleware`), and where the app was not
+    told it drains (another server), a traceback of the cancellation says nothing the
+    warning does not."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         cut = isinstance(exc, asyncio.CancelledError) and "graceful shutdown" in str(exc)
-        if QUIET.get() and (
-            record.levelno < logging.ERROR or cut or "graceful shutdown" in str(record.msg)
-        ):
+        ended = "graceful shutdown" in str(record.msg)
+        if QUIET.get() and (record.levelno < logging.ERROR or cut or ended):
             return False  # the mock stops after the shim: what it cuts is unused
         if cut:
             record.msg = "a response still in progress was cut: the graceful timeout passed"
             record.args = ()
             record.exc_info = None
             record.exc_text = None
+        if cut or ended:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 

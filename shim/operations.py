@@ -37,9 +37,12 @@ from shim.clients import Client, ClientKeys, client_of
 from shim.config import Config
 from shim.errors import APIError
 from shim.keys import bearer_token
+from shim.limits import Capacity, draining_error
 from shim.metrics import CONTENT_TYPE_LATEST, Metrics
+from shim.middleware import request_id
 from shim.prices import MICRO, Prices
 from shim.quota import Bill, Clock, Quota, Usage
+from shim.responses import ShutdownCut
 
 __all__ = [
     "Operations",
@@ -148,7 +151,13 @@ async def admit(request: Request, model: str, characters: int) -> Bill | None:
 class OperationsMiddleware:
     """When a request ends: update the metrics from its record. Sits inside
     :class:`~shim.logs.AccessLogMiddleware`. (Money is not counted here: the data path
-    does that as it spends, see :class:`~shim.quota.Bill`.)"""
+    does that as it spends, see :class:`~shim.quota.Bill`.)
+
+    It also counts the requests in progress (:meth:`shim.limits.Capacity.enter`), which
+    the app's shutdown waits for, and ends a request the server cancels while the shim
+    drains (the end of ``--graceful-timeout``) with one warning instead of a traceback:
+    a 503 if its response had not started, else an aborted transfer.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -158,12 +167,23 @@ class OperationsMiddleware:
         if scope["type"] != "http" or record is None:
             await self.app(scope, receive, send)
             return
+        capacity = _capacity(scope)
+        if capacity is not None:
+            capacity.enter()
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if capacity is None or not capacity.draining:
+                raise
+            await _cut_by_shutdown(scope, receive, send, record)
         finally:
-            ops = _ops(scope)
-            if ops is not None:
-                self._finish(ops, scope, record)
+            try:
+                ops = _ops(scope)
+                if ops is not None:
+                    self._finish(ops, scope, record)
+            finally:
+                if capacity is not None:
+                    capacity.leave()
 
     @staticmethod
     def _finish(ops: Operations, scope: Scope, record: logs.RequestLog) -> None:
@@ -176,9 +196,29 @@ class OperationsMiddleware:
             refused = bill.refused
         route = getattr(scope.get("route"), "path", None)
         ops.metrics.observe(record, route if isinstance(route, str) else "unmatched", refused)
-        capacity = getattr(getattr(scope["app"].state, "shim", None), "capacity", None)
+        capacity = _capacity(scope)
         if capacity is not None:
             ops.metrics.load(capacity.in_flight, capacity.queued)
+
+
+def _capacity(scope: Scope) -> Capacity | None:
+    capacity = getattr(getattr(scope["app"].state, "shim", None), "capacity", None)
+    return capacity if isinstance(capacity, Capacity) else None
+
+
+async def _cut_by_shutdown(
+    scope: Scope, receive: Receive, send: Send, record: logs.RequestLog
+) -> None:
+    # The cancellation is answered here; take it back (Python 3.11+ counts them).
+    uncancel = getattr(asyncio.current_task(), "uncancel", None)
+    if uncancel is not None:
+        uncancel()
+    rid = request_id(scope)
+    logger.warning("request %s cut: the graceful shutdown period ended before it did", rid)
+    if record.status is None:
+        await draining_error().response(rid)(scope, receive, send)
+        return
+    raise ShutdownCut("the graceful shutdown period ended")
 
 
 def _operator_check(request: Request, config: Config) -> None:

@@ -21,9 +21,11 @@ from starlette.types import Message, Receive, Scope, Send
 from shim.errors import APIError
 
 __all__ = [
+    "BODY_PIECE",
     "AudioResponse",
     "ClientWatch",
     "SendTimeout",
+    "ShutdownCut",
     "StalledClient",
     "StreamAborted",
     "WholeAudio",
@@ -84,7 +86,9 @@ class WholeAudio(Response):
 
     Framed as the streamed audio is (chunked, no ``Content-Length``, as OpenAI's speech
     replies are), with one socket write fewer than a stream's head, chunk and end, and
-    nothing to watch or cut: the client's disconnect no longer stops anything upstream.
+    nothing upstream to stop: the client's disconnect no longer stops anything. Large
+    audio is handed to the server in pieces, each under ``--send-timeout``
+    (:class:`SendTimeout`), as a stream's chunks are.
     """
 
     def __init__(self, audio: bytes, media_type: str, headers: Mapping[str, str]) -> None:
@@ -166,11 +170,22 @@ class ClientWatch:
             uncancel()
 
 
+#: The most of a response body handed to the server in one message (uvicorn's
+#: high-water mark for a connection's write buffer).
+BODY_PIECE = 64 * 1024
+
+
 class SendTimeout:
     """A ``send`` that cuts the response when one message waits ``seconds`` for a
     client that takes no data (uvicorn's ``send`` waits while the socket's buffers
     are full). The wait raises :class:`StalledClient`, so the response's ``finally``
     blocks run: the audio stream is closed and its concurrency slot freed.
+
+    A body larger than :data:`BODY_PIECE` (audio sent in one piece, a chat answer) is
+    handed on in pieces of that size, each under the same timer: uvicorn writes a
+    message to the transport whole and waits only before the next one, so one big
+    message would never wait, and would sit in memory for as long as its client
+    kept the connection without reading.
 
     One timer a response, armed at the first message and re-armed only when it
     fires, instead of a timeout scope around every message (~4 us each, measured).
@@ -188,6 +203,23 @@ class SendTimeout:
         self._fired = False
 
     async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if len(body) > BODY_PIECE:
+                more = message.get("more_body", False)
+                for start in range(0, len(body), BODY_PIECE):
+                    end = start + BODY_PIECE
+                    await self._timed(
+                        {
+                            "type": "http.response.body",
+                            "body": body[start:end],
+                            "more_body": more or end < len(body),
+                        }
+                    )
+                return
+        await self._timed(message)
+
+    async def _timed(self, message: Message) -> None:
         loop = asyncio.get_running_loop()
         self._since = loop.time()
         self._task = asyncio.current_task()
@@ -229,6 +261,10 @@ class SendTimeout:
 
 class StalledClient(StreamAborted):
     """The client took no data for ``--send-timeout`` seconds; its response is cut."""
+
+
+class ShutdownCut(StreamAborted):
+    """The server's ``--graceful-timeout`` ended while the response was in progress."""
 
 
 def sse_event(payload: Any) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import threading
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.types import ASGIApp
 
-__all__ = ["listening_line", "run", "serve"]
+__all__ = ["drop_stalled_connections", "listening_line", "run", "serve"]
 
 logger = logging.getLogger("tts_shim")
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds between looks at a second Ctrl-C during ``--shutdown-delay``.
+_TICK = 0.1
 
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
@@ -45,9 +48,11 @@ class _ShimServer(uvicorn.Server):
     """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process
     dies by the signal; a sidecar that drained cleanly should exit 0 instead.
 
-    On shutdown the shim is marked draining first (``/readyz`` answers 503 and new
-    speech work is refused); then uvicorn stops accepting, closes idle connections,
-    and gives in-flight responses ``--graceful-timeout`` seconds before cutting them.
+    On shutdown, with ``--shutdown-delay``, the shim first goes on serving for that
+    long while ``/readyz`` answers 503 (a second Ctrl-C ends the pause). Then it is
+    marked draining (new speech work is refused), and uvicorn stops accepting, closes
+    idle connections, and gives in-flight responses ``--graceful-timeout`` seconds
+    before cutting them.
     """
 
     def __init__(self, config: uvicorn.Config, app: Starlette, listening: str = "") -> None:
@@ -64,6 +69,14 @@ class _ShimServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state = self.shim_app.state.shim  # built by the lifespan, which has run
+        delay = state.config.shutdown_delay
+        if delay > 0:
+            state.capacity.start_leaving()
+            logger.info("shutting down in %g s: /readyz answers 503, requests are served", delay)
+            for _ in range(math.ceil(delay / _TICK)):  # uvicorn's own tick
+                if self.force_exit:
+                    break
+                await asyncio.sleep(_TICK)
         state.capacity.start_draining()
         logger.info(
             "draining: %d request(s) in flight, up to %g s to finish",
@@ -108,11 +121,13 @@ def _raise_open_file_limit() -> None:
     logger.debug("open-file limit raised from %d to %d", soft, hard)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, send_timeout: float | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if send_timeout is not None:
+            drop_stalled_connections(sock, send_timeout)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -120,6 +135,27 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def drop_stalled_connections(sock: socket.socket, seconds: float) -> bool:
+    """Have the kernel drop every connection accepted on ``sock`` whose client takes no
+    data for ``seconds``: Linux's ``TCP_USER_TIMEOUT``, which accepted sockets inherit
+    from the listening one, ends a connection once what was sent has stayed
+    unacknowledged, or the client's receive window shut, that long. Returns whether the
+    platform has it (elsewhere only :class:`shim.responses.SendTimeout` applies).
+
+    The application can cut a response whose ``send`` waits, but not the connection:
+    uvicorn closes one politely, after the bytes already written to it were taken, and
+    a response written to the socket's buffers at once never waits at all. A client
+    that never reads again would keep its descriptor and those buffers (megabytes of
+    audio) for as long as it kept the socket open; ASGI gives an application no way to
+    reset a connection, but the kernel can.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, option, min(max(round(seconds * 1000), 1), 2**31 - 1))
+    return True
 
 
 def listening_line(config: Config, port: int, *, mock: bool = False) -> str:
@@ -189,7 +225,7 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
         # once (0.2 s), without loading the app and its clients (another 0.5 s of CPU).
         from shim.app import create_app
 
-        shim_socket = _bind(config.host, config.port)
+        shim_socket = _bind(config.host, config.port, send_timeout=config.send_timeout)
         on_failure.callback(shim_socket.close)
         app = create_app(config)  # a keys file or cache directory it cannot use stops here
         on_failure.pop_all()

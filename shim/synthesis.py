@@ -305,8 +305,7 @@ class _Prepared:
     @property
     def unfinished(self) -> bool:
         """Paid for and not yet in the cache, where it could be stored."""
-        writable = self.miss is not None and self.miss.writer is not None
-        return writable and self.ref is not None and not self._closed
+        return _stores(self.miss) and self.ref is not None and not self._closed
 
     async def audio(self, upstream: Upstream) -> AsyncGenerator[bytes]:
         """The piece's audio in :attr:`format`; a generated one is teed into the cache,
@@ -319,7 +318,9 @@ class _Prepared:
             return
         assert self.ref is not None
         self.opened = True
-        stream = await upstream.open(self.ref)
+        # All of it is decoded before it is stored; what is not stored, only its first
+        # frames (decoding costs CPU in proportion to the audio).
+        stream = await upstream.open(self.ref, decode_all=_stores(self.miss))
         self.whole = stream.complete and stream.format == self.format
         try:
             async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
@@ -378,6 +379,11 @@ async def _uncached(state: State, job: Job, texts: list[str], bill: Bill) -> lis
     return [len(text) for text, found in zip(texts, held, strict=True) if not found]
 
 
+def _stores(miss: Miss | None) -> bool:
+    """Whether a piece's audio is to be stored (a cache entry to write)."""
+    return miss is not None and miss.writer is not None
+
+
 async def _prepare(
     state: State,
     job: Job,
@@ -405,7 +411,10 @@ async def _prepare(
             await bill.reserve([len(text)])
         if billing is not None:
             billing()
-        ref = await state.upstream.generate(job.body(text, fmt), job.key, bill)
+        # A reply that is the audio itself is opened as it arrives: decoded whole only if
+        # it is to be stored, as :meth:`_Prepared.audio` would.
+        body, stores = job.body(text, fmt), _stores(miss)
+        ref = await state.upstream.generate(body, job.key, bill, decode_all=stores)
     except BaseException:
         if miss is not None:
             await miss.abort()  # lets a follower waiting on this key try

@@ -63,7 +63,9 @@ test(`openai ${VERSION}: without include_usage no usage chunk is sent`, async ()
 });
 
 test(`openai ${VERSION}: a download breaking mid-stream raises APIError`, async () => {
-  await scenario([{ route: "audio", fault: "truncated" }]);
+  // Every try of the link is cut (a first download and 2 resumptions, --audio-retries):
+  // one cut alone is resumed and the client never sees it.
+  await scenario([{ route: "audio", fault: "truncated", times: 3 }]);
   const stream = await ask("wav", { stream: true });
   await assert.rejects(
     async () => {

@@ -105,7 +105,9 @@ test(`openai ${VERSION}: stream_format "sse" read as events by the SDK's parser`
 });
 
 test(`openai ${VERSION}: a broken download fails the body, never a short file`, async () => {
-  await scenario([{ route: "audio", fault: "truncated" }]);
+  // Every try of the link is cut (a first download and 2 resumptions, --audio-retries):
+  // one cut alone is resumed and the client never sees it.
+  await scenario([{ route: "audio", fault: "truncated", times: 3 }]);
   const response = await speak({ response_format: "mp3" });
   assert.equal(response.status, 200);
   await assert.rejects(readChunks(response.body));

@@ -1,6 +1,6 @@
 """The cache on real processes: replicas sharing a real Redis, Redis going away or
-hanging (SIGSTOP), unreachable at start, a download cut in the middle (never cached), and
-the paid pieces of a long text whose client left (cached all the same)."""
+hanging (SIGSTOP), unreachable at start, a download cut in the middle or bad audio (never
+cached), and the paid pieces of a long text whose client left (cached all the same)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from contract_tests.conftest import LOOPBACK_TLS
 from contract_tests.reliability.conftest import ServeProcess, settle
 from mockserver import BackgroundServer, MockConfig, create_app
-from shim.testing import MockUpstream, ShimServer
+from shim.testing import MockUpstream, ShimServer, decode_audio
 from tests.figures import record
 from tests.redis_server import RedisServer
 from tests.shim.conftest import parse, total
@@ -198,3 +199,31 @@ def test_a_client_that_leaves_a_long_text_leaves_its_paid_pieces_in_the_cache(
     assert again.status_code == 200
     assert again.headers["x-cache"] == "HIT"  # every piece was stored after the client left
     assert len(tts_mock.requests) == paid == 3
+
+
+def test_bad_audio_reaches_the_sdk_as_an_error_and_is_never_cached(
+    tts_shim_factory: Callable[..., ShimServer], tts_mock: MockUpstream, tmp_path: Any
+) -> None:
+    shim = tts_shim_factory(cache=True, cache_dir=str(tmp_path), audio_retries=0)
+    # 40 s of WAV: half of it cannot all be in hand when the first frames are checked, so
+    # the junk after it comes once the stream is under way, whatever the timing.
+    speech = {"model": "tts-1", "voice": "echo", "input": "Long. " * 100, "response_format": "wav"}
+
+    with openai.OpenAI(
+        base_url=shim.base_url, api_key=AUTH["authorization"][7:], max_retries=0
+    ) as sdk:
+        # ``RIFF....WAVE`` and then an HTML page: refused before the first byte.
+        tts_mock.scenario([{"route": "audio", "fault": "signature-junk"}])
+        with pytest.raises(openai.InternalServerError) as refused:
+            sdk.audio.speech.create(**speech)
+        # Good first frames, relayed, then junk: the transfer is cut, never ended.
+        tts_mock.scenario([{"route": "audio", "fault": "junk-tail"}])
+        with pytest.raises(openai.APIConnectionError):
+            sdk.audio.speech.create(**speech)
+        again = sdk.audio.speech.with_raw_response.create(**speech)
+
+    assert refused.value.status_code == 502
+    assert refused.value.code == "bad_upstream_audio"
+    assert again.headers["x-cache"] == "MISS"
+    assert decode_audio(again.content, "wav").seconds > 39
+    assert len(tts_mock.requests) == 3  # each generated anew: neither bad one was kept

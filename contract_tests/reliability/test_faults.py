@@ -118,6 +118,8 @@ BEFORE_THE_STREAM = [
     Case("cdn-reset-once", [cdn("reset")], 200, None, 1, 2),
     Case("cdn-garbage", [cdn("garbage", times=3)], 502, "bad_upstream_audio", 1, 3,
          retryable=False),
+    Case("cdn-signature-junk", [cdn("signature-junk", times=3)], 502, "bad_upstream_audio", 1,
+         3, retryable=False),
     Case("cdn-500", [cdn(status=500, times=3)], 502, "audio_download_failed", 1, 3,
          retryable=False),
     Case("cdn-404", [cdn(status=404)], 502, "audio_download_failed", 1, 1, retryable=False),

@@ -16,7 +16,6 @@ that of the requests in one process only one talks to Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
@@ -82,8 +81,13 @@ class LocalFlights:
         if done is None:
             done = self._held[digest] = asyncio.Event()
             return _LocalLease(self, digest, done)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), max(timeout, 0.0))
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+        # as the leader finishes, and the follower would go on after the server cut it.
+        released = asyncio.ensure_future(done.wait())
+        try:
+            await asyncio.wait([released], timeout=max(timeout, 0.0))
+        finally:
+            released.cancel()
         return None
 
 

@@ -98,33 +98,47 @@ class Upstream:
         await self._api.close()
         await self._cdn.close()
 
-    async def generate_audio(self, body: dict[str, Any], key: str) -> AudioStream:
+    async def generate_audio(
+        self, body: dict[str, Any], key: str, *, decode_all: bool = True
+    ) -> AudioStream:
         """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
-        return await self.open(await self.generate(body, key))
+        ref = await self.generate(body, key, decode_all=decode_all)
+        return await self.open(ref, decode_all=decode_all)
 
     async def generate(
-        self, body: dict[str, Any], key: str, meter: Meter | None = None
+        self,
+        body: dict[str, Any],
+        key: str,
+        meter: Meter | None = None,
+        *,
+        decode_all: bool = True,
     ) -> AudioRef:
         """The billed call, retried only where it cannot have been billed: where the
-        audio of one generation is. ``meter`` is told of each attempt and its outcome."""
-        return await self._generation_retries.run(self._generate, body, key, meter)
+        audio of one generation is. ``meter`` is told of each attempt and its outcome;
+        ``decode_all`` is :meth:`open`'s, for a reply that is the audio itself (opened
+        as it arrives)."""
+        return await self._generation_retries.run(self._generate, body, key, meter, decode_all)
 
-    async def open(self, ref: AudioRef) -> AudioStream:
-        """Open a generation's audio (downloading it, retried freely), first bytes in."""
+    async def open(self, ref: AudioRef, *, decode_all: bool = True) -> AudioStream:
+        """Open a generation's audio (downloading it, retried freely), first bytes in and
+        first frames decoded; ``decode_all``: every frame is decoded before the stream
+        ends (for audio that is to be cached; see :mod:`shim.upstream.verifier`)."""
         try:
-            return await self._open(ref)
+            return await self._open(ref, decode_all)
         except APIError as exc:
             # The generation was billed: a client retry would pay again for this audio.
             exc.retryable = False
             exc.request_id = exc.request_id or ref.request_id
             raise
 
-    async def _generate(self, body: dict[str, Any], key: str, meter: Meter | None) -> AudioRef:
+    async def _generate(
+        self, body: dict[str, Any], key: str, meter: Meter | None, decode_all: bool
+    ) -> AudioRef:
         self.stats.tts_calls += 1
         characters = len(body.get("text", ""))
         if meter is not None:
             meter.sending(characters)  # before the task exists: it cannot be missed
-        attempt = asyncio.ensure_future(self._attempt(body, key))
+        attempt = asyncio.ensure_future(self._attempt(body, key, decode_all))
         self._tasks.add(attempt)
         attempt.add_done_callback(functools.partial(self._answered, meter, characters))
         try:
@@ -133,14 +147,14 @@ class Upstream:
             attempt.add_done_callback(self._drop_reply)  # nobody will read it
             raise
 
-    async def _attempt(self, body: dict[str, Any], key: str) -> AudioRef:
+    async def _attempt(self, body: dict[str, Any], key: str, decode_all: bool) -> AudioRef:
         with logs.upstream_call("generation"):  # metrics (issue 13)
             ref = await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
         if ref.response is not None:
             # The reply is the audio itself: its first bytes are read here, as it
             # arrives, by the task that holds it (and closes it if it is abandoned).
             try:
-                ref.stream = await self.open(ref)
+                ref.stream = await self.open(ref, decode_all=decode_all)
             except APIError as exc:
                 exc.billed = True  # a 2xx
                 raise
@@ -163,7 +177,7 @@ class Upstream:
             self._tasks.add(closing)
             closing.add_done_callback(self._tasks.discard)
 
-    async def _open(self, ref: AudioRef) -> AudioStream:
+    async def _open(self, ref: AudioRef, decode_all: bool) -> AudioStream:
         config = self.config
         if ref.stream is not None:  # the reply was the audio itself, opened already
             stream, ref.stream = ref.stream, None
@@ -175,18 +189,20 @@ class Upstream:
                 named=None,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
             )
         if ref.inline is not None:
-            return inline_stream(
+            return await inline_stream(
                 ref.inline,
                 request_id=ref.request_id,
                 max_bytes=config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
             )
         assert ref.url is not None
-        return await self._download_retries.run(self._download, _Link(ref.url, ref))
+        return await self._download_retries.run(self._download, _Link(ref.url, ref), decode_all)
 
-    async def _download(self, link: _Link) -> AudioStream:
+    async def _download(self, link: _Link, decode_all: bool) -> AudioStream:
         link.made += 1
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
@@ -201,6 +217,7 @@ class Upstream:
                 named=named_format(link.url),
                 max_bytes=self.config.max_audio_bytes,
                 stats=self.stats,
+                decode_all=decode_all,
                 retryable=True,
             )
         stream.resume = functools.partial(self._resume, link)

@@ -1,14 +1,18 @@
-"""The audio as it arrives from upstream: checked, sniffed, size-capped.
+"""The audio as it arrives from upstream: checked, sniffed, decoded, size-capped.
 
 Before the first byte goes to the client, enough of the audio is read to know what
 it is: its signature names the format (upstreams label WAV as MP3 and worse, so the
 signature decides), the content type must be one audio can have (a CDN's HTML error
 page is not audio), and a body too short to be audio is refused. Raw PCM has no
-signature, so it is accepted only when the content type says PCM, or the reply named
-the format. Once streaming, the size cap holds, and a body that ends before its
-announced length is an error, never a short file passed off as complete, unless
-the download can be resumed (:attr:`AudioStream.resume`, a CDN link): then the
-stream carries on from the first byte it lacks, and the client sees no seam.
+signature, so it is accepted only when the reply says it is audio (an ``audio/*`` or
+octet-stream content type) and names PCM (its content type, or the link's extension).
+Then its first frames are decoded in that format (:mod:`shim.upstream.verifier`);
+audio that is to be cached is decoded to its end as it streams, and the stream ends
+only once all of it has: junk after good frames aborts it, and nothing is cached. The
+size cap holds, and a body that ends before its announced length is an error, never a
+short file passed off as complete, unless the download can be resumed
+(:attr:`AudioStream.resume`, a CDN link): then the stream carries on from the first
+byte it lacks, and the client (and the verifier) sees no seam.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import aiohttp
 
 from shim.errors import APIError
 from shim.upstream.clients import describe
+from shim.upstream.verifier import MAX_HEAD_BYTES, BadAudio, Verifier, check_whole, first_frames
 
 __all__ = [
     "MIN_AUDIO_BYTES",
@@ -30,6 +35,7 @@ __all__ = [
     "Resumed",
     "UpstreamStats",
     "announced_length",
+    "bad_audio",
     "empty_chunks",
     "identify",
     "inline_stream",
@@ -40,8 +46,10 @@ __all__ = [
 #: PCM are under 3 ms); read before the first byte is sent.
 MIN_AUDIO_BYTES = 128
 _PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "audio/x-pcm", "audio/raw", "audio/basic"})
+#: Content types that say "bytes", which audio may come under besides ``audio/*``.
+_BINARY_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
 #: Content types that audio may come under, besides ``audio/*`` (and none at all).
-_OPAQUE_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "application/ogg"})
+_OPAQUE_TYPES = _BINARY_TYPES | {"application/ogg"}
 
 
 @dataclass
@@ -91,6 +99,8 @@ class AudioStream:
     #: How to pick the download up where it was cut (``None``: it cannot be; a body
     #: that breaks off is then an error).
     resume: Resume | None = None
+    #: Decodes the rest as it streams (``None``: all of it was checked already).
+    _verifier: Verifier | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,9 +111,10 @@ class AudioStream:
         # What went out, checksummed where a cut can be resumed: a CDN that ignores
         # ``Range`` sends those bytes again, and they must be the very same.
         crc = zlib.crc32(self._head) if self.resume is not None else 0
+        verifier = self._verifier
         try:
             if self._head:
-                yield self._head
+                yield self._head  # the verifier has it already
             while self._rest is not None:
                 try:
                     async for chunk in self._rest:
@@ -115,8 +126,10 @@ class AudioStream:
                         if self.resume is not None:
                             crc = zlib.crc32(chunk, crc)
                         self._stats.bytes_streamed += len(chunk)
+                        if verifier is not None:
+                            await verifier.feed(chunk)
                         yield chunk
-                except APIError:
+                except (APIError, BadAudio):
                     raise
                 except Exception as exc:  # aiohttp's: reset, read timeout, bad framing
                     cut = f"the audio download broke off: {describe(exc)}"
@@ -124,7 +137,7 @@ class AudioStream:
                         raise download_error(cut) from exc
                 else:
                     if self._expected is None or received >= self._expected:
-                        return
+                        break
                     cut = f"the audio ended after {received} of {self._expected} announced bytes"
                     if self.resume is None:
                         raise download_error(cut)
@@ -134,6 +147,10 @@ class AudioStream:
                 self._response, self._rest = resumed.response, resumed.chunks
                 if resumed.total is not None:
                     self._expected = resumed.total
+            if verifier is not None:
+                await verifier.finish()  # before the end reaches the cache's commit
+        except BadAudio as exc:
+            raise bad_audio(str(exc), self.format, self.request_id) from exc
         finally:
             await self.aclose()
 
@@ -147,6 +164,8 @@ class AudioStream:
             return
         self._closed = True
         self._stats.open_streams -= 1
+        if self._verifier is not None:
+            self._verifier.close()
         if self._response is not None:
             # Read to the end, its connection goes back to the pool; else it is closed.
             self._response.release()
@@ -173,7 +192,9 @@ def identify(head: bytes, content_type: str, named: str | None) -> str | None:
             return "aac"
         if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # MPEG audio frame, layer I-III
             return "mp3"
-    if content_type in _PCM_TYPES or named == "pcm":
+    # No signature to check: only a reply that says it is audio (or bytes) is taken.
+    says_audio = content_type.startswith("audio/") or content_type in _BINARY_TYPES
+    if says_audio and (content_type in _PCM_TYPES or named == "pcm"):
         return "pcm"
     return None
 
@@ -185,10 +206,12 @@ async def open_stream(
     named: str | None,
     max_bytes: int,
     stats: UpstreamStats,
+    decode_all: bool,
     retryable: bool = False,
 ) -> AudioStream:
     """Read the start of ``response``'s body, check it is audio, and hand it over.
 
+    ``decode_all``: decode every frame, not just the first (the audio is to be cached).
     ``retryable`` marks failures here as worth fetching again (a CDN download is
     free; a binary generation reply is not)."""
     expected = announced_length(response)
@@ -202,42 +225,78 @@ async def open_stream(
             request_id=request_id,
         )
     chunks: AsyncIterator[bytes] = response.content.iter_any()
-    head = b""
+    head = bytearray()
+    fmt: str | None = None
+    verifier: Verifier | None = None
     try:
-        while len(head) < MIN_AUDIO_BYTES:
-            try:
-                head += await chunks.__anext__()
-            except StopAsyncIteration:
-                chunks = empty_chunks()
+        if await _read(chunks, head, MIN_AUDIO_BYTES, max_bytes):
+            chunks = empty_chunks()
+        content_type = media_type(response)
+        fmt = identify(bytes(head[:MIN_AUDIO_BYTES]), content_type, named)
+        if fmt is None or len(head) < MIN_AUDIO_BYTES:
+            what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
+            raise not_audio(what, request_id, retryable)
+        complete = response.content.at_eof()
+        # The first frames decode before the first byte is sent, reading on as far as
+        # they need; a body that has all arrived by then is checked whole.
+        while not complete:
+            start = await first_frames(bytes(head), fmt)
+            if start is not None:
+                verifier = Verifier(fmt, start, decode_all=decode_all)
+                await verifier.feed(bytes(head))
                 break
+            if len(head) >= MAX_HEAD_BYTES:
+                raise BadAudio(f"no {fmt} frame decodes in its first {len(head)} bytes")
+            if await _read(chunks, head, min(2 * len(head), MAX_HEAD_BYTES), max_bytes):
+                chunks = empty_chunks()
+            complete = response.content.at_eof()
+        if complete:
+            await check_whole(bytes(head), fmt, decode_all=decode_all)
     except BaseException as exc:  # cancellation (the deadline) included: never leak it
         response.close()
-        if isinstance(exc, Exception):
+        if verifier is not None:
+            verifier.close()
+        if isinstance(exc, BadAudio):
+            raise bad_audio(str(exc), fmt or "audio", request_id, retryable) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, APIError):
             raise download_error(f"the audio download failed: {describe(exc)}", retryable) from exc
         raise
-    if len(head) > max_bytes:
-        response.close()
-        raise download_error(f"the audio exceeded the {max_bytes}-byte size cap")
-    content_type = media_type(response)
-    fmt = identify(head, content_type, named)
-    if fmt is None or len(head) < MIN_AUDIO_BYTES:
-        response.close()
-        what = f"content type {content_type or 'missing'!r}, {len(head)} bytes"
-        raise not_audio(what, request_id, retryable)
-    complete = response.content.at_eof()
     return AudioStream(
-        fmt, request_id, head, chunks, response, max_bytes, expected, stats, complete
+        fmt,
+        request_id,
+        bytes(head),
+        chunks,
+        response,
+        max_bytes,
+        expected,
+        stats,
+        complete,
+        _verifier=verifier,
     )
 
 
-def inline_stream(
+async def _read(chunks: AsyncIterator[bytes], head: bytearray, size: int, cap: int) -> bool:
+    """Read ``chunks`` onto ``head`` until it holds ``size`` bytes; ``True`` if the body
+    ended first."""
+    while len(head) < size:
+        try:
+            head += await chunks.__anext__()
+        except StopAsyncIteration:
+            return True
+        if len(head) > cap:
+            raise download_error(f"the audio exceeded the {cap}-byte size cap")
+    return False
+
+
+async def inline_stream(
     data: bytes,
     *,
     request_id: str | None,
     max_bytes: int,
     stats: UpstreamStats,
+    decode_all: bool,
 ) -> AudioStream:
-    """Audio the generation reply carried inline (base64)."""
+    """Audio the generation reply carried inline (base64), checked at once."""
     fmt = identify(data[:MIN_AUDIO_BYTES], "", None)
     if fmt is None or len(data) < MIN_AUDIO_BYTES:
         raise not_audio(f"inline, {len(data)} bytes", request_id)
@@ -249,6 +308,10 @@ def inline_stream(
             code="audio_too_large",
             request_id=request_id,
         )
+    try:
+        await check_whole(data, fmt, decode_all=decode_all)
+    except BadAudio as exc:
+        raise bad_audio(str(exc), fmt, request_id) from exc
     return AudioStream(fmt, request_id, data, None, None, max_bytes, None, stats, True)
 
 
@@ -272,6 +335,18 @@ def not_audio(what: str, request_id: str | None, retryable: bool = False) -> API
     return APIError(
         502,
         f"The upstream audio is empty, too short, or in no format the shim recognises ({what}).",
+        type="server_error",
+        code="bad_upstream_audio",
+        retryable=retryable,
+        request_id=request_id,
+    )
+
+
+def bad_audio(problem: str, fmt: str, request_id: str | None, retryable: bool = False) -> APIError:
+    """The 502 for audio that does not decode as the format it claims to be."""
+    return APIError(
+        502,
+        f"The upstream audio is not valid {fmt}: {problem}.",
         type="server_error",
         code="bad_upstream_audio",
         retryable=retryable,

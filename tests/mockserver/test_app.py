@@ -500,6 +500,59 @@ async def test_garbage_on_audio_is_not_audio(client: httpx.AsyncClient) -> None:
         decode(response.content, "mp3")
 
 
+@pytest.mark.parametrize(
+    ("fmt", "signature"),
+    [
+        ("mp3", b"ID3"),
+        ("opus", b"OggS"),
+        ("aac", b"\xff\xf1"),
+        ("flac", b"fLaC"),
+        ("wav", b"RIFF\xff\xff\xff\xffWAVE"),
+        ("pcm", b""),
+    ],
+)
+async def test_signature_junk_is_the_signature_then_html(
+    client: httpx.AsyncClient, fmt: str, signature: bytes
+) -> None:
+    url = (await tts(client, response_format=fmt)).json()["audio"]["url"]
+    real = (await client.get(url)).content
+    await push(client, {"route": "audio", "fault": "signature-junk"})
+    response = await client.get(url)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == FORMATS[fmt].content_type
+    assert real.startswith(signature)  # what the real clip starts with, too
+    assert response.content.startswith(signature + b"<!DOCTYPE html>")
+    if signature:  # raw PCM has no framing for a decoder to refuse
+        with pytest.raises(av.error.FFmpegError):
+            decode(response.content, fmt)
+
+
+async def test_signature_junk_sends_the_steps_body_as_the_junk(client: httpx.AsyncClient) -> None:
+    url = (await tts(client, response_format="flac")).json()["audio"]["url"]
+    await push(client, {"route": "audio", "fault": "signature-junk", "body": "not audio"})
+    assert (await client.get(url)).content == b"fLaCnot audio"
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+async def test_junk_tail_is_the_first_half_then_html_after_delay_ms(
+    client: httpx.AsyncClient, sleeps: list[float], fmt: str
+) -> None:
+    url = (await tts(client, response_format=fmt)).json()["audio"]["url"]
+    real = (await client.get(url)).content
+    await push(client, {"route": "audio", "fault": "junk-tail", "delay_ms": 300})
+    response = await client.get(url)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == FORMATS[fmt].content_type
+    assert "content-length" not in response.headers
+    half = len(real) // 2
+    assert response.content[:half] == real[:half]
+    assert response.content[half:].startswith(b"<!DOCTYPE html>")
+    assert response.content[half:].endswith(b"</html>\n")
+    assert sleeps == [0.3]  # between the halves: nothing waited before the reply
+
+
 async def test_slow_body_dribbles_over_delay_ms(
     client: httpx.AsyncClient, sleeps: list[float]
 ) -> None:

@@ -100,6 +100,8 @@ def test_body_may_be_any_json_value_including_null() -> None:
         ({"audio_url": 5}, "steps[0].audio_url"),
         ({"route": "audio", "shape": "binary"}, "apply to route 'tts' only"),
         ({"route": "audio", "audio_url": "x"}, "apply to route 'tts' only"),
+        ({"fault": "junk-tail"}, "steps[0].fault: 'junk-tail' applies to route 'audio' only"),
+        ({"fault": "signature-junk"}, "applies to route 'audio' only"),
         ({"stauts": 500}, "unknown key(s) 'stauts'"),
         ("reset", "expected an object"),
     ],

@@ -155,6 +155,22 @@ async def test_draining_refuses_new_work_with_a_503() -> None:
     assert capacity.in_flight == 0
 
 
+async def test_idle_returns_once_the_last_request_has_left() -> None:
+    capacity = Capacity(1, 0, 1.0)
+    capacity.enter()
+    capacity.enter()
+    idle = asyncio.ensure_future(capacity.idle())
+
+    capacity.leave()
+    await asyncio.sleep(0.01)
+    waiting_for_one = not idle.done()
+    capacity.leave()
+    await asyncio.wait_for(idle, 1)
+
+    assert waiting_for_one
+    assert capacity.requests == 0
+
+
 async def test_limit_zero_means_no_cap_but_still_counts() -> None:
     capacity = Capacity(0, 0, 0.0)
 
@@ -262,6 +278,19 @@ async def test_readyz_turns_503_when_draining(shim: Any) -> None:
     assert speech.status_code == 503
     assert speech.json()["error"]["code"] == "service_unavailable"
     assert health.status_code == 200  # alive, just not taking work
+
+
+async def test_readyz_turns_503_when_leaving_while_work_is_still_taken(shim: Any) -> None:
+    client = shim()
+    assert (await client.get("/readyz")).status_code == 200
+    state_of(client).capacity.start_leaving()  # --shutdown-delay
+    ready = await client.get("/readyz")
+    speech = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi"})
+
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "draining"
+    assert ready.json()["draining"] is True
+    assert speech.status_code == 200
 
 
 # -- settings ---------------------------------------------------------------------

@@ -288,6 +288,34 @@ async def test_a_client_gone_while_sending_its_body_is_a_499_not_an_error(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+async def test_a_request_cut_while_draining_is_one_warning_and_a_503(
+    access: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shim.app import create_app
+
+    app = create_app(Config(cache=False))
+    async with app.router.lifespan_context(app):
+        capacity = app.state.shim.capacity
+        request = asyncio.ensure_future(_call(app, [b'{"model": "tts-1", "inp'], False))
+        for _ in range(100):  # until it is reading a body that never ends
+            await asyncio.sleep(0)
+        assert capacity.requests == 1
+        capacity.start_draining()
+        request.cancel("Task cancelled, timeout graceful shutdown exceeded")  # as uvicorn does
+        sent = await request  # answered, not raised
+        in_progress = capacity.requests
+
+    assert sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"])["error"]["code"] == "service_unavailable"
+    assert in_progress == 0
+    ((_, fields),) = access()
+    assert fields["status"] == 503
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.getMessage() == (
+        f"request {fields['request_id']} cut: the graceful shutdown period ended before it did"
+    )
+
+
 def test_a_response_cut_at_shutdown_is_one_warning_not_a_traceback() -> None:
     from shim.logs import _Tidy
 
@@ -303,6 +331,19 @@ def test_a_response_cut_at_shutdown_is_one_warning_not_a_traceback() -> None:
     assert record.levelname == "WARNING"
     assert record.exc_info is None
     assert "graceful timeout" in record.getMessage()
+
+
+def test_the_end_of_the_graceful_period_is_a_warning_not_an_error() -> None:
+    from shim.logs import _Tidy
+
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1,
+        "Cancel %s running task(s), timeout graceful shutdown exceeded", (10,), None,
+    )  # fmt: skip
+
+    assert _Tidy().filter(record)
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("Cancel 10 running task(s)")
 
 
 def test_the_embedded_mock_logs_only_its_errors() -> None:

@@ -12,7 +12,14 @@ from shim.config import Config
 from shim.errors import APIError
 from shim.keys import Keys
 from shim.middleware import GateMiddleware
-from shim.responses import AudioResponse, SendTimeout, StalledClient, StreamAborted
+from shim.responses import (
+    BODY_PIECE,
+    AudioResponse,
+    SendTimeout,
+    StalledClient,
+    StreamAborted,
+    WholeAudio,
+)
 
 
 class Client:
@@ -134,6 +141,51 @@ async def test_other_cancellations_pass_through() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     timed.close()
+
+
+@pytest.mark.parametrize("more_body", [False, True])
+async def test_a_large_body_is_handed_on_in_pieces(more_body: bool) -> None:
+    client = Client()
+    timed = SendTimeout(client.send, 10)
+    body = bytes(range(256)) * (BODY_PIECE // 100)  # 2.56 pieces
+
+    await timed({"type": "http.response.body", "body": body, "more_body": more_body})
+    timed.close()
+
+    assert [len(m["body"]) for m in client.messages] == [
+        BODY_PIECE,
+        BODY_PIECE,
+        len(body) % BODY_PIECE,
+    ]
+    assert b"".join(m["body"] for m in client.messages) == body
+    assert [m["more_body"] for m in client.messages] == [True, True, more_body]
+
+
+async def test_a_body_of_one_piece_is_handed_on_as_it_is() -> None:
+    client = Client()
+    timed = SendTimeout(client.send, 10)
+    message = {"type": "http.response.body", "body": b"x" * BODY_PIECE}
+
+    await timed(message)
+    timed.close()
+
+    assert client.messages == [message]
+    assert client.messages[0] is message
+
+
+async def test_whole_audio_to_a_client_that_takes_no_data_is_cut() -> None:
+    # Before: sent as one message, which uvicorn writes to the transport whole and never
+    # waits on, so it was held for as long as the client kept the connection.
+    client = Client(stall_after=1)
+    timed = SendTimeout(client.send, 0.05)
+    whole = WholeAudio(b"x" * (3 * BODY_PIECE), "audio/wav", {})
+
+    with pytest.raises(StalledClient):
+        await whole(SCOPE, client.receive, timed)
+    timed.close()
+
+    bodies = [m for m in client.messages if m["type"] == "http.response.body"]
+    assert [len(m["body"]) for m in bodies] == [BODY_PIECE]
 
 
 # -- the client's disconnect, told as ASGI 2.4 tells it (ClientWatch) ------------------

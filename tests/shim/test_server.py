@@ -20,7 +20,7 @@ from mockserver import BackgroundServer
 from shim import _http_guard, create_app
 from shim._http_guard import MAX_HEADER_BYTES, guarded
 from shim.config import Config
-from shim.server import _raise_open_file_limit, _uvicorn_config, listening_line
+from shim.server import _bind, _raise_open_file_limit, _uvicorn_config, listening_line
 from shim.testing import ShimServer
 
 
@@ -44,6 +44,19 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
         started = time.monotonic()
         assert conn.recv(65536) == b""  # the shim closed the idle connection
         assert 0.1 < time.monotonic() - started < 4
+
+
+def test_connections_accepted_by_the_shim_carry_the_send_timeout() -> None:
+    # So the kernel drops a connection whose client takes nothing, even when what was
+    # sent to it already sits in the socket buffers (contract_tests/reliability).
+    with (
+        _bind("127.0.0.1", 0, send_timeout=1.5) as listener,
+        socket.create_connection(listener.getsockname()),
+        listener.accept()[0] as accepted,
+    ):
+        timeout = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+
+    assert timeout == 1500
 
 
 def test_the_line_names_the_address_and_the_upstream() -> None:

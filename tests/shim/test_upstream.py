@@ -560,6 +560,38 @@ async def test_an_attempt_its_request_stopped_waiting_for_still_reaches_the_mete
         await upstream_client.aclose()
 
 
+@pytest.mark.parametrize("decode_all", [True, False])
+async def test_a_binary_reply_opened_as_it_arrives_is_checked_as_its_caller_asks(
+    upstream: MockUpstream, monkeypatch: pytest.MonkeyPatch, decode_all: bool
+) -> None:
+    # The attempt's own task opens it, before the caller has it: every frame decoded
+    # only for audio that is to be cached (shim.synthesis passes whether it is).
+    import shim.upstream.api as api
+
+    asked: list[bool] = []
+    real = api.open_stream
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["decode_all"])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "open_stream", spy)
+    upstream.scenario([{"shape": "binary"}])
+    upstream_client = Upstream(Config(upstream_url=upstream.url))
+    body = {"model": "openai/tts-1", "text": "Hello", "voice": "alloy", "response_format": "wav"}
+    try:
+        ref = await upstream_client.generate(body, "key", decode_all=decode_all)
+        assert ref.stream is not None  # opened in the attempt
+        stream = await upstream_client.open(ref, decode_all=not decode_all)
+        data = b"".join([chunk async for chunk in stream])
+        await stream.aclose()
+    finally:
+        await upstream_client.aclose()
+
+    assert asked == [decode_all]  # once, as the generation was asked; not reopened
+    assert decode_audio(data, "wav").seconds > 0
+
+
 # -- resuming a cut download ------------------------------------------------------------
 
 
