@@ -53,7 +53,9 @@ class AudioResponse(StreamingResponse):
     download stops and the concurrency slot is freed the moment the client goes away.
     Streaming itself is Starlette's, as is the disconnect: under uvicorn's ASGI 2.3 it
     watches ``receive`` for ``http.disconnect`` beside the stream and cancels the stream
-    when the client hangs up, even while no audio is arriving."""
+    when the client hangs up, even while no audio is arriving (on a server speaking 2.4,
+    ``send`` raises and Starlette raises ``ClientDisconnect``, which the access log
+    takes as the hang-up)."""
 
     def __init__(
         self,
