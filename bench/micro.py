@@ -163,7 +163,7 @@ async def audio_checks() -> list[tuple[str, str, float, float]]:
 async def main() -> None:
     from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-    from shim.responses import AudioResponse, ClientWatch
+    from shim.responses import AudioResponse, SendTimeout
     from shim.upstream.retry import RetryPolicy
 
     rows: list[tuple[str, str, float, float]] = []
@@ -199,9 +199,9 @@ async def main() -> None:
         )
     )
 
-    # 2. Streaming a response while watching for the client's disconnect: the shim's
-    # ClientWatch (ASGI 2.4 to Starlette, one asyncio task), against Starlette's own anyio
-    # task group, which it runs under uvicorn's ASGI 2.3.
+    # 2. Streaming a response while watching for the client's disconnect: Starlette's own
+    # anyio task group, which it runs under uvicorn's ASGI 2.3 (what the shim does),
+    # against the plain stream it runs for a server speaking ASGI 2.4 (no watch needed).
     async def send(message: Any) -> None:
         pass
 
@@ -216,25 +216,36 @@ async def main() -> None:
         scope = {"type": "http", "asgi": {"spec_version": spec}, "method": "POST", "path": "/"}
 
         async def respond() -> None:
-            out: Any = send
-            watch = None
-            if spec == "2.4":
-                watch = ClientWatch(receive, send)
-                out = watch.send
-            try:
-                await AudioResponse(body(), "audio/mpeg")(scope, receive, out)
-            finally:
-                if watch is not None:
-                    watch.close()
+            await AudioResponse(body(), "audio/mpeg")(scope, receive, send)
 
         return respond
 
     rows.append(
         (
             "streaming response and disconnect watch (per response)",
-            "Starlette's (2.3)",
-            await per_call(5_000, streamed("2.4")),
+            "ASGI 2.4 (no watch)",
             await per_call(5_000, streamed("2.3")),
+            await per_call(5_000, streamed("2.4")),
+        )
+    )
+
+    # 2b. The send timeout (--send-timeout), one anyio scope a message, over the three
+    # messages of a one-chunk stream, against a plain send.
+    def timed_sends(seconds: float | None) -> Callable[[], Awaitable[None]]:
+        async def three() -> None:
+            out = send if seconds is None else SendTimeout(send, seconds)
+            await out({"type": "http.response.start", "status": 200, "headers": []})
+            await out({"type": "http.response.body", "body": b"x", "more_body": True})
+            await out({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return three
+
+    rows.append(
+        (
+            "send timeout, three messages (per response)",
+            "no send timeout",
+            await per_call(20_000, timed_sends(30.0)),
+            await per_call(20_000, timed_sends(None)),
         )
     )
 

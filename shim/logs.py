@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shim.bodies import CLIENT_CLOSED
@@ -218,6 +219,10 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive_logged, send_logged)
+        except ClientDisconnect:
+            # How Starlette tells a hang-up mid-stream on a server speaking ASGI 2.4 (its
+            # ``send`` raises OSError): the same as uvicorn's (2.3) disconnect message.
+            record.client_closed = not record.complete
         except Exception:
             if record.status is None:
                 record.status = 500  # what the outermost error middleware answers

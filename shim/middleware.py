@@ -1,19 +1,16 @@
-"""Pure ASGI middleware: request ids, client keys on ``/v1``, the send path (the send
-timeout, and the client's disconnect as ASGI 2.4 reports it)."""
+"""Pure ASGI middleware: request ids, client keys on ``/v1``, the send timeout."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shim.clients import ClientKeys
 from shim.errors import APIError
 from shim.keys import Keys
-from shim.responses import ClientWatch, SendTimeout
+from shim.responses import SendTimeout
 
 __all__ = ["GateMiddleware", "new_request_id", "request_id"]
 
@@ -69,13 +66,7 @@ class GateMiddleware:
                 await exc.response(rid)(scope, receive, send)
                 return
 
-        timeout = None if self.send_timeout is None else SendTimeout(send, self.send_timeout)
-        out: Send = send if timeout is None else timeout
-        # uvicorn speaks ASGI 2.3; the app gets 2.4 (see ClientWatch).
-        watch = ClientWatch(receive, out) if ClientWatch.needed(scope) else None
-        if watch is not None:
-            watch.promise(scope)
-            out = watch.send
+        out: Send = send if self.send_timeout is None else SendTimeout(send, self.send_timeout)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -84,14 +75,4 @@ class GateMiddleware:
                     headers["x-request-id"] = rid
             await out(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except (asyncio.CancelledError, ClientDisconnect):
-            if watch is None or not watch.gone:
-                raise
-            watch.forget_cancel()  # the client left: nothing more to do, nothing to log
-        finally:
-            if watch is not None:
-                watch.close()
-            if timeout is not None:
-                timeout.close()
+        await self.app(scope, receive, send_with_id)

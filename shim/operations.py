@@ -209,10 +209,8 @@ def _capacity(scope: Scope) -> Capacity | None:
 async def _cut_by_shutdown(
     scope: Scope, receive: Receive, send: Send, record: logs.RequestLog
 ) -> None:
-    # The cancellation is answered here; take it back (Python 3.11+ counts them).
-    uncancel = getattr(asyncio.current_task(), "uncancel", None)
-    if uncancel is not None:
-        uncancel()
+    # The cancellation is answered here, by the request's own outermost handler of it:
+    # only uvicorn's end of the task follows, so nothing needs it taken back.
     rid = request_id(scope)
     logger.warning("request %s cut: the graceful shutdown period ended before it did", rid)
     if record.status is None:

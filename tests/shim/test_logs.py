@@ -360,3 +360,52 @@ def test_the_embedded_mock_logs_only_its_errors() -> None:
     assert not info
     assert kept
     assert _Tidy().filter(_record("Started server process"))  # the shim's own: kept
+
+
+async def test_a_hang_up_told_as_asgi_2_4_tells_it_is_a_499_not_an_error(
+    access: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server speaking ASGI 2.4 (a later uvicorn, say) has ``send`` raise OSError once the
+    # client is gone; Starlette turns that into ClientDisconnect.
+    from shim.keys import Keys
+    from shim.logs import AccessLogMiddleware
+    from shim.middleware import GateMiddleware
+    from shim.responses import AudioResponse
+
+    closed: list[str] = []
+
+    async def audio() -> Any:
+        try:
+            for _ in range(100):
+                yield b"x" * 10
+        finally:
+            closed.append("iterator")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await AudioResponse(audio(), "audio/mpeg")(scope, receive, send)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        if len(sent) == 2:
+            raise OSError("the client disconnected")
+        sent.append(message)
+
+    async def receive() -> Any:
+        await asyncio.Event().wait()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "method": "POST",
+        "path": "/v1/audio/speech",
+        "headers": [],
+    }
+    await AccessLogMiddleware(GateMiddleware(app, keys=Keys(Config())))(scope, receive, send)
+
+    ((level, fields),) = access()
+    assert level == logging.INFO
+    assert fields["status"] == 499
+    assert fields["client_closed"] is True
+    assert closed == ["iterator"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
