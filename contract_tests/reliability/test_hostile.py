@@ -333,11 +333,11 @@ def test_audio_written_at_once_to_clients_that_never_read_is_dropped(
     for sock in stalled:
         sock.close()
 
-    # Every connection was held, then dropped (the loop above fails at 30 s): the
-    # timeout after each client's window shut, once all were generated (1.5-4.3 s on a
-    # quiet machine, more while 64 WAVs are made on a loaded one), where they used to
-    # be held for as long as the clients kept them.
-    assert held == clients
+    # Every connection was dropped (the loop above fails at 30 s), 1.5-4.3 s after the
+    # clients' windows shut on a quiet machine, where they used to be held for as long as
+    # the clients kept them. How many were open at once is a figure: on a loaded machine
+    # the first ones are dropped before the last ones have connected.
+    assert 0 < held <= clients
     assert dropped_after < 30
     assert len(lines) == clients + whole
     if whole:
