@@ -257,8 +257,8 @@ class _CheckedHead:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             from shim.browsers import TARGET_HOST
+            from shim.context import context_of
             from shim.errors import APIError
-            from shim.middleware import request_id
 
             target: bytes = scope.get("raw_path") or b""
             size = len(target) + len(scope.get("query_string", b"")) + _HEAD_FRAMING
@@ -271,7 +271,7 @@ class _CheckedHead:
                     f"{MAX_HEADER_BYTES // 1024} KiB.",
                     code="request_header_fields_too_large",
                 )
-                await error.response(request_id(scope))(scope, receive, send)
+                await error.response(context_of(scope).request_id)(scope, receive, send)
                 return
             if target[:1] not in (b"/", b""):
                 scope[TARGET_HOST] = _target_host(target)

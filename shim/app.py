@@ -21,6 +21,7 @@ from shim.catalog import list_models, list_speech_models, list_voices, retrieve_
 from shim.chat import create_chat_completion
 from shim.clients import ClientKeys
 from shim.config import Config
+from shim.context import context_of
 from shim.errors import APIError
 from shim.health import healthz, readyz
 from shim.keys import Keys
@@ -53,7 +54,7 @@ _CLEAN_UP_WAIT = 5.0
 
 
 def _request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
+    return context_of(request).request_id
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -29,8 +29,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shim.config import Config
+from shim.context import context_of
 from shim.errors import APIError, shown
-from shim.middleware import request_id
 
 __all__ = ["EXPOSED_HEADERS", "TARGET_HOST", "BrowserGate"]
 
@@ -144,7 +144,7 @@ class BrowserGate:
 
 
 async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
-    await error.response(request_id(scope))(scope, receive, send)
+    await error.response(context_of(scope).request_id)(scope, receive, send)
 
 
 def _split_host(host: str) -> tuple[str, str | None]:

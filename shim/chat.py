@@ -208,8 +208,8 @@ async def create_chat_completion(request: Request) -> Response:
     body = await read_json(request, state.config.max_body_bytes)
     chat = ChatRequest.from_json(body, state.config.input_limit)
     job = job_for(state, request.headers, chat.speech)
-    bill = await admit(request, chat.speech.model.id, len(chat.speech.input))
-    speech = await synthesize(state, job, bill)
+    context = await admit(request, chat.speech.model.id, len(chat.speech.input))
+    speech = await synthesize(state, job, context)
     headers = audio_headers(speech)
     answer = _Answer(chat)
     if chat.stream:

@@ -25,10 +25,9 @@ import hashlib
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -50,7 +49,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["ANONYMOUS", "Client", "ClientKeys", "Limits", "client_of", "parse_keys_file"]
+__all__ = [
+    "ANONYMOUS",
+    "ANONYMOUS_CLIENT",
+    "Client",
+    "ClientKeys",
+    "Limits",
+    "parse_keys_file",
+]
 
 logger = logging.getLogger("tts_shim")
 
@@ -58,7 +64,6 @@ logger = logging.getLogger("tts_shim")
 ANONYMOUS = "anonymous"
 #: Names become metric labels and Redis key parts: short, and nothing that needs quoting.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SCOPE_KEY = "tts_shim_client"
 
 
 class Limits(BaseModel):
@@ -115,7 +120,7 @@ class Client:
 
 
 #: Every request without a named client key (pass-through, or an open deployment).
-_ANONYMOUS = Client(ANONYMOUS, Limits())
+ANONYMOUS_CLIENT = Client(ANONYMOUS, Limits())
 
 
 def _digest(token: str) -> str:
@@ -236,8 +241,8 @@ class ClientKeys:
         token = bearer_token(headers)
         return self._table.get(_digest(token)) if token else None
 
-    def check(self, scope: MutableMapping[str, Any], headers: Headers) -> Client:
-        """Identify the request's client and note it in ``scope``, or raise OpenAI's 401."""
+    def check(self, headers: Headers) -> Client:
+        """The request's client (for its context, :mod:`shim.context`), or OpenAI's 401."""
         client = self.identify(headers)
         if client is None:
             raise APIError(
@@ -246,11 +251,4 @@ class ClientKeys:
                 "as the bearer token.",
                 code="invalid_api_key",
             )
-        scope.setdefault("state", {})[_SCOPE_KEY] = client
         return client
-
-
-def client_of(scope: MutableMapping[str, Any]) -> Client:
-    """The client :meth:`ClientKeys.check` found for this request, else the anonymous one."""
-    client = scope.get("state", {}).get(_SCOPE_KEY)
-    return client if isinstance(client, Client) else _ANONYMOUS

@@ -24,27 +24,22 @@ import logging
 import logging.config
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shim.bodies import CLIENT_CLOSED
 from shim.config import Config
+from shim.context import RequestContext, context_of
 
 __all__ = [
     "ACCESS_LOGGER",
     "QUIET",
     "AccessLogMiddleware",
     "JSONFormatter",
-    "RequestLog",
     "TextFormatter",
-    "cache_result",
     "configure",
-    "current",
     "log_config",
-    "upstream_call",
 ]
 
 ACCESS_LOGGER = "tts_shim.access"
@@ -58,129 +53,10 @@ _MAX_PATH_CHARS = 120
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
-@dataclass
-class RequestLog:
-    """What the access log says about one request; handlers add to it via :func:`current`."""
-
-    method: str
-    path: str
-    started: float = field(default_factory=time.perf_counter)
-    request_id: str | None = None
-    route: str | None = None
-    status: int | None = None
-    bytes: int = 0
-    complete: bool = False
-    queued_ms: float | None = None
-    upstream_ms: float | None = None
-    upstream_request_id: str | None = None
-    #: ``HIT``, ``MISS`` or ``BYPASS``: where the audio came from (its first piece's).
-    cache: str | None = None
-    #: How many pieces the text was generated in (above 1: split).
-    pieces: int | None = None
-    #: The client hung up before the response was complete.
-    client_closed: bool = False
-
-    @property
-    def shown_status(self) -> int | None:
-        """The status the log shows: nginx's 499 when the client hung up first."""
-        return CLIENT_CLOSED if self.client_closed else self.status
-
-    # What the stages did, for the metrics (shim/operations.py); read when the request
-    # ends, never shown in the access line.
-    #: The client key's name (shim/clients.py) and the validated request's model and size.
-    client: str | None = None
-    model: str | None = None
-    characters: int = 0
-    #: ``(kind, outcome)`` per upstream attempt: kind ``generation`` or ``download``,
-    #: outcome ``ok`` or the error's code.
-    upstream_calls: list[tuple[str, str]] = field(default_factory=list)
-    cache_hits: int = 0
-    cache_misses: int = 0
-    #: Characters served from the cache: generations not paid for.
-    cache_hit_characters: int = 0
-    #: ``time.perf_counter()`` when the first body byte was sent.
-    first_byte: float | None = None
-
-    def fields(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "request_id": self.request_id,
-            "method": self.method,
-            "route": self.route,
-            "status": self.shown_status,
-            "bytes": self.bytes,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
-        }
-        if self.queued_ms is not None:
-            data["queued_ms"] = round(self.queued_ms, 2)
-        if self.upstream_ms is not None:
-            data["upstream_ms"] = round(self.upstream_ms, 2)
-        if self.upstream_request_id is not None:
-            data["upstream_request_id"] = self.upstream_request_id
-        if self.cache is not None:
-            data["cache"] = self.cache
-        if self.pieces is not None:
-            data["pieces"] = self.pieces
-        if self.client_closed:
-            data["client_closed"] = True
-        elif not self.complete:
-            # The response was cut after it started, or never started.
-            data["aborted"] = True
-        return data
-
-
-_current: ContextVar[RequestLog | None] = ContextVar("tts_shim_request_log", default=None)
-
-
-def current() -> RequestLog | None:
-    """The access-log record of the request being handled, if any."""
-    return _current.get()
-
-
-class upstream_call:
-    """Record one upstream attempt (``generation`` or ``download``) and its outcome on
-    the current request. (What was billed is counted by the request's bill,
-    :class:`shim.quota.Bill`, not here.)
-
-    A class, not a ``contextlib.contextmanager``: it runs twice on every request."""
-
-    __slots__ = ("kind", "record")
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.record = _current.get()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        record = self.record
-        if record is None:
-            return
-        if exc is None:
-            record.upstream_calls.append((self.kind, "ok"))
-            return
-        code = getattr(exc, "code", None)
-        status = getattr(exc, "status", None)
-        outcome = code or (f"http_{status}" if status else type(exc).__name__)
-        record.upstream_calls.append((self.kind, str(outcome)))
-
-
-def cache_result(hit: bool, characters: int) -> None:
-    """Record one cache look-up of a piece of ``characters`` on the current request."""
-    record = _current.get()
-    if record is None:
-        return
-    if hit:
-        record.cache_hits += 1
-        record.cache_hit_characters += characters
-    else:
-        record.cache_misses += 1
-
-
 class AccessLogMiddleware:
-    """Pure ASGI middleware writing one access-log record per HTTP request."""
+    """Pure ASGI middleware writing one access-log record per HTTP request. The
+    outermost: it makes the request's context (:mod:`shim.context`), which the line
+    is written from."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -189,8 +65,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = RequestLog(scope["method"], scope["path"])
-        token = _current.set(record)
+        record = context_of(scope)
 
         async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -228,17 +103,13 @@ class AccessLogMiddleware:
                 record.status = 500  # what the outermost error middleware answers
             raise
         finally:
-            _current.reset(token)
             _emit(record, scope)
 
 
-def _emit(record: RequestLog, scope: Scope) -> None:
+def _emit(record: RequestContext, scope: Scope) -> None:
     level = logging.DEBUG if record.path in QUIET_PATHS else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
-    record.request_id = str(scope.get("state", {}).get("request_id") or "") or None
-    if record.upstream_request_id == record.request_id:
-        record.upstream_request_id = None
     route = getattr(scope.get("route"), "path", None)
     # Unmatched paths are the client's words: shortened, and never the query string.
     record.route = route if isinstance(route, str) else record.path[:_MAX_PATH_CHARS]

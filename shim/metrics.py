@@ -1,8 +1,9 @@
 """Prometheus metrics (``GET /metrics``), made from each request's record when it ends.
 
 No stage imports this module: the stages write what they did on the request's
-:class:`~shim.logs.RequestLog` (model, characters, upstream attempts, cache results,
-first byte) and :meth:`Metrics.observe` turns the finished record into samples. The
+context, :class:`~shim.context.RequestContext` (model, characters, upstream attempts,
+cache results, first byte, refusal) and :meth:`Metrics.observe` turns the finished
+context into samples. The
 health of Redis and of the disk cache is counted by those parts themselves (the breaker,
 the store's write episodes) and copied here when the metrics are read
 (:meth:`Metrics.watch`).
@@ -35,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from shim.cache.episode import Episode
 from shim.cache.outage import Outage
-from shim.logs import RequestLog
+from shim.context import RequestContext
 from shim.prices import MICRO, Prices
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess"]
@@ -214,11 +215,12 @@ class Metrics:
         for gauge, state in self._states:
             gauge.set(1 if state() else 0)
 
-    def observe(self, record: RequestLog, route: str, refused: str | None = None) -> None:
-        """Add one finished request (its record) to the metrics."""
+    def observe(self, record: RequestContext, route: str) -> None:
+        """Add one finished request (its context) to the metrics."""
         status = str(record.status or 500)
         model = record.model or ""
-        key = record.client or ""
+        key = record.client.name
+        refused = record.refusal
         self._child(self.requests, route, model, status).inc()
         now = time.perf_counter()
         self._child(self.duration, route).observe(now - record.started)

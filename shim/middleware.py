@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import secrets
-
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shim.clients import ClientKeys
+from shim.context import context_of
 from shim.errors import APIError
 from shim.keys import Keys
 from shim.responses import SendTimeout
 
-__all__ = ["GateMiddleware", "new_request_id", "request_id"]
-
-
-def new_request_id() -> str:
-    return f"req_{secrets.token_hex(16)}"  # uuid4's 122 random bits and more, for less
-
-
-def request_id(scope: Scope) -> str:
-    """The request's id (``scope["state"]["request_id"]``), made on first use, so
-    every middleware that answers early sends the same one."""
-    state = scope.setdefault("state", {})
-    rid: str | None = state.get("request_id")
-    if rid is None:
-        rid = state["request_id"] = new_request_id()
-    return rid
+__all__ = ["GateMiddleware"]
 
 
 class GateMiddleware:
-    """Give every request an id (``scope["state"]["request_id"]``) echoed as
+    """Echo every request's id (its context's, :mod:`shim.context`) as
     ``x-request-id`` unless a handler set the upstream's, refuse ``/v1`` calls
     without a valid client key before any handler runs, and, with ``send_timeout``,
     cut a response whose client takes no data for that many seconds
@@ -53,13 +38,14 @@ class GateMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = request_id(scope)
+        context = context_of(scope)
+        rid = context.request_id
 
         guarded = self.keys.required or self.clients is not None
         if guarded and self.keys.guards(scope["method"], scope["path"]):
             try:
                 if self.clients is not None:  # names the client for limits and metrics
-                    self.clients.check(scope, Headers(scope=scope))
+                    context.client = self.clients.check(Headers(scope=scope))
                 else:
                     self.keys.check_client(Headers(scope=scope))
             except APIError as exc:

@@ -3,13 +3,14 @@
 One :class:`Operations` per running app (built in its lifespan, kept on the
 :class:`~shim.state.State`), and four small hooks into the request path:
 
-* the gate names the client (:meth:`shim.clients.ClientKeys.check`);
+* the gate names the client on the request's context (:mod:`shim.context`);
 * the handlers call :func:`admit` after validation, before any upstream call: the key's
-  rate limits are checked and the request's :class:`~shim.quota.Bill` opened, which the
-  data path (:func:`shim.synthesis.synthesize`) reserves against the budgets, once it
-  knows what it will generate, and charges as each generation goes out;
-* :class:`OperationsMiddleware` updates the metrics from the request's record when the
-  response has ended;
+  rate limits are checked and the request's :class:`~shim.quota.Bill` opened, kept on
+  its context, which the data path (:func:`shim.synthesis.synthesize`) reserves against
+  the budgets, once it knows what it will generate, and charges as each generation
+  goes out;
+* :class:`OperationsMiddleware` updates the metrics from the request's context when
+  the response has ended;
 * routes: ``GET /metrics`` (:func:`metrics_endpoint`), ``GET /v1/usage`` (a client's
   own usage, :func:`usage_endpoint`) and ``GET /usage`` (every key, for operators,
   guarded like ``/metrics``; ``tts-shim usage`` reads it).
@@ -32,16 +33,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shim import logs
-from shim.clients import Client, ClientKeys, client_of
+from shim.clients import Client, ClientKeys
 from shim.config import Config
+from shim.context import RequestContext, context_of
 from shim.errors import APIError
 from shim.keys import bearer_token
 from shim.limits import Capacity, draining_error
 from shim.metrics import CONTENT_TYPE_LATEST, Metrics
-from shim.middleware import request_id
 from shim.prices import MICRO, Prices
-from shim.quota import Bill, Clock, Quota, Usage
+from shim.quota import Clock, Quota, Usage
 from shim.responses import ShutdownCut
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger("tts_shim")
 
-_BILL = "tts_shim_bill"
-_REFUSED = "tts_shim_refused"
 _NO_STORE = {"cache-control": "no-store"}
 #: Longest usage report, days.
 MAX_REPORT_DAYS = 92
@@ -119,22 +117,21 @@ def _ops(scope: Scope) -> Operations | None:
     return ops if isinstance(ops, Operations) else None
 
 
-async def admit(request: Request, model: str, characters: int) -> Bill | None:
-    """The admission stage: note the request's model and size on its record, check its
-    key's rate limits (or raise a 429) and open its bill, to hand to ``synthesize``,
-    which checks the budgets on what it will generate.
+async def admit(request: Request, model: str, characters: int) -> RequestContext:
+    """The admission stage: note the request's model and size on its context, check its
+    key's rate limits (or raise a 429) and open its bill there, for ``synthesize``,
+    which checks the budgets on what it will generate. Returns the context.
 
     Call after validation and before any upstream call."""
-    client = client_of(request.scope)
+    context = context_of(request)
+    client = context.client
     model = Prices.name(model)
-    record = logs.current()
-    if record is not None:
-        record.client, record.model, record.characters = client.name, model, characters
+    context.model, context.characters = model, characters
     ops = _ops(request.scope)
     if ops is None:
-        return None
+        return context
     try:
-        bill = await ops.quota.admit(
+        context.bill = await ops.quota.admit(
             client,
             characters,
             functools.partial(ops.prices.micros, model),
@@ -142,16 +139,15 @@ async def admit(request: Request, model: str, characters: int) -> Bill | None:
         )
     except APIError as exc:
         if exc.status == 429:
-            request.scope.setdefault("state", {})[_REFUSED] = exc.code
+            context.refused = exc.code
         raise
-    request.scope.setdefault("state", {})[_BILL] = bill  # for the metrics: refused?
-    return bill
+    return context
 
 
 class OperationsMiddleware:
-    """When a request ends: update the metrics from its record. Sits inside
-    :class:`~shim.logs.AccessLogMiddleware`. (Money is not counted here: the data path
-    does that as it spends, see :class:`~shim.quota.Bill`.)
+    """When a request ends: update the metrics from its context (:mod:`shim.context`).
+    (Money is not counted here: the data path does that as it spends, see
+    :class:`~shim.quota.Bill`, reached through the context too.)
 
     It also counts the requests in progress (:meth:`shim.limits.Capacity.enter`), which
     the app's shutdown waits for, and ends a request the server cancels while the shim
@@ -163,10 +159,10 @@ class OperationsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        record = logs.current()
-        if scope["type"] != "http" or record is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        context = context_of(scope)
         capacity = _capacity(scope)
         if capacity is not None:
             capacity.enter()
@@ -175,27 +171,20 @@ class OperationsMiddleware:
         except asyncio.CancelledError:
             if capacity is None or not capacity.draining:
                 raise
-            await _cut_by_shutdown(scope, receive, send, record)
+            await _cut_by_shutdown(scope, receive, send, context)
         finally:
             try:
                 ops = _ops(scope)
                 if ops is not None:
-                    self._finish(ops, scope, record)
+                    self._finish(ops, scope, context)
             finally:
                 if capacity is not None:
                     capacity.leave()
 
     @staticmethod
-    def _finish(ops: Operations, scope: Scope, record: logs.RequestLog) -> None:
-        state = scope.get("state", {})
-        if record.client is None:
-            record.client = client_of(scope).name
-        refused = state.get(_REFUSED)
-        bill = state.get(_BILL)
-        if refused is None and isinstance(bill, Bill):
-            refused = bill.refused
+    def _finish(ops: Operations, scope: Scope, context: RequestContext) -> None:
         route = getattr(scope.get("route"), "path", None)
-        ops.metrics.observe(record, route if isinstance(route, str) else "unmatched", refused)
+        ops.metrics.observe(context, route if isinstance(route, str) else "unmatched")
         capacity = _capacity(scope)
         if capacity is not None:
             ops.metrics.load(capacity.in_flight, capacity.queued)
@@ -207,13 +196,13 @@ def _capacity(scope: Scope) -> Capacity | None:
 
 
 async def _cut_by_shutdown(
-    scope: Scope, receive: Receive, send: Send, record: logs.RequestLog
+    scope: Scope, receive: Receive, send: Send, context: RequestContext
 ) -> None:
     # The cancellation is answered here, by the request's own outermost handler of it:
     # only uvicorn's end of the task follows, so nothing needs it taken back.
-    rid = request_id(scope)
+    rid = context.request_id
     logger.warning("request %s cut: the graceful shutdown period ended before it did", rid)
-    if record.status is None:
+    if context.status is None:
         await draining_error().response(rid)(scope, receive, send)
         return
     raise ShutdownCut("the graceful shutdown period ended")
@@ -255,7 +244,7 @@ async def usage_endpoint(request: Request) -> Response:
     ops = _ops(request.scope)
     assert ops is not None
     # Without client keys (pass-through) every caller is ``anonymous`` and sees that total.
-    client = client_of(request.scope)
+    client = context_of(request).client
     found = await ops.quota.usage(client.name)
     remaining: dict[str, float | None] = {}
     budgets = {"day": client.limits.usd_per_day, "month": client.limits.usd_per_month}

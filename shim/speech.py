@@ -27,8 +27,8 @@ async def create_speech(request: Request) -> Response:
     body = await read_json(request, state.config.max_body_bytes)
     speech = SpeechRequest.from_json(body, state.config.input_limit)
     job = job_for(state, request.headers, speech)
-    bill = await admit(request, speech.model.id, len(speech.input))  # key limits
-    audio = await synthesize(state, job, bill)  # budget: on what the cache lacks
+    context = await admit(request, speech.model.id, len(speech.input))  # key limits
+    audio = await synthesize(state, job, context)  # budget: on what the cache lacks
     headers = audio_headers(audio)
     if speech.stream_format == "sse":
         # Speech is billed per character, so usage counts characters (see README).

@@ -38,9 +38,10 @@ from typing import Any
 
 import anyio
 
-from shim import audio, logs
+from shim import audio
 from shim.cache import CacheKey, Hit, Miss
 from shim.config import MAX_INPUT_CHARS
+from shim.context import Calls, RequestContext
 from shim.errors import APIError, clean_request_id
 from shim.quota import Bill
 from shim.split import split_text
@@ -157,9 +158,11 @@ class Speech:
                 release()
 
 
-async def synthesize(state: State, job: Job, bill: Bill | None = None) -> Speech:
+async def synthesize(state: State, job: Job, context: RequestContext) -> Speech:
     """The audio for ``job`` in ``job.format``, its first bytes in hand, paid for
-    through ``bill`` (:func:`shim.operations.admit`'s).
+    through the request's bill (on its ``context``, put there by
+    :func:`shim.operations.admit`; none: nothing is counted), its timings, cache
+    results and upstream attempts noted on ``context``.
 
     A speech slot is taken first (waiting in line, or a 429) and held until the
     returned :class:`Speech` is closed and every generation it sent has its answer.
@@ -167,7 +170,7 @@ async def synthesize(state: State, job: Job, bill: Bill | None = None) -> Speech
     once the slot is held; after that, the download's idle timeout governs, so long
     audio can stream.
     """
-    record = logs.current()
+    bill = context.bill
     waited = time.perf_counter()
     try:
         await state.capacity.acquire()
@@ -177,16 +180,14 @@ async def synthesize(state: State, job: Job, bill: Bill | None = None) -> Speech
         raise
     release = _ending(state, bill)
     started = time.perf_counter()
-    if record is not None:
-        record.queued_ms = (started - waited) * 1000
+    context.queued_ms = (started - waited) * 1000
     try:
-        return await _first_audio(state, job, release, bill)
+        return await _first_audio(state, job, release, context)
     except BaseException:
         release()
         raise
     finally:
-        if record is not None:
-            record.upstream_ms = (time.perf_counter() - started) * 1000
+        context.upstream_ms = (time.perf_counter() - started) * 1000
 
 
 def _ending(state: State, bill: Bill | None) -> Callable[[], None]:
@@ -225,21 +226,20 @@ class _Facts:
 
 
 async def _first_audio(
-    state: State, job: Job, release: Callable[[], None], bill: Bill | None
+    state: State, job: Job, release: Callable[[], None], context: RequestContext
 ) -> Speech:
     texts = plan(state, job.text)
     facts = _Facts()
-    record = logs.current()
-    if record is not None:
-        record.pieces = len(texts)
+    bill = context.bill
+    context.pieces = len(texts)
     if len(texts) == 1:
-        chunks = _one_piece(state, job, texts[0], facts, bill)
+        chunks = _one_piece(state, job, texts[0], facts, context)
     else:
         if bill is not None:
             # All of it, before the first piece goes out: a budget that cannot pay for
             # the whole text refuses it now, not halfway through the audio.
             await bill.reserve(await _uncached(state, job, texts, bill))
-        chunks = _stitched(state, job, texts, facts, bill)
+        chunks = _stitched(state, job, texts, facts, context)
     deadline = state.config.deadline
     try:
         with anyio.fail_after(deadline):
@@ -271,8 +271,7 @@ async def _first_audio(
         if isinstance(exc, audio.TranscodeError):
             raise _transcode_failed(exc, facts.request_id) from exc
         raise
-    if record is not None:
-        record.cache = facts.cache
+    context.cache = facts.cache
     return Speech(first, chunks, facts, release)
 
 
@@ -296,6 +295,8 @@ class _Prepared:
     whole: bool = False
     #: Its audio was opened (a download started): finishing it starts that again.
     opened: bool = False
+    #: Where its downloads are noted: its request's context's upstream attempts.
+    calls: Calls | None = None
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -320,7 +321,7 @@ class _Prepared:
         self.opened = True
         # All of it is decoded before it is stored; what is not stored, only its first
         # frames (decoding costs CPU in proportion to the audio).
-        stream = await upstream.open(self.ref, decode_all=_stores(self.miss))
+        stream = await upstream.open(self.ref, decode_all=_stores(self.miss), calls=self.calls)
         self.whole = stream.complete and stream.format == self.format
         try:
             async with aclosing(audio.convert(stream, stream.format, self.format)) as out:
@@ -389,20 +390,21 @@ async def _prepare(
     job: Job,
     text: str,
     fmt: str,
-    bill: Bill | None,
+    context: RequestContext,
     *,
     reserve: bool,
     billing: Callable[[], None] | None = None,
 ) -> _Prepared:
     """Look the piece up in the cache; on a miss, generate it (the billed call, counted
-    on ``bill``), its cost reserved first if ``reserve`` (a one-piece plan: the lookup
-    said it costs), and ``billing`` told just before it goes out."""
+    on the request's bill), its cost reserved first if ``reserve`` (a one-piece plan:
+    the lookup said it costs), and ``billing`` told just before it goes out."""
     miss: Miss | None = None
+    bill, calls = context.bill, context.upstream_calls
     if state.cache is not None and (job.cache_read or job.cache_write):
         key = job.cache_key(text, fmt)
         found = await state.cache.lookup(key, read=job.cache_read, write=job.cache_write)
         if found is not None:  # None: the store is unreachable, served as uncached
-            logs.cache_result(isinstance(found, Hit), len(text))
+            context.cache_result(isinstance(found, Hit), len(text))
         if isinstance(found, Hit):
             return _Prepared(text, fmt, "HIT", hit=found)
         miss = found
@@ -414,18 +416,19 @@ async def _prepare(
         # A reply that is the audio itself is opened as it arrives: decoded whole only if
         # it is to be stored, as :meth:`_Prepared.audio` would.
         body, stores = job.body(text, fmt), _stores(miss)
-        ref = await state.upstream.generate(body, job.key, bill, decode_all=stores)
+        ref = await state.upstream.generate(body, job.key, bill, decode_all=stores, calls=calls)
     except BaseException:
         if miss is not None:
             await miss.abort()  # lets a follower waiting on this key try
         raise
-    return _Prepared(text, fmt, "BYPASS" if miss is None else "MISS", miss=miss, ref=ref)
+    cache = "BYPASS" if miss is None else "MISS"
+    return _Prepared(text, fmt, cache, miss=miss, ref=ref, calls=calls)
 
 
 async def _one_piece(
-    state: State, job: Job, text: str, facts: _Facts, bill: Bill | None
+    state: State, job: Job, text: str, facts: _Facts, context: RequestContext
 ) -> AsyncGenerator[bytes]:
-    prepared = await _prepare(state, job, text, job.format, bill, reserve=True)
+    prepared = await _prepare(state, job, text, job.format, context, reserve=True)
     facts.cache, facts.request_id = prepared.cache, prepared.request_id
     try:
         async with aclosing(prepared.audio(state.upstream)) as chunks:
@@ -440,7 +443,7 @@ async def _one_piece(
 
 
 async def _stitched(
-    state: State, job: Job, texts: list[str], facts: _Facts, bill: Bill | None
+    state: State, job: Job, texts: list[str], facts: _Facts, context: RequestContext
 ) -> AsyncGenerator[bytes]:
     """The pieces generated ahead (at most ``--split-parallel`` at a time, in order of
     need), streamed strictly in order and stitched into one file."""
@@ -453,7 +456,7 @@ async def _stitched(
             index = len(tasks)
             billing = functools.partial(billed.add, index)
             work = _prepare(
-                state, job, texts[index], PIECE_FORMAT, bill, reserve=False, billing=billing
+                state, job, texts[index], PIECE_FORMAT, context, reserve=False, billing=billing
             )
             tasks.append(asyncio.ensure_future(work))
 

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from yarl import URL
 
-from shim import logs
 from shim.config import Config
+from shim.context import Calls
 from shim.errors import APIError
 from shim.upstream.clients import Proxies, build_session
 from shim.upstream.download import (
@@ -71,6 +71,8 @@ class _Link:
     made: int = 0
     #: What the reply that opened the stream said about the audio.
     first: Validators | None = None
+    #: Where its requests are noted (the request's context's upstream attempts).
+    calls: Calls | None = None
 
 
 class Upstream:
@@ -112,19 +114,25 @@ class Upstream:
         meter: Meter | None = None,
         *,
         decode_all: bool = True,
+        calls: Calls | None = None,
     ) -> AudioRef:
         """The billed call, retried only where it cannot have been billed: where the
-        audio of one generation is. ``meter`` is told of each attempt and its outcome;
-        ``decode_all`` is :meth:`open`'s, for a reply that is the audio itself (opened
-        as it arrives)."""
-        return await self._generation_retries.run(self._generate, body, key, meter, decode_all)
+        audio of one generation is. ``meter`` is told of each attempt and its outcome,
+        and each attempt is noted on ``calls`` (for the metrics); ``decode_all`` is
+        :meth:`open`'s, for a reply that is the audio itself (opened as it arrives)."""
+        return await self._generation_retries.run(
+            self._generate, body, key, meter, decode_all, calls
+        )
 
-    async def open(self, ref: AudioRef, *, decode_all: bool = True) -> AudioStream:
+    async def open(
+        self, ref: AudioRef, *, decode_all: bool = True, calls: Calls | None = None
+    ) -> AudioStream:
         """Open a generation's audio (downloading it, retried freely), first bytes in and
         first frames decoded; ``decode_all``: every frame is decoded before the stream
-        ends (for audio that is to be cached; see :mod:`shim.upstream.verifier`)."""
+        ends (for audio that is to be cached; see :mod:`shim.upstream.verifier`). Each
+        download is noted on ``calls``."""
         try:
-            return await self._open(ref, decode_all)
+            return await self._open(ref, decode_all, calls)
         except APIError as exc:
             # The generation was billed: a client retry would pay again for this audio.
             exc.retryable = False
@@ -132,13 +140,18 @@ class Upstream:
             raise
 
     async def _generate(
-        self, body: dict[str, Any], key: str, meter: Meter | None, decode_all: bool
+        self,
+        body: dict[str, Any],
+        key: str,
+        meter: Meter | None,
+        decode_all: bool,
+        calls: Calls | None,
     ) -> AudioRef:
         self.stats.tts_calls += 1
         characters = len(body.get("text", ""))
         if meter is not None:
             meter.sending(characters)  # before the task exists: it cannot be missed
-        attempt = asyncio.ensure_future(self._attempt(body, key, decode_all))
+        attempt = asyncio.ensure_future(self._attempt(body, key, decode_all, calls))
         self._tasks.add(attempt)
         attempt.add_done_callback(functools.partial(self._answered, meter, characters))
         try:
@@ -147,8 +160,10 @@ class Upstream:
             attempt.add_done_callback(self._drop_reply)  # nobody will read it
             raise
 
-    async def _attempt(self, body: dict[str, Any], key: str, decode_all: bool) -> AudioRef:
-        with logs.upstream_call("generation"):  # metrics (issue 13)
+    async def _attempt(
+        self, body: dict[str, Any], key: str, decode_all: bool, calls: Calls | None
+    ) -> AudioRef:
+        with _noted(calls, "generation"):
             ref = await post_generation(self._api, self._tts_url, body, key, self._api_proxy)
         if ref.response is not None:
             # The reply is the audio itself: its first bytes are read here, as it
@@ -177,7 +192,7 @@ class Upstream:
             self._tasks.add(closing)
             closing.add_done_callback(self._tasks.discard)
 
-    async def _open(self, ref: AudioRef, decode_all: bool) -> AudioStream:
+    async def _open(self, ref: AudioRef, decode_all: bool, calls: Calls | None) -> AudioStream:
         config = self.config
         if ref.stream is not None:  # the reply was the audio itself, opened already
             stream, ref.stream = ref.stream, None
@@ -200,13 +215,14 @@ class Upstream:
                 decode_all=decode_all,
             )
         assert ref.url is not None
-        return await self._download_retries.run(self._download, _Link(ref.url, ref), decode_all)
+        link = _Link(ref.url, ref, calls=calls)
+        return await self._download_retries.run(self._download, link, decode_all)
 
     async def _download(self, link: _Link, decode_all: bool) -> AudioStream:
         link.made += 1
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
-        with logs.upstream_call("download"):  # metrics (issue 13)
+        with _noted(link.calls, "download"):
             response = await fetch_audio(
                 self._cdn, link.url, origins, link.ref.request_id, self.proxies
             )
@@ -243,7 +259,7 @@ class Upstream:
         self.stats.audio_calls += 1
         origins = self.config.allowed_audio_origins
         headers = resume_headers(offset, link.first)
-        with logs.upstream_call("download"):  # metrics (issue 13)
+        with _noted(link.calls, "download"):
             response = await fetch_audio(
                 self._cdn, link.url, origins, link.ref.request_id, self.proxies, headers
             )
@@ -257,3 +273,33 @@ def _billed(attempt: asyncio.Task[AudioRef]) -> bool:
         return True
     error = attempt.exception()
     return error is None or not isinstance(error, APIError) or error.billed
+
+
+class _noted:
+    """Note one upstream attempt (``generation`` or ``download``) and its outcome on
+    ``calls`` (the request's context's, for the metrics; what was billed is counted by
+    the request's bill, :class:`shim.quota.Bill`, not here).
+
+    A class, not a ``contextlib.contextmanager``: it runs twice on every request."""
+
+    __slots__ = ("calls", "kind")
+
+    def __init__(self, calls: Calls | None, kind: str) -> None:
+        self.calls = calls
+        self.kind = kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if self.calls is None:
+            return
+        if exc is None:
+            self.calls.append((self.kind, "ok"))
+            return
+        code = getattr(exc, "code", None)
+        status = getattr(exc, "status", None)
+        outcome = code or (f"http_{status}" if status else type(exc).__name__)
+        self.calls.append((self.kind, str(outcome)))

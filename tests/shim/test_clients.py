@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from starlette.datastructures import Headers
 
-from shim.clients import ANONYMOUS, ClientKeys, client_of, parse_keys_file
+from shim.clients import ANONYMOUS, ANONYMOUS_CLIENT, ClientKeys, parse_keys_file
 from shim.config import ConfigError
+from shim.context import context_of
 from shim.errors import APIError
 
 GOOD = """\
@@ -124,16 +125,17 @@ def test_env_keys_stay_valid_without_limits_and_the_file_wins_a_shared_key(
     assert clients.identify(Headers({})) is None
 
 
-def test_check_notes_the_client_in_the_scope_or_answers_401() -> None:
+def test_check_names_the_client_or_answers_401() -> None:
     clients = ClientKeys(("sk-env-one-0001",))
-    scope: dict[str, object] = {}
 
-    client = clients.check(scope, _bearer("sk-env-one-0001"))
+    client = clients.check(_bearer("sk-env-one-0001"))
 
-    assert client_of(scope) == client
-    assert client_of({}).name == ANONYMOUS
+    assert client.name == "env-1"
+    # A request no client key named is the anonymous client's.
+    assert context_of({}).client == ANONYMOUS_CLIENT
+    assert ANONYMOUS_CLIENT.name == ANONYMOUS
     with pytest.raises(APIError) as caught:
-        clients.check({}, _bearer("sk-wrong-0000000"))
+        clients.check(_bearer("sk-wrong-0000000"))
     assert (caught.value.status, caught.value.code) == (401, "invalid_api_key")
 
 

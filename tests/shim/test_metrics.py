@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from shim import logs
+from shim.clients import Client, Limits
+from shim.context import RequestContext
 from shim.metrics import Metrics
 from shim.prices import Prices
 from shim.testing import MockUpstream
@@ -130,15 +131,11 @@ async def test_the_metrics_key_guards_metrics_and_usage(shim: Any) -> None:
 
 def test_cache_results_become_hits_misses_and_dollars_saved() -> None:
     metrics = Metrics(Prices())
-    record = logs.RequestLog("POST", "/v1/audio/speech", status=200)
-    record.model, record.client = "tts-1-hd", "app"
-    token = logs._current.set(record)
-    try:
-        logs.cache_result(True, 1000)
-        logs.cache_result(True, 500)
-        logs.cache_result(False, 200)
-    finally:
-        logs._current.reset(token)
+    record = RequestContext("POST", "/v1/audio/speech", status=200)
+    record.model, record.client = "tts-1-hd", Client("app", Limits())
+    record.cache_result(True, 1000)
+    record.cache_result(True, 500)
+    record.cache_result(False, 200)
 
     metrics.observe(record, "/v1/audio/speech")
     samples = parse(metrics.exposition().decode())
