@@ -65,31 +65,31 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = context_of(scope)
+        context = context_of(scope)
 
         async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
-                record.status = message["status"]
+                context.status = message["status"]
                 for name, value in message.get("headers", ()):
                     if name.lower() == b"x-request-id":
-                        record.upstream_request_id = value.decode("latin-1")
+                        context.upstream_request_id = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 size = len(message.get("body", b""))
-                if size and not record.bytes:
-                    record.first_byte = time.perf_counter()  # for the metrics
-                record.bytes += size
+                if size and not context.bytes:
+                    context.first_byte = time.perf_counter()  # for the metrics
+                context.bytes += size
                 if not message.get("more_body", False):
                     await send(message)
                     # Only once the server took it: a last message cut while it waited
                     # (a whole body, sent in pieces) is an aborted transfer.
-                    record.complete = True
+                    context.complete = True
                     return
             await send(message)
 
         async def receive_logged() -> Message:
             message = await receive()
-            if message["type"] == "http.disconnect" and not record.complete:
-                record.client_closed = True
+            if message["type"] == "http.disconnect" and not context.complete:
+                context.client_closed = True
             return message
 
         try:
@@ -97,23 +97,23 @@ class AccessLogMiddleware:
         except ClientDisconnect:
             # How Starlette tells a hang-up mid-stream on a server speaking ASGI 2.4 (its
             # ``send`` raises OSError): the same as uvicorn's (2.3) disconnect message.
-            record.client_closed = not record.complete
+            context.client_closed = not context.complete
         except Exception:
-            if record.status is None:
-                record.status = 500  # what the outermost error middleware answers
+            if context.status is None:
+                context.status = 500  # what the outermost error middleware answers
             raise
         finally:
-            _emit(record, scope)
+            _emit(context, scope)
 
 
-def _emit(record: RequestContext, scope: Scope) -> None:
-    level = logging.DEBUG if record.path in QUIET_PATHS else logging.INFO
+def _emit(context: RequestContext, scope: Scope) -> None:
+    level = logging.DEBUG if context.path in QUIET_PATHS else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
     route = getattr(scope.get("route"), "path", None)
     # Unmatched paths are the client's words: shortened, and never the query string.
-    record.route = route if isinstance(route, str) else record.path[:_MAX_PATH_CHARS]
-    status = record.shown_status if record.shown_status is not None else "-"
+    context.route = route if isinstance(route, str) else context.path[:_MAX_PATH_CHARS]
+    status = context.shown_status if context.shown_status is not None else "-"
     # Made here and handed over, not through ``log()``: no caller lookup (a walk up the
     # stack, on every request) for a line that always comes from this function.
     line = access_logger.makeRecord(
@@ -122,10 +122,10 @@ def _emit(record: RequestContext, scope: Scope) -> None:
         __file__,
         0,
         "%s %s %s",
-        (record.method, record.route, status),
+        (context.method, context.route, status),
         None,
         func="_emit",
-        extra={"access": record.fields()},
+        extra={"access": context.fields()},
     )
     access_logger.handle(line)
 

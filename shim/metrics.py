@@ -215,32 +215,32 @@ class Metrics:
         for gauge, state in self._states:
             gauge.set(1 if state() else 0)
 
-    def observe(self, record: RequestContext, route: str) -> None:
+    def observe(self, context: RequestContext, route: str) -> None:
         """Add one finished request (its context) to the metrics."""
-        status = str(record.status or 500)
-        model = record.model or ""
-        key = record.client.name
-        refused = record.refusal
+        status = str(context.status or 500)
+        model = context.model or ""
+        key = context.client.name
+        refused = context.refusal
         self._child(self.requests, route, model, status).inc()
         now = time.perf_counter()
-        self._child(self.duration, route).observe(now - record.started)
-        if record.first_byte is not None:
-            self._child(self.first_byte, route).observe(record.first_byte - record.started)
-        if record.bytes:
-            self._child(self.bytes, route).inc(record.bytes)
+        self._child(self.duration, route).observe(now - context.started)
+        if context.first_byte is not None:
+            self._child(self.first_byte, route).observe(context.first_byte - context.started)
+        if context.bytes:
+            self._child(self.bytes, route).inc(context.bytes)
         attempts: dict[str, int] = {}
-        for kind, outcome in record.upstream_calls:
+        for kind, outcome in context.upstream_calls:
             self._child(self.upstream_calls, kind, outcome).inc()
             attempts[kind] = attempts.get(kind, 0) + 1
         for kind, count in attempts.items():
             if count > 1:
                 self._child(self.retries, kind).inc(count - 1)
-        if record.cache_hits:
-            self._child(self.cache_hits, model).inc(record.cache_hits)
-            saved = self.prices.micros(model, record.cache_hit_characters)
+        if context.cache_hits:
+            self._child(self.cache_hits, model).inc(context.cache_hits)
+            saved = self.prices.micros(model, context.cache_hit_characters)
             self._child(self.saved, model, key).inc(saved / MICRO)
-        if record.cache_misses:
-            self._child(self.cache_misses, model).inc(record.cache_misses)
+        if context.cache_misses:
+            self._child(self.cache_misses, model).inc(context.cache_misses)
         if refused is not None:
             self._child(self.refused, key, refused).inc()
 
