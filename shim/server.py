@@ -72,7 +72,8 @@ class _Exit:
             yield
         finally:
             for sig, handler in self._previous.items():
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def take_over(self) -> None:
         """(Re)install the handlers: uvicorn's ``serve()`` puts its own in first."""
