@@ -145,12 +145,17 @@ class _MockApp(Starlette):
 def _find_transport(send: Send) -> Any:
     """The connection's transport, when the server is uvicorn; else ``None``.
 
-    ASGI has no way to drop a connection without replying: an app that raises
-    before replying gets a 500 sent for it. uvicorn's ``send`` is a method of its
-    per-request object, which holds the asyncio transport, so the ``reset`` and
-    ``truncated`` faults close that directly. Elsewhere (in-process, say) they
-    raise ``httpx.RemoteProtocolError`` instead, which is what an httpx client on
-    a socket would have seen.
+    The one place the mock reaches past ASGI, and why: ASGI has no way to drop a
+    connection. An app that raises, or returns, before replying gets a 500 sent for
+    it (no ``reset`` possible); one that does so after part of the body makes uvicorn
+    close the connection, but log an error ("Exception in ASGI application" with its
+    traceback, or "ASGI callable returned without completing response.") that a
+    fault the test asked for should not write. uvicorn's ``send`` is a method of its
+    per-request object, which holds the asyncio transport, so the ``reset``,
+    ``truncated`` and ``cut`` faults close that directly, once checked to be one.
+    Elsewhere (in-process, or a server without it) they raise
+    ``httpx.RemoteProtocolError`` instead, which is what an httpx client on a socket
+    would have seen.
     """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if callable(getattr(transport, "abort", None)) and callable(getattr(transport, "close", None)):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import signal
 import socket
 import threading
@@ -29,73 +28,99 @@ __all__ = ["drop_stalled_connections", "listening_line", "run", "serve"]
 logger = logging.getLogger("tts_shim")
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: Seconds between looks at a second Ctrl-C during ``--shutdown-delay``.
+#: uvicorn's own tick; start-up is watched ten times as often.
 _TICK = 0.1
 
 #: The key ``--mock`` sends upstream when none is set; the mock accepts any.
 MOCK_KEY = "mock-key"
 
 
-class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signals to the server it runs beside."""
+class _Exit:
+    """SIGINT/SIGTERM for the shim, through uvicorn's public ``should_exit`` and
+    ``force_exit``: uvicorn's own handlers would re-raise the signal once it has shut
+    down, so the process dies by it; a sidecar that drained cleanly should exit 0.
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class _ShimServer(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process
-    dies by the signal; a sidecar that drained cleanly should exit 0 instead.
-
-    On shutdown, with ``--shutdown-delay``, the shim first goes on serving for that
+    On the first signal, with ``--shutdown-delay``, the shim goes on serving for that
     long while ``/readyz`` answers 503 (a second Ctrl-C ends the pause). Then it is
-    marked draining (new speech work is refused), and uvicorn stops accepting, closes
-    idle connections, and gives in-flight responses ``--graceful-timeout`` seconds
-    before cutting them.
+    marked draining (new speech work is refused) and uvicorn is told to exit: it stops
+    accepting, closes idle connections, and gives in-flight responses
+    ``--graceful-timeout`` seconds before cutting them (a second Ctrl-C cuts at once).
+    Only the main thread gets signals; elsewhere this does nothing.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, listening: str = "") -> None:
-        super().__init__(config)
-        self.shim_app = app
-        self.listening = listening
+    def __init__(self, server: uvicorn.Server, app: Starlette) -> None:
+        self.server = server
+        self.app = app
+        self._loop = asyncio.get_running_loop()
+        self._leaving: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
+        self._previous: dict[int, object] = {}
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        # Only now: the signal handlers are in place and requests are answered, so
-        # whoever waits for this line may use the shim (or stop it) at once.
-        if self.listening and self.started:
-            logger.info(self.listening)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Own the exit signals for the block; what held them before gets them back.
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        state = self.shim_app.state.shim  # built by the lifespan, which has run
+        Installed before ``serve()`` too, so that a signal uvicorn caught during
+        start-up, which it raises again once stopped, lands here and is not fatal.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = {sig: signal.getsignal(sig) for sig in _EXIT_SIGNALS}
+        self.take_over()
+        try:
+            yield
+        finally:
+            for sig, handler in self._previous.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def take_over(self) -> None:
+        """(Re)install the handlers: uvicorn's ``serve()`` puts its own in first."""
+        if self._previous:
+            for sig in _EXIT_SIGNALS:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, sig: int, frame: object) -> None:
+        # A signal handler runs between any two bytecodes, loop internals included:
+        # hand the work to the loop, which may already be closed.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._leaving is None and self.server.started and not self.server.should_exit:
+            self._leaving = self._loop.create_task(self._leave())
+        elif self._leaving is not None and sig == signal.SIGINT:
+            self._hurry.set()  # ends the --shutdown-delay pause, and
+            self.server.force_exit = True  # uvicorn's wait for open connections
+        else:  # starting, or stopping already: nothing to drain
+            self.server.should_exit = True
+
+    async def _leave(self) -> None:
+        state = self.app.state.shim  # built by the lifespan, which has run
         delay = state.config.shutdown_delay
         if delay > 0:
             state.capacity.start_leaving()
             logger.info("shutting down in %g s: /readyz answers 503, requests are served", delay)
-            for _ in range(math.ceil(delay / _TICK)):  # uvicorn's own tick
-                if self.force_exit:
-                    break
-                await asyncio.sleep(_TICK)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), delay)
         state.capacity.start_draining()
         logger.info(
             "draining: %d request(s) in flight, up to %g s to finish",
             state.capacity.in_flight,
             state.config.graceful_timeout,
         )
-        await super().shutdown(sockets=sockets)
+        self.server.should_exit = True
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+async def _until_started(server: uvicorn.Server, serving: asyncio.Future[None]) -> bool:
+    """Wait for ``server.started`` (uvicorn sets it once it answers on its sockets);
+    ``False`` if ``serving`` ended first (a start-up that failed)."""
+    while not server.started:
+        if serving.done():
+            return False
+        await asyncio.sleep(_TICK / 10)
+    return True
 
 
 def _raise_open_file_limit() -> None:
@@ -211,7 +236,7 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
                 or (None if config.upstream_key_header else MOCK_KEY),
                 trusted_origins=(*config.trusted_origins, parse_origin(mock_url)),
             )
-            mock_server = _QuietServer(
+            mock_server = uvicorn.Server(
                 _uvicorn_config(
                     create_mock_app(),
                     config,
@@ -233,20 +258,30 @@ async def serve(config: Config, *, mock: bool = False, mock_port: int = 0) -> No
         # Only now, so a refused start-up says nothing but why.
         logger.info("mock upstream on %s (no key or network needed)", config.upstream_root)
     listening = listening_line(config, shim_socket.getsockname()[1], mock=mock)
-    shim_server = _ShimServer(_uvicorn_config(app, config), app, listening)
-    tasks = [asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))]
-    if mock_server is not None and mock_socket is not None:
-        quiet = QUIET.set(True)  # the task, and what it starts, inherit the flag
+    shim_server = uvicorn.Server(_uvicorn_config(app, config))
+    exit_signals = _Exit(shim_server, app)
+    with exit_signals.installed():
+        tasks: list[asyncio.Future[None]] = []
+        if mock_server is not None and mock_socket is not None:
+            # Started first, so that uvicorn's signal handlers nest: the shim's, put in
+            # last, are taken out first.
+            quiet = QUIET.set(True)  # the task, and what it starts, inherit the flag
+            try:
+                tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))
+            finally:
+                QUIET.reset(quiet)
+        serving = asyncio.ensure_future(shim_server.serve(sockets=[shim_socket]))
         try:
-            tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_socket])))
+            if await _until_started(shim_server, serving):
+                # Only now: requests are answered, so whoever waits for this line may
+                # use the shim (or stop it) at once.
+                exit_signals.take_over()
+                logger.info(listening)
+            await serving
         finally:
-            QUIET.reset(quiet)
-    try:
-        await tasks[0]
-    finally:
-        if mock_server is not None:
-            mock_server.should_exit = True
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
+            if mock_server is not None:
+                mock_server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run(config: Config, *, mock: bool = False, mock_port: int = 0) -> None:

@@ -3,6 +3,7 @@ cut what is still running after it, and exit 0 either way. A real process."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -209,3 +210,25 @@ def test_an_idle_shim_exits_0_at_once(serve_process: Callable[..., ServeProcess]
 
     assert code == 0
     assert time.monotonic() - signalled < 3.0
+
+
+def test_a_second_ctrl_c_ends_the_shutdown_delay_and_exits_0(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    # The shim owns SIGINT/SIGTERM (not uvicorn's handlers, which would re-raise the
+    # signal once stopped): the first Ctrl-C starts the pause, the second ends it.
+    delay = 60.0
+    served = serve_process("--mock", "--shutdown-delay", str(delay))
+
+    served.proc.send_signal(signal.SIGINT)
+    while httpx.get(served.url + "/readyz", verify=LOOPBACK_TLS).status_code == 200:
+        assert served.proc.poll() is None
+    assert served.proc.poll() is None  # pausing, still serving
+    served.proc.send_signal(signal.SIGINT)
+    code = served.proc.wait(2 * MARGIN + 5)
+
+    assert code == 0
+    messages = [line["message"] for line in served.log_lines()]
+    assert any(m.startswith("shutting down in 60 s") for m in messages)
+    assert any(m.startswith("draining: 0 request(s) in flight") for m in messages)
+    assert not any("KeyboardInterrupt" in m for m in messages)

@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +25,11 @@ from shim._http_guard import MAX_HEADER_BYTES, guarded
 from shim.config import Config
 from shim.server import _bind, _raise_open_file_limit, _uvicorn_config, listening_line
 from shim.testing import ShimServer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def test_idle_connections_outlive_the_sdks_pool() -> None:
@@ -399,3 +407,19 @@ def test_the_shim_named_in_the_request_line_is_served(shim_port: tuple[int, bool
 
     assert status == 200
     assert body["object"] == "list"
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("package", ["uvicorn", "starlette", "httpx", "anyio"])
+def test_the_servers_have_a_floor_no_ceiling_and_tox_runs_the_floor(package: str) -> None:
+    pyproject = tomllib.loads((_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (spec,) = [d for d in pyproject["project"]["dependencies"] if re.match(f"{package}[>=<]", d)]
+    match = re.fullmatch(rf"{package}>=([0-9.]+)", spec)
+    assert match, spec  # a lower bound and nothing else
+    oldest = match.group(1)
+    pinned = f"{package}=={oldest}" + ".0" * (2 - oldest.count("."))
+    tox = (_ROOT / "tox.ini").read_text(encoding="utf-8")
+    assert pinned in tox.split("[testenv:oldest-servers]")[1].split("[testenv:")[0]
+    assert "[testenv:newest-servers]" in tox
