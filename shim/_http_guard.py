@@ -256,8 +256,8 @@ class _CheckedHead:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            from shim import errors
             from shim.browsers import TARGET_HOST
-            from shim.errors import APIError
             from shim.middleware import request_id
 
             target: bytes = scope.get("raw_path") or b""
@@ -265,11 +265,9 @@ class _CheckedHead:
             size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
             if size > MAX_HEADER_BYTES:
                 logger.warning("Request head over %d bytes: refused.", MAX_HEADER_BYTES)
-                error = APIError(
-                    431,
+                error = errors.request_header_fields_too_large(
                     f"The request head (request line and headers) is over "
-                    f"{MAX_HEADER_BYTES // 1024} KiB.",
-                    code="request_header_fields_too_large",
+                    f"{MAX_HEADER_BYTES // 1024} KiB."
                 )
                 await error.response(request_id(scope))(scope, receive, send)
                 return

@@ -41,8 +41,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
+from shim import errors
 from shim.config import Config, ConfigError, StartupError
-from shim.errors import APIError
 from shim.keys import bearer_token
 
 if sys.version_info >= (3, 11):
@@ -240,11 +240,9 @@ class ClientKeys:
         """Identify the request's client and note it in ``scope``, or raise OpenAI's 401."""
         client = self.identify(headers)
         if client is None:
-            raise APIError(
-                401,
+            raise errors.invalid_api_key(
                 "Incorrect or missing API key for this shim. Send one of its client keys "
-                "as the bearer token.",
-                code="invalid_api_key",
+                "as the bearer token."
             )
         scope.setdefault("state", {})[_SCOPE_KEY] = client
         return client

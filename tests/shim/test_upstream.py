@@ -146,7 +146,9 @@ async def test_an_upstream_that_was_never_reached_is_tried_again() -> None:
     upstream = Upstream(config)
     try:
         with pytest.raises(APIError) as caught:
-            await upstream.generate_audio({"model": "openai/tts-1", "text": "x"}, "key")
+            await upstream.open(
+                await upstream.generate({"model": "openai/tts-1", "text": "x"}, "key")
+            )
     finally:
         await upstream.aclose()
 
