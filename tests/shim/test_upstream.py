@@ -17,7 +17,7 @@ from yarl import URL
 
 from mockserver.audio import encode
 from shim import Config
-from shim.errors import APIError
+from shim.errors import APIError, UpstreamError
 from shim.responses import StreamAborted
 from shim.testing import MockUpstream, decode_audio, free_port
 from shim.upstream import Upstream
@@ -152,8 +152,10 @@ async def test_an_upstream_that_was_never_reached_is_tried_again() -> None:
     finally:
         await upstream.aclose()
 
+    assert isinstance(caught.value, UpstreamError)  # the upstream layer's own error
     assert caught.value.code == "upstream_unreachable"
     assert caught.value.retryable is True
+    assert caught.value.billed is False  # never sent: not billed
     assert upstream.stats.tts_calls == 3
 
 
