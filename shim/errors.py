@@ -158,7 +158,8 @@ class APIError(Exception):
         raise AttributeError(f"errors are immutable: raise error.with_({name}=...) instead")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuilt, (type(self), dict(self.__dict__)))
+        # Pickled and copied field by field: ``__init__``'s arguments are not ``args``.
+        return (_rebuilt, (type(self), {**self.__dict__, "headers": dict(self.headers)}))
 
     def with_(
         self: _E,
@@ -244,6 +245,7 @@ def _rebuilt(cls: type[_E], fields: dict[str, Any]) -> _E:
     Exception.__init__(error, fields["message"])
     for name, value in fields.items():
         object.__setattr__(error, name, value)
+    object.__setattr__(error, "headers", MappingProxyType(dict(fields["headers"])))
     return error
 
 

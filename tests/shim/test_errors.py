@@ -3,6 +3,7 @@ upstream failures onto OpenAI's envelope."""
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 
@@ -32,6 +33,18 @@ def test_a_copy_keeps_a_request_id_it_had_and_drops_an_unsafe_one() -> None:
 
     assert known.with_(request_id="second").request_id == "first"
     assert unknown.with_(request_id="bad\r\nid").request_id is None
+
+
+def test_an_error_survives_copy_and_deepcopy_whole() -> None:
+    budget = errors.insufficient_quota("spent", resets_in=60)
+    upstream = errors.from_upstream(503, "down", retry_after=2.0, request_id="r-1")
+
+    for error in (budget, upstream):
+        for again in (copy.copy(error), copy.deepcopy(error)):
+            assert type(again) is type(error)
+            assert again.__dict__ == error.__dict__
+    assert copy.deepcopy(upstream).kind == "status"
+    assert dict(copy.copy(budget).headers) == {"retry-after": "60", "retry-after-ms": "60000"}
 
 
 def test_each_upstream_kind_has_its_envelope() -> None:
