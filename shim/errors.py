@@ -48,7 +48,6 @@ __all__ = [
     "type_name",
     "upstream_timeout",
     "upstream_unreachable",
-    "wrong_type",
 ]
 
 #: The longest ``Retry-After`` relayed to a client, seconds (the free tier's limit
@@ -252,9 +251,9 @@ def _rebuilt(cls: type[_E], fields: dict[str, Any]) -> _E:
 # -- the client's request -----------------------------------------------------------------
 
 
-def invalid(param: str | None, message: str, code: str | None = None) -> APIError:
+def invalid(param: str | None, message: str) -> APIError:
     """A 400 about the request (one field of it, ``param``), as OpenAI words them."""
-    return APIError(400, message, param=param, code=code)
+    return APIError(400, message, param=param)
 
 
 def type_name(value: Any) -> str:
@@ -262,21 +261,14 @@ def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def wrong_type(param: str, expected: str, value: Any) -> APIError:
-    """A 400 for a field of the wrong JSON type."""
-    return invalid(
-        param, f"Invalid type for '{param}': expected {expected}, got {type_name(value)}."
-    )
-
-
 def string_above_max_length(param: str | None, message: str) -> APIError:
     """A 400 for a string field that is too long."""
-    return invalid(param, message, "string_above_max_length")
+    return APIError(400, message, param=param, code="string_above_max_length")
 
 
 def empty_string(param: str | None, message: str) -> APIError:
     """A 400 for a string field that must not be empty."""
-    return invalid(param, message, "empty_string")
+    return APIError(400, message, param=param, code="empty_string")
 
 
 def model_not_found(message: str, param: str | None = "model") -> APIError:
