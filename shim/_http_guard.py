@@ -256,20 +256,18 @@ class _CheckedHead:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            from shim import errors
             from shim.browsers import TARGET_HOST
             from shim.context import context_of
-            from shim.errors import APIError
 
             target: bytes = scope.get("raw_path") or b""
             size = len(target) + len(scope.get("query_string", b"")) + _HEAD_FRAMING
             size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
             if size > MAX_HEADER_BYTES:
                 logger.warning("Request head over %d bytes: refused.", MAX_HEADER_BYTES)
-                error = APIError(
-                    431,
+                error = errors.request_header_fields_too_large(
                     f"The request head (request line and headers) is over "
-                    f"{MAX_HEADER_BYTES // 1024} KiB.",
-                    code="request_header_fields_too_large",
+                    f"{MAX_HEADER_BYTES // 1024} KiB."
                 )
                 await error.response(context_of(scope).request_id)(scope, receive, send)
                 return

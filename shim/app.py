@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shim import errors
 from shim.background import Background
 from shim.browsers import BrowserGate
 from shim.cache import DiskAudioStore, Outage, check_cache_dir, connect, open_cache
@@ -65,14 +66,15 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        error = APIError(404, f"Unknown request URL: {request.method} {request.url.path}.")
+        error = errors.not_found(f"Unknown request URL: {request.method} {request.url.path}.")
     elif exc.status_code == 405:
-        error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}.")
+        error = errors.http_error(
+            405, f"Method {request.method} is not allowed on {request.url.path}."
+        )
     else:
-        error = APIError(exc.status_code, str(exc.detail))
-    if exc.headers:
-        error.headers.update(exc.headers)  # ``Allow`` on a 405, say
-    return error.response(_request_id(request))
+        error = errors.http_error(exc.status_code, str(exc.detail))
+    # Starlette's own headers (``Allow`` on a 405, say) go out with it.
+    return error.response(_request_id(request), exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -80,11 +82,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     # logged where it happened, and this response is never sent.
     if not isinstance(exc, StreamAborted):
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    error = APIError(
-        500,
-        "The shim hit an internal error; the details are in its log.",
-        type="server_error",
-        retryable=True,
+    error = errors.internal_error(
+        "The shim hit an internal error; the details are in its log.", retryable=True
     )
     return error.response(_request_id(request))
 

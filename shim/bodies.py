@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from shim import errors
 from shim.errors import APIError
 
 __all__ = ["CLIENT_CLOSED", "read_json"]
@@ -36,29 +37,30 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             parts.append(chunk)
     except ClientDisconnect:
         # Nobody is left to answer; the status is for the access log (one info line).
-        raise APIError(
+        raise errors.client_closed_request(
             CLIENT_CLOSED,
             "The client closed the connection before sending the whole request body.",
-            code="client_closed_request",
         ) from None
     raw = b"".join(parts)
     if not raw.strip():
-        raise APIError(400, "The request body is empty; send a JSON object.")
+        raise errors.invalid(None, "The request body is empty; send a JSON object.")
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise APIError(400, f"The request body is not valid UTF-8 (byte {exc.start}).") from exc
+        raise errors.invalid(
+            None, f"The request body is not valid UTF-8 (byte {exc.start})."
+        ) from exc
     except RecursionError as exc:
-        raise APIError(400, "The request body is nested too deeply.") from exc
+        raise errors.invalid(None, "The request body is nested too deeply.") from exc
     except ValueError as exc:
-        raise APIError(
-            400,
+        raise errors.invalid(
+            None,
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             f"aren't using your HTTP library correctly.) Parser said: {exc}.",
         ) from exc
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
-        raise APIError(
-            400,
+        raise errors.invalid(
+            None,
             "The request body holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF not "
             "in a pair), which is not a character; send valid Unicode text.",
         )
@@ -75,8 +77,6 @@ def _encodable(value: Any) -> bool:
 
 
 def _too_large(max_bytes: int) -> APIError:
-    return APIError(
-        413,
-        f"The request body is larger than this shim accepts ({max_bytes} bytes).",
-        code="request_too_large",
+    return errors.request_too_large(
+        f"The request body is larger than this shim accepts ({max_bytes} bytes)."
     )

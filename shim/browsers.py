@@ -28,6 +28,7 @@ from __future__ import annotations
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shim import errors
 from shim.config import Config
 from shim.context import context_of
 from shim.errors import APIError, shown
@@ -86,11 +87,9 @@ class BrowserGate:
             await self.app(scope, receive, send)
             return
         if not self.cors.is_allowed_origin(origin):
-            error = APIError(
-                403,
+            error = errors.origin_not_allowed(
                 f"Requests from web pages on {shown(origin)} are not allowed by this "
-                "tts-shim; its operator can allow an origin with --cors-origin.",
-                code="origin_not_allowed",
+                "tts-shim; its operator can allow an origin with --cors-origin."
             )
             await _refuse(error, scope, receive, send)
             return
@@ -99,28 +98,24 @@ class BrowserGate:
     def _host_error(self, hosts: list[str], scope: Scope) -> APIError | None:
         """Why the ``Host`` headers (or an absolute-form target) refuse the request."""
         if len(hosts) > 1:
-            return APIError(
-                400,
-                f"The request has {len(hosts)} Host headers; send exactly one.",
-                code="duplicate_host",
+            return errors.duplicate_host(
+                f"The request has {len(hosts)} Host headers; send exactly one."
             )
         if not self.host_check:
             return None
         target = scope.get(TARGET_HOST)
         if target is not None and not self._host_allowed(target, scope):
-            return APIError(
+            return errors.host_not_allowed(
                 400,
                 f"This tts-shim does not answer to {shown(target)}, the host named in the "
                 "request line. Call it by its address or localhost, or start it with "
                 "--allowed-host for this name.",
-                code="host_not_allowed",
             )
         if hosts and not self._host_allowed(hosts[0], scope):
-            return APIError(
+            return errors.host_not_allowed(
                 421,
                 f"This tts-shim does not answer to the Host {shown(hosts[0])}. Call it by "
                 "its address or localhost, or start it with --allowed-host for this name.",
-                code="host_not_allowed",
             )
         return None
 

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from shim import errors
 from shim.errors import APIError
 
 __all__ = [
@@ -102,12 +103,10 @@ def resolve_model(model_id: str) -> SpeechModel | None:
 
 def unknown_model(model: str, param: str = "model") -> APIError:
     """The 404 OpenAI sends for a model it does not serve."""
-    return APIError(
-        404,
+    return errors.model_not_found(
         f"The model `{model}` does not exist or is not served by this shim, which serves "
         "only the speech models tts-1, tts-1-hd and gpt-4o-mini-tts.",
-        param=param,
-        code="model_not_found",
+        param,
     )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from shim import errors
 from shim.bodies import read_json
 from shim.contract import CHAT_FORMATS, DEFAULT_FORMAT, ChatRequest
 from shim.errors import APIError
@@ -188,12 +189,9 @@ async def _whole(speech: AsyncIterable[bytes], cap: int) -> bytes:
     async for chunk in speech:
         size += len(chunk)
         if size > cap:
-            raise APIError(
-                502,
+            raise errors.audio_too_large(
                 f"The audio is over {cap} bytes, the most this shim answers in one chat "
-                "completion (--max-chat-audio-bytes); ask for it with `stream: true`.",
-                type="server_error",
-                code="audio_too_large",
+                "completion (--max-chat-audio-bytes); ask for it with `stream: true`."
             )
         parts.append(chunk)
     return b"".join(parts)

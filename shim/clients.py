@@ -40,8 +40,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import Headers
 
+from shim import errors
 from shim.config import Config, ConfigError, StartupError
-from shim.errors import APIError
 from shim.keys import bearer_token
 
 if sys.version_info >= (3, 11):
@@ -245,10 +245,8 @@ class ClientKeys:
         """The request's client (for its context, :mod:`shim.context`), or OpenAI's 401."""
         client = self.identify(headers)
         if client is None:
-            raise APIError(
-                401,
+            raise errors.invalid_api_key(
                 "Incorrect or missing API key for this shim. Send one of its client keys "
-                "as the bearer token.",
-                code="invalid_api_key",
+                "as the bearer token."
             )
         return client

@@ -15,7 +15,7 @@ OpenAI does (``messages[0].content[1].text``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
+from shim import errors
 from shim.catalog import FORMATS, MODELS, UPSTREAM_VOICES, SpeechModel, resolve_model, unknown_model
 from shim.config import MAX_INPUT_CHARS
 from shim.errors import APIError, shown, type_name
@@ -526,11 +527,11 @@ _OWN = frozenset(
         "audio_output_required",
     }
 )
-# pydantic's or this module's error type -> OpenAI's ``code``.
-_CODES = {
-    "string_too_long": "string_above_max_length",
-    "string_above_max_length": "string_above_max_length",
-    "empty_string": "empty_string",
+# pydantic's or this module's error type -> the error with OpenAI's ``code`` for it.
+_BY_KIND: dict[str, Callable[[str | None, str], APIError]] = {
+    "string_too_long": errors.string_above_max_length,
+    "string_above_max_length": errors.string_above_max_length,
+    "empty_string": errors.empty_string,
 }
 
 
@@ -577,7 +578,7 @@ def api_error(error: ValidationError) -> APIError:
     else:  # ``invalid_value`` (the message is a hint), or any other pydantic check
         hint = first["msg"] if first["msg"].endswith(".") else f"{first['msg']}."
         message = f"Invalid value for '{name}': {shown(value)}. {hint}"
-    return APIError(400, message, param=param, code=_CODES.get(kind))
+    return _BY_KIND.get(kind, errors.invalid)(param, message)
 
 
 class SchemaGenerator(GenerateJsonSchema):

@@ -6,8 +6,8 @@ import hmac
 
 from starlette.datastructures import Headers
 
+from shim import errors
 from shim.config import Config
-from shim.errors import APIError
 
 __all__ = ["CATALOG_PATHS", "Keys", "bearer_token"]
 
@@ -63,11 +63,9 @@ class Keys:
         for key in self._client_keys:
             matched |= hmac.compare_digest(token, key)
         if not matched:
-            raise APIError(
-                401,
+            raise errors.invalid_api_key(
                 "Incorrect or missing API key for this shim. Send one of the keys in "
-                "TTS_SHIM_API_KEYS as the bearer token.",
-                code="invalid_api_key",
+                "TTS_SHIM_API_KEYS as the bearer token."
             )
 
     def upstream_key(self, headers: Headers) -> str:
@@ -76,19 +74,15 @@ class Keys:
         if self._key_header is not None:
             return self._from_key_header(headers, self._key_header)
         if self._client_keys:
-            raise APIError(
-                500,
+            raise errors.internal_error(
                 "This tts-shim has client keys but no AI/ML key to pay with; its operator "
-                "must set AIMLAPI_KEY or --upstream-key-header.",
-                type="server_error",
+                "must set AIMLAPI_KEY or --upstream-key-header."
             )
         key = bearer_token(headers)
         if not key:
-            raise APIError(
-                401,
+            raise errors.invalid_api_key(
                 "You didn't provide an API key. Send your AI/ML API key as the bearer token "
-                "(OPENAI_API_KEY for the OpenAI SDK), or start the shim with AIMLAPI_KEY set.",
-                code="invalid_api_key",
+                "(OPENAI_API_KEY for the OpenAI SDK), or start the shim with AIMLAPI_KEY set."
             )
         return key
 
@@ -99,10 +93,8 @@ class Keys:
         if scheme.lower() == "bearer":  # tolerated: some clients add it out of habit
             value = rest.strip()
         if not value:
-            raise APIError(
-                401,
+            raise errors.invalid_api_key(
                 f"You didn't provide an AI/ML API key. This shim takes it in the {name} "
-                "header (your shim key goes in Authorization as the bearer token).",
-                code="invalid_api_key",
+                "header (your shim key goes in Authorization as the bearer token)."
             )
         return value

@@ -19,6 +19,7 @@ import contextlib
 
 import anyio
 
+from shim import errors
 from shim.config import Config
 from shim.errors import APIError
 
@@ -133,13 +134,9 @@ class Capacity:
 
     def _busy(self) -> APIError:
         self.rejected += 1
-        return APIError(
-            429,
+        return errors.rate_limit_exceeded(
             f"This tts-shim is at capacity ({self.limit} requests in progress, "
             f"{self.queued} waiting). Retry after {RETRY_AFTER} s.",
-            type="requests",
-            code="rate_limit_exceeded",
-            retryable=True,
             retry_after=RETRY_AFTER,
         )
 
@@ -156,12 +153,8 @@ class Capacity:
 
 def draining_error() -> APIError:
     """The 503 for work that arrives, or is still waiting, once the shim is shutting down."""
-    return APIError(
-        503,
+    return errors.service_unavailable(
         "This tts-shim is shutting down and takes no new requests; retry on another "
         "instance or after it restarts.",
-        type="server_error",
-        code="service_unavailable",
-        retryable=True,
         retry_after=RETRY_AFTER,
     )

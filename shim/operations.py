@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shim import errors
 from shim.clients import Client, ClientKeys
 from shim.config import Config
 from shim.context import RequestContext, context_of
@@ -213,10 +214,8 @@ def _operator_check(request: Request, config: Config) -> None:
         return
     token = (bearer_token(request.headers) or "").encode()
     if not hmac.compare_digest(token, config.metrics_key.encode()):
-        raise APIError(
-            401,
-            "This route needs the shim's metrics key (--metrics-key) as the bearer token.",
-            code="invalid_api_key",
+        raise errors.invalid_api_key(
+            "This route needs the shim's metrics key (--metrics-key) as the bearer token."
         )
 
 
@@ -271,9 +270,7 @@ async def operator_usage_endpoint(request: Request) -> Response:
     _operator_check(request, ops.config)
     raw = request.query_params.get("days", "7")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPORT_DAYS:
-        raise APIError(
-            400, f"'days' must be a whole number from 1 to {MAX_REPORT_DAYS}.", param="days"
-        )
+        raise errors.invalid("days", f"'days' must be a whole number from 1 to {MAX_REPORT_DAYS}.")
     report = await ops.quota.report(int(raw))
     days = [
         {"day": day, "keys": {name: _usage_json(u) for name, u in sorted(keys.items())}}

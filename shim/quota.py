@@ -41,6 +41,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 
+from shim import errors
 from shim.cache.outage import Outage, RedisDown
 from shim.clients import Client
 from shim.errors import APIError
@@ -450,11 +451,12 @@ class Bill:
             self._uncounted = True
             return
         if refused is not None:
-            self.refused = "insufficient_quota"
             budget = limits.usd_per_day if refused == "day" else limits.usd_per_month
             now = self.quota.clock()
             wait = _until_next_day(now) if refused == "day" else _until_next_month(now)
-            raise _over_budget(refused, budget or 0.0, wait)
+            error = _over_budget(refused, budget or 0.0, wait)
+            self.refused = error.code
+            raise error
         if self._closed:  # the request ended while the reservation was on its way
             await self._add(-characters, -micros)
         else:
@@ -608,20 +610,13 @@ class Quota:
 
 def _over_rate(kind: str, limit: int, cost: int, wait: float | None) -> APIError:
     if wait is None:
-        return APIError(
-            429,
+        return errors.rate_limit_exceeded(
             f"This request has {cost} characters, more than this key may send in a minute "
-            f"({limit}); split the text.",
-            type="requests",
-            code="rate_limit_exceeded",
+            f"({limit}); split the text."
         )
     seconds = max(1, math.ceil(wait))
-    return APIError(
-        429,
+    return errors.rate_limit_exceeded(
         f"Rate limit reached for this key: {limit} {kind} per minute. Retry after {seconds} s.",
-        type="requests",
-        code="rate_limit_exceeded",
-        retryable=True,
         retry_after=seconds,
     )
 
@@ -629,26 +624,17 @@ def _over_rate(kind: str, limit: int, cost: int, wait: float | None) -> APIError
 def _over_budget(window: str, budget: float, wait: float) -> APIError:
     period = "today (UTC)" if window == "day" else "this month (UTC)"
     seconds = max(1, math.ceil(wait))
-    return APIError(
-        429,
+    return errors.insufficient_quota(
         f"This key has reached its budget of ${budget:g} for {period}; it resets in {seconds} s.",
-        type="insufficient_quota",
-        code="insufficient_quota",
-        # Set here, not as ``retry_after``: the envelope caps that at an hour, and the
-        # budget frees only when its window turns.
-        headers={"retry-after": str(seconds), "retry-after-ms": str(seconds * 1000)},
+        resets_in=seconds,
     )
 
 
 def _unavailable(what: str) -> APIError:
     # A key with limits is never served uncounted, and usage is never made up: the
     # counter store is unreachable. The outage's one warning is in the log.
-    return APIError(
-        503,
+    return errors.service_unavailable(
         f"The shim cannot read {what} right now: its counter store (Redis) does not "
         "answer. Retry shortly.",
-        type="server_error",
-        code="service_unavailable",
-        retryable=True,
         retry_after=1,
     )

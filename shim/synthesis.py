@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio
 
-from shim import audio
+from shim import audio, errors
 from shim.cache import CacheKey, Hit, Miss
 from shim.config import MAX_INPUT_CHARS
 from shim.context import Calls, RequestContext
@@ -130,11 +130,8 @@ class Speech:
         except Exception as exc:
             # Whatever broke, it ends as an APIError, which the response turns into
             # an aborted transfer (and an ``error`` event first, for SSE clients).
-            raise APIError(
-                502,
+            raise errors.audio_download_failed(
                 f"The audio could not be delivered: {type(exc).__name__}.",
-                type="server_error",
-                code="audio_download_failed",
                 request_id=self.request_id,
             ) from exc
         finally:
@@ -261,11 +258,8 @@ async def _first_audio(
             await chunks.aclose()
         if isinstance(exc, TimeoutError):
             # Final: the generation request was out, and may have been billed.
-            raise APIError(
-                504,
+            raise errors.timeout(
                 f"The AI/ML API did not deliver audio within the shim's {deadline:g} s deadline.",
-                type="server_error",
-                code="timeout",
                 request_id=facts.request_id,
             ) from exc
         if isinstance(exc, audio.TranscodeError):
@@ -527,10 +521,7 @@ async def _close_pieces(tasks: list[asyncio.Task[_Prepared]]) -> None:
 
 
 def _transcode_failed(exc: Exception, request_id: str | None) -> APIError:
-    return APIError(
-        502,
+    return errors.bad_upstream_audio(
         f"The upstream audio could not be converted to the requested format: {exc}",
-        type="server_error",
-        code="bad_upstream_audio",
         request_id=request_id,
     )

@@ -19,8 +19,8 @@ import io
 
 import anyio
 
+from shim import errors
 from shim.catalog import FORMATS
-from shim.errors import APIError
 
 __all__ = ["WHOLE_FILE_FORMATS", "whole_file", "whole_file_sync"]
 
@@ -60,10 +60,7 @@ async def whole_file(audio: bytes, fmt: str, request_id: str | None = None) -> b
     try:
         return await anyio.to_thread.run_sync(whole_file_sync, audio, fmt)
     except Exception as exc:  # FFmpeg errors come in many classes
-        raise APIError(
-            502,
+        raise errors.bad_upstream_audio(
             f"The upstream {fmt} audio could not be read to its end: {type(exc).__name__}.",
-            type="server_error",
-            code="bad_upstream_audio",
             request_id=request_id,
         ) from exc

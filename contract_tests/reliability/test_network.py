@@ -36,7 +36,7 @@ async def _speak(config: Config) -> bytes:
     """One generation through a fresh upstream client, the audio read whole."""
     upstream = Upstream(config)
     try:
-        stream = await upstream.generate_audio(BODY, KEY)
+        stream = await upstream.open(await upstream.generate(BODY, KEY))
         return b"".join([chunk async for chunk in stream])
     finally:
         await upstream.aclose()

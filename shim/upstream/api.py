@@ -1,6 +1,6 @@
 """The AI/ML API as the shim uses it: one generation, then its audio.
 
-:meth:`Upstream.generate_audio` reads top to bottom (:meth:`~Upstream.generate`, then
+:class:`Upstream` reads top to bottom (:meth:`~Upstream.generate`, then
 :meth:`~Upstream.open`, which long texts call apart to generate ahead): post the billed
 generation request (:mod:`~shim.upstream.generation`, retried only where it cannot have been
 billed), find the audio in the reply (:mod:`~shim.upstream.replies`), then open it
@@ -25,7 +25,7 @@ from yarl import URL
 
 from shim.config import Config
 from shim.context import Calls
-from shim.errors import APIError
+from shim.errors import UpstreamError
 from shim.upstream.clients import Proxies, build_session
 from shim.upstream.download import (
     Validators,
@@ -100,13 +100,6 @@ class Upstream:
         await self._api.close()
         await self._cdn.close()
 
-    async def generate_audio(
-        self, body: dict[str, Any], key: str, *, decode_all: bool = True
-    ) -> AudioStream:
-        """Generate speech for an AI/ML ``/v1/tts`` body and open its audio."""
-        ref = await self.generate(body, key, decode_all=decode_all)
-        return await self.open(ref, decode_all=decode_all)
-
     async def generate(
         self,
         body: dict[str, Any],
@@ -133,11 +126,9 @@ class Upstream:
         download is noted on ``calls``."""
         try:
             return await self._open(ref, decode_all, calls)
-        except APIError as exc:
+        except UpstreamError as exc:
             # The generation was billed: a client retry would pay again for this audio.
-            exc.retryable = False
-            exc.request_id = exc.request_id or ref.request_id
-            raise
+            raise exc.with_(retryable=False, request_id=ref.request_id) from exc.__cause__
 
     async def _generate(
         self,
@@ -170,9 +161,8 @@ class Upstream:
             # arrives, by the task that holds it (and closes it if it is abandoned).
             try:
                 ref.stream = await self.open(ref, decode_all=decode_all)
-            except APIError as exc:
-                exc.billed = True  # a 2xx
-                raise
+            except UpstreamError as exc:
+                raise exc.with_(billed=True) from exc.__cause__  # a 2xx
         return ref
 
     def _answered(
@@ -248,10 +238,9 @@ class Upstream:
         try:
             policy = RetryPolicy(left - 1, self.config.max_retry_wait)
             return await policy.run(self._reopen, link, offset, crc)
-        except APIError as exc:
+        except UpstreamError as exc:
             # Audio went out: the client's retry would pay for a new generation.
-            exc.retryable = False
-            raise
+            raise exc.with_(retryable=False) from exc.__cause__
 
     async def _reopen(self, link: _Link, offset: int, crc: int) -> Resumed:
         assert link.first is not None
@@ -272,7 +261,7 @@ def _billed(attempt: asyncio.Task[AudioRef]) -> bool:
     if attempt.cancelled():
         return True
     error = attempt.exception()
-    return error is None or not isinstance(error, APIError) or error.billed
+    return error is None or not isinstance(error, UpstreamError) or error.billed
 
 
 class _noted:

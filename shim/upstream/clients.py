@@ -29,8 +29,9 @@ import aiohttp
 import certifi
 from yarl import URL
 
+from shim import errors
 from shim.config import Config, StartupError
-from shim.errors import APIError
+from shim.errors import UpstreamError
 
 __all__ = [
     "USER_AGENT",
@@ -150,25 +151,19 @@ def never_sent(exc: BaseException) -> bool:
     return isinstance(exc, _NEVER_SENT)
 
 
-def transport_error(exc: Exception, peer: str, *, retryable: bool) -> APIError:
-    """The envelope for a failed exchange with ``peer``: a timeout is a 504,
-    anything else (refused, reset, not HTTP) a 502."""
+def transport_error(
+    exc: Exception, peer: str, *, retryable: bool, request_id: str | None = None
+) -> UpstreamError:
+    """What a failed exchange with ``peer`` was: timed out, or anything else (refused,
+    reset, not HTTP)."""
     if isinstance(exc, TimeoutError):
-        return APIError(
-            504,
-            f"Timed out waiting for {peer}.",
-            type="server_error",
-            code="timeout",
-            retryable=retryable,
+        return errors.upstream_timeout(
+            f"Timed out waiting for {peer}.", retryable=retryable, request_id=request_id
         )
     connecting = never_sent(exc)
     what = f"Could not reach {peer}" if connecting else f"The connection to {peer} failed"
-    return APIError(
-        502,
-        f"{what}: {describe(exc)}.",
-        type="server_error",
-        code="upstream_unreachable",
-        retryable=retryable,
+    return errors.upstream_unreachable(
+        f"{what}: {describe(exc)}.", retryable=retryable, request_id=request_id
     )
 
 

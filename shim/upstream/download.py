@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from shim import errors
 from shim.config import Origin, origin_of
-from shim.errors import APIError
+from shim.errors import UpstreamError
 from shim.upstream.clients import Proxies, describe, transport_error
 from shim.upstream.stream import (
     Resumed,
@@ -71,30 +72,21 @@ async def fetch_audio(
                 checked, allow_redirects=False, proxy=proxies.for_url(checked), headers=headers
             )
         except Exception as exc:
-            error = transport_error(exc, PEER, retryable=True)
-            error.request_id = request_id
-            raise error from exc
+            raise transport_error(exc, PEER, retryable=True, request_id=request_id) from exc
         if response.status in _REDIRECTS and "location" in response.headers:
             response.release()
             target = _parsed(response.headers["location"], base=checked)
             continue
         if response.status >= 400 and not (response.status == 416 and headers):
             response.release()
-            raise APIError(
-                502,
+            raise errors.audio_download_failed(
                 f"The audio CDN answered {response.status} for the generated audio.",
-                type="server_error",
-                code="audio_download_failed",
                 retryable=response.status in (408, 429) or response.status >= 500,
                 request_id=request_id,
             )
         return response
-    raise APIError(
-        502,
-        "The audio CDN redirected too many times.",
-        type="server_error",
-        code="audio_download_failed",
-        request_id=request_id,
+    raise errors.audio_download_failed(
+        "The audio CDN redirected too many times.", request_id=request_id
     )
 
 
@@ -118,12 +110,9 @@ def _check_origin(url: URL | None, origins: frozenset[Origin], request_id: str |
     origin = None if url is None else origin_of(url)
     if url is None or origin not in origins:
         shown = "not an http(s) URL" if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
-        raise APIError(
-            502,
+        raise errors.audio_origin_not_allowed(
             "The AI/ML API pointed at audio on an origin this shim does not trust "
             f"({shown}). Add it with --audio-origin if it is legitimate.",
-            type="server_error",
-            code="audio_origin_not_allowed",
             request_id=request_id,
         )
     return url
@@ -235,7 +224,7 @@ async def _skip(chunks: AsyncIterator[bytes], offset: int, crc: int) -> AsyncIte
             check = zlib.crc32(chunk[:take], check)
             seen += take
             chunk = chunk[take:]
-    except APIError:
+    except UpstreamError:
         raise
     except Exception as exc:  # aiohttp's: reset, read timeout, bad framing
         raise download_error(
@@ -253,6 +242,6 @@ async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
         yield chunk
 
 
-def _not_the_same(why: str) -> APIError:
+def _not_the_same(why: str) -> UpstreamError:
     """A resumed download that is not the rest of the audio already sent: final."""
     return download_error(f"the resumed download is not the same audio ({why})")

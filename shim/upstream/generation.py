@@ -21,7 +21,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from shim.errors import APIError, clean_request_id, from_upstream
+from shim import errors
+from shim.errors import UpstreamError, clean_request_id
 from shim.upstream.clients import never_sent, transport_error
 from shim.upstream.replies import AudioRef, error_message, find_audio
 from shim.upstream.stream import media_type
@@ -53,19 +54,17 @@ async def post_generation(
             proxy=proxy,
         )
     except Exception as exc:
-        error = transport_error(exc, PEER, retryable=never_sent(exc))
-        error.billed = not error.retryable
-        raise error from exc
+        sent = not never_sent(exc)
+        raise transport_error(exc, PEER, retryable=not sent).with_(billed=sent) from exc
     request_id = safe_request_id(response.headers.get("x-request-id"), key)
     if response.status >= 400:
         raise await _upstream_error(response, request_id, key)  # billed nothing
     try:
         return await _accepted(response, request_id)
-    except APIError as exc:
+    except UpstreamError as exc:
         # A 2xx: the generation was made (and billed), whatever came with it; a
         # redirect (never followed) made nothing.
-        exc.billed = response.status < 300
-        raise
+        raise exc.with_(billed=response.status < 300) from exc.__cause__
 
 
 async def _accepted(response: aiohttp.ClientResponse, request_id: str | None) -> AudioRef:
@@ -75,21 +74,16 @@ async def _accepted(response: aiohttp.ClientResponse, request_id: str | None) ->
     try:
         raw = await _read_capped(response, _MAX_JSON_REPLY)
     except Exception as exc:  # broke off or stalled mid-body, after the status line
-        error = transport_error(exc, PEER, retryable=False)
-        error.request_id = request_id
-        raise error from exc
+        raise transport_error(exc, PEER, retryable=False, request_id=request_id) from exc
     try:
         payload = json.loads(raw) if raw is not None else None
     except ValueError:
         payload = None
     if payload is None:
-        raise APIError(
-            502,
+        raise errors.bad_upstream_response(
             "The AI/ML API answered the generation request with a body that is neither "
             f"JSON nor audio (content type {media_type(response) or 'missing'!r}, "
             f"{'over the size cap' if raw is None else f'{len(raw)} bytes'}).",
-            type="server_error",
-            code="bad_upstream_response",
             request_id=request_id,
         )
     return find_audio(payload, request_id)
@@ -134,7 +128,7 @@ def _finite(text: str) -> float | None:
 
 async def _upstream_error(
     response: aiohttp.ClientResponse, request_id: str | None, key: str
-) -> APIError:
+) -> UpstreamError:
     try:
         raw = await _read_capped(response, _MAX_ERROR_BODY) or b""
     except Exception:  # broken off: the status alone will do
@@ -149,7 +143,7 @@ async def _upstream_error(
     if message and key and key in message:
         # An upstream that echoes the key must not hand it to the client (or the log).
         message = message.replace(key, "[redacted]")
-    return from_upstream(
+    return errors.from_upstream(
         response.status,
         message,
         request_id=request_id or safe_request_id(body_id, key),

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from shim.errors import APIError
+from shim import errors
 from shim.upstream.stream import AudioStream
 
 __all__ = ["AudioRef", "error_message", "find_audio"]
@@ -54,13 +54,10 @@ def find_audio(payload: Any, request_id: str | None) -> AudioRef:
         if inline is not None:
             return AudioRef(request_id, inline=inline)
     keys = ", ".join(sorted(map(str, payload))) or "nothing"
-    raise APIError(
-        502,
+    raise errors.no_audio_in_reply(
         "The AI/ML API reported success but its reply has no audio reference "
         f"(it held: {keys}; upstream request id {request_id or 'unknown'}). "
         "Nothing was streamed.",
-        type="server_error",
-        code="no_audio_in_reply",
         request_id=request_id,
     )
 

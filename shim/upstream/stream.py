@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import aiohttp
 
-from shim.errors import APIError
+from shim import errors
+from shim.errors import UpstreamError
 from shim.upstream.clients import describe
 from shim.upstream.verifier import MAX_HEAD_BYTES, BadAudio, Verifier, check_whole, first_frames
 
@@ -72,7 +73,7 @@ class Resumed(NamedTuple):
 
 
 #: How a stream is resumed: ``resume(received, crc32 of those bytes, why it was cut)``;
-#: raises an :class:`APIError` when it cannot be.
+#: raises an :class:`~shim.errors.UpstreamError` when it cannot be.
 Resume = Callable[[int, int, str], Awaitable[Resumed]]
 
 
@@ -129,7 +130,7 @@ class AudioStream:
                         if verifier is not None:
                             await verifier.feed(chunk)
                         yield chunk
-                except (APIError, BadAudio):
+                except (UpstreamError, BadAudio):
                     raise
                 except Exception as exc:  # aiohttp's: reset, read timeout, bad framing
                     cut = f"the audio download broke off: {describe(exc)}"
@@ -217,11 +218,8 @@ async def open_stream(
     expected = announced_length(response)
     if expected is not None and expected > max_bytes:
         response.close()
-        raise APIError(
-            502,
+        raise errors.audio_too_large(
             f"The generated audio is {expected} bytes, over the shim's {max_bytes}-byte cap.",
-            type="server_error",
-            code="audio_too_large",
             request_id=request_id,
         )
     chunks: AsyncIterator[bytes] = response.content.iter_any()
@@ -258,7 +256,7 @@ async def open_stream(
             verifier.close()
         if isinstance(exc, BadAudio):
             raise bad_audio(str(exc), fmt or "audio", request_id, retryable) from exc
-        if isinstance(exc, Exception) and not isinstance(exc, APIError):
+        if isinstance(exc, Exception) and not isinstance(exc, UpstreamError):
             raise download_error(f"the audio download failed: {describe(exc)}", retryable) from exc
         raise
     return AudioStream(
@@ -301,11 +299,8 @@ async def inline_stream(
     if fmt is None or len(data) < MIN_AUDIO_BYTES:
         raise not_audio(f"inline, {len(data)} bytes", request_id)
     if len(data) > max_bytes:
-        raise APIError(
-            502,
+        raise errors.audio_too_large(
             f"The generated audio is {len(data)} bytes, over the shim's {max_bytes}-byte cap.",
-            type="server_error",
-            code="audio_too_large",
             request_id=request_id,
         )
     try:
@@ -330,38 +325,30 @@ def media_type(response: aiohttp.ClientResponse) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def not_audio(what: str, request_id: str | None, retryable: bool = False) -> APIError:
+def not_audio(what: str, request_id: str | None, retryable: bool = False) -> UpstreamError:
     """The 502 for a reply that is not audio in any format the shim knows."""
-    return APIError(
-        502,
+    return errors.bad_upstream_audio(
         f"The upstream audio is empty, too short, or in no format the shim recognises ({what}).",
-        type="server_error",
-        code="bad_upstream_audio",
         retryable=retryable,
         request_id=request_id,
     )
 
 
-def bad_audio(problem: str, fmt: str, request_id: str | None, retryable: bool = False) -> APIError:
+def bad_audio(
+    problem: str, fmt: str, request_id: str | None, retryable: bool = False
+) -> UpstreamError:
     """The 502 for audio that does not decode as the format it claims to be."""
-    return APIError(
-        502,
+    return errors.bad_upstream_audio(
         f"The upstream audio is not valid {fmt}: {problem}.",
-        type="server_error",
-        code="bad_upstream_audio",
         retryable=retryable,
         request_id=request_id,
     )
 
 
-def download_error(message: str, retryable: bool = False) -> APIError:
+def download_error(message: str, retryable: bool = False) -> UpstreamError:
     """The 502 for audio that could not be fetched or streamed whole."""
-    return APIError(
-        502,
-        f"The audio could not be delivered: {message}.",
-        type="server_error",
-        code="audio_download_failed",
-        retryable=retryable,
+    return errors.audio_download_failed(
+        f"The audio could not be delivered: {message}.", retryable=retryable
     )
 
 

@@ -17,7 +17,7 @@ from yarl import URL
 
 from mockserver.audio import encode
 from shim import Config
-from shim.errors import APIError
+from shim.errors import APIError, UpstreamError
 from shim.responses import StreamAborted
 from shim.testing import MockUpstream, decode_audio, free_port
 from shim.upstream import Upstream
@@ -146,12 +146,16 @@ async def test_an_upstream_that_was_never_reached_is_tried_again() -> None:
     upstream = Upstream(config)
     try:
         with pytest.raises(APIError) as caught:
-            await upstream.generate_audio({"model": "openai/tts-1", "text": "x"}, "key")
+            await upstream.open(
+                await upstream.generate({"model": "openai/tts-1", "text": "x"}, "key")
+            )
     finally:
         await upstream.aclose()
 
+    assert isinstance(caught.value, UpstreamError)  # the upstream layer's own error
     assert caught.value.code == "upstream_unreachable"
     assert caught.value.retryable is True
+    assert caught.value.billed is False  # never sent: not billed
     assert upstream.stats.tts_calls == 3
 
 
