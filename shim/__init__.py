@@ -1,4 +1,10 @@
-"""tts-shim: OpenAI's ``/v1/audio/speech`` in front of the AI/ML API's ``/v1/tts``."""
+"""tts-shim: OpenAI's ``/v1/audio/speech`` in front of the AI/ML API's ``/v1/tts``.
+
+The public API is what this module exports (:class:`Config`, :func:`create_app`,
+``__version__``), the test helpers in :mod:`shim.testing` and the pytest plugin
+(:mod:`shim.plugin`, loaded by its entry point). Every other module is internal: its
+names may change in any release.
+"""
 
 from __future__ import annotations
 
