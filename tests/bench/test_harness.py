@@ -146,7 +146,7 @@ def test_report_flags_a_collapse_at_c64() -> None:
 def test_report_states_the_peer_ratio_from_the_same_run() -> None:
     text = report.markdown(results())
     assert (
-        "| at least 8x less CPU per speech request than the LiteLLM proxy, c=16, same run "
+        "| at least 4x less CPU per speech request than the LiteLLM proxy, c=16, same run "
         "| 9.00x (LiteLLM proxy 1,260 µs, shim 140 µs) | yes |"
     ) in text
     assert "| LiteLLM proxy | 1,260 | 9.00x | 150 | 0 | 90.00 | 180.00 | 60 " in text
