@@ -132,6 +132,7 @@ def marker_steps(node: pytest.Item) -> list[dict[str, Any]]:
 
 def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimServer:
     from mockserver import BackgroundServer
+    from shim._http_guard import guarded
     from shim.app import create_app
     from shim.config import Config
 
@@ -144,8 +145,10 @@ def _start_shim(stack: ExitStack, mock: MockUpstream, **settings: Any) -> ShimSe
     settings.setdefault("max_retry_wait", 0.0)
     config = Config(**settings)
     app = create_app(config)
+    # Served as `tts-shim serve` serves it: with its request-head cap and head timeout.
+    served, guard = guarded(app, head_timeout=config.head_timeout)
     server: BackgroundServer = stack.enter_context(
-        BackgroundServer(app, timeout_keep_alive=config.keep_alive_timeout)
+        BackgroundServer(served, timeout_keep_alive=config.keep_alive_timeout, **guard)
     )
     return ShimServer(server.url, config, mock, app)
 

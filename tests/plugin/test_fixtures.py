@@ -246,3 +246,30 @@ def test_loading_the_plugin_imports_none_of_the_servers(
     result = pytester.runpytest_subprocess("-p", "tts_shim", "-p", "no:cacheprovider")
 
     result.assert_outcomes(passed=1)
+
+
+def test_the_test_shim_guards_request_heads_as_tts_shim_serve_does(
+    pytester: pytest.Pytester,
+) -> None:
+    # A user's test that checks how their client copes with a refused head sees what
+    # production answers: the 64 KiB cap and the head timeout are the served shim's own.
+    pytester.makepyfile(
+        """
+        import socket, time
+
+        def test_a_head_over_the_cap_is_refused(tts_shim):
+            r = __import__("httpx").get(tts_shim.url + "/healthz",
+                                       headers={"x-big": "a" * (70 * 1024)})
+            assert r.status_code == 400
+
+        def test_a_silent_connection_is_closed_after_the_head_timeout(tts_shim_factory):
+            shim = tts_shim_factory(head_timeout=0.5)
+            host, port = shim.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                started = time.monotonic()
+                assert sock.recv(1) == b""  # closed by the shim, not by our timeout
+            assert time.monotonic() - started < 4
+        """
+    )
+
+    pytester.runpytest().assert_outcomes(passed=2)
