@@ -72,10 +72,14 @@ CHAT_FORMATS: dict[str, str] = {
 DEFAULT_FORMAT = "wav"
 DEFAULT_VOICE = "alloy"  # the upstream's documented default
 
-# JSON Schema for "holds something other than whitespace". Python's ``\S`` and
-# ``str.isspace`` agree character for character, so the schema and ``_not_blank``
-# accept the same strings (the tools that read the schema here use Python's ``re``).
-_NOT_BLANK = r"\S"
+# JSON Schema for "holds something other than whitespace": a character outside exactly
+# the set ``str.isspace`` calls whitespace, spelt out, because what ``\S`` means differs
+# between regex dialects (JavaScript's leaves out U+001C-001F and U+0085, and a tool
+# reading the schema may read it so), and the schema and ``_not_blank`` must accept the
+# same strings.
+_NOT_BLANK = (
+    "[^\t\n\u000b\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
 _VOICE_LIST = ", ".join(UPSTREAM_VOICES)
 
 
