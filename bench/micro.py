@@ -29,65 +29,6 @@ async def per_call(n: int, make: Callable[[], Awaitable[Any]]) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
-async def clients() -> tuple[float, float]:
-    """CPU µs per POST + GET pair at c=16: aiohttp, then httpx's API over aiohttp."""
-    import tempfile
-
-    import aiohttp
-    import httpx
-    from httpx_aiohttp import HttpxAiohttpClient
-
-    from bench.run import TRIVIAL, Proc, free_port
-
-    port = free_port()
-    root = f"http://127.0.0.1:{port}"
-    audio = Path(tempfile.mkdtemp()) / "speech.mp3"
-    audio.write_bytes(bytes(18_000))
-    server = Proc(
-        "trivial",
-        [sys.executable, str(TRIVIAL), "--port", str(port), "--audio", str(audio)],
-        port,
-        audio.parent,
-    )
-    body, headers = b'{"model":"tts-1"}', {"content-type": "application/json"}
-    try:
-        server.wait_ready("/ping")
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-        async def plain() -> None:
-            async with session.post(root + "/v1/audio/speech", data=body, headers=headers) as r:
-                await r.read()
-            async with session.get(root + "/ping") as r:
-                await r.read()
-
-        client = HttpxAiohttpClient(limits=httpx.Limits(max_connections=None))
-
-        async def layered() -> None:
-            r = await client.send(
-                client.build_request(
-                    "POST", root + "/v1/audio/speech", content=body, headers=headers
-                ),
-                stream=True,
-            )
-            await r.aread()
-            await r.aclose()
-            r = await client.send(client.build_request("GET", root + "/ping"), stream=True)
-            await r.aread()
-            await r.aclose()
-
-        ours = await per_call(300, lambda: _gather(plain)) / 16
-        theirs = await per_call(300, lambda: _gather(layered)) / 16
-        await session.close()
-        await client.aclose()
-        return ours, theirs
-    finally:
-        server.stop()
-
-
-async def _gather(make: Callable[[], Awaitable[Any]]) -> None:
-    await asyncio.gather(*(make() for _ in range(16)))
-
-
 async def audio_checks() -> list[tuple[str, str, float, float]]:
     """CPU µs to check upstream audio by decoding it (shim.upstream.verifier), per format.
 
@@ -161,38 +102,21 @@ async def audio_checks() -> list[tuple[str, str, float, float]]:
 
 
 async def main() -> None:
-    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-
     from shim.responses import AudioResponse, SendTimeout
     from shim.upstream.retry import RetryPolicy
 
     rows: list[tuple[str, str, float, float]] = []
 
     # 1. The retry policy around each upstream call (two per request), first attempt
-    # fine: tenacity's synchronous controller driven by the shim (what it does), against
-    # tenacity's own async controller with the same strategies, and a plain await (the
+    # fine: tenacity's AsyncRetrying as the shim drives it, against a plain await (the
     # floor; ruled out, since a first attempt outside tenacity is a second retry path).
     async def attempt() -> int:
         return 1
 
     policy = RetryPolicy(2, 1.0)
-    async_controller = AsyncRetrying(
-        stop=stop_after_attempt(3),
-        retry=retry_if_exception(policy._should_retry),
-        wait=policy._wait,
-        reraise=True,
-    )
     rows.append(
         (
             "retry policy, first attempt succeeds (per upstream call)",
-            "AsyncRetrying",
-            await per_call(20_000, lambda: policy.run(attempt)),
-            await per_call(20_000, lambda: async_controller.copy()(attempt)),
-        )
-    )
-    rows.append(
-        (
-            "  the same, against no retry policy at all",
             "plain await",
             await per_call(20_000, lambda: policy.run(attempt)),
             await per_call(20_000, attempt),
@@ -249,15 +173,7 @@ async def main() -> None:
         )
     )
 
-    # 3. The two upstream calls of a speech request (POST, then GET of the audio) through
-    # the shim's client, aiohttp, against httpx's API over the same aiohttp connections
-    # (httpx-aiohttp, what the shim used before): the client side's CPU only, the server
-    # being bench/trivial.py in its own process.
-    rows.append(
-        ("upstream client, the two calls (per request)", "httpx over aiohttp", *await clients())
-    )
-
-    # 4. Checking the audio from upstream by decoding it, before it is relayed or cached.
+    # 3. Checking the audio from upstream by decoding it, before it is relayed or cached.
     rows += await audio_checks()
 
     print(f"{'operation':58} {'today µs':>9}   {'alternative':20} {'µs':>7}")

@@ -469,9 +469,9 @@ Of the shim's {cpu:.0f} µs per speech request at c={concurrency}:
 - **Starlette's routing, error handling and response, anyio** ({part("starlette")});
   **the shim's own code** ({part("own")}): validation, its four pure-ASGI middleware (request
   id and keys, the browser gate, the metrics and usage hook, the access log), the data path;
-  **tenacity** deciding each upstream call's attempts, the first included (its synchronous
-  controller, driven by `shim.upstream.retry.RetryPolicy`: its async one costs about
-  three times as much, `bench/micro.py`) ({part("tenacity")}); **the access log line**
+  **tenacity** deciding each upstream call's attempts, the first included (its public
+  `AsyncRetrying`, driven by `shim.upstream.retry.RetryPolicy`; against a plain await in
+  `bench/micro.py`) ({part("tenacity")}); **the access log line**
   ({part("log")}); **the metrics** ({part("metrics")}).
 
 What would move it further (proposals, not made here):
